@@ -1,0 +1,64 @@
+"""The Redis key layout: every key streamrec reads or writes is built here.
+
+All keys start with the configured ``key_prefix`` so deployments and tests can share a
+server. Layout (``{p}`` is the prefix, ``{sid}`` a session id):
+
+| key | type | written by | holds |
+|---|---|---|---|
+| ``{p}:sess:{sid}`` | hash | flow | counts, first/last ts, gap, bought items, categories |
+| ``{p}:sess:{sid}:items`` | list | flow | last N item ids, oldest first |
+| ``{p}:sess:{sid}:seen`` | set | flow | event ids applied to this session (dedupe) |
+| ``{p}:popular`` | zset | flow | decayed item popularity (fallback recommendations) |
+| ``{p}:model:current`` | string | learner | current model version number |
+| ``{p}:model:v:{n}`` | hash | learner | metadata of version n |
+| ``{p}:model:versions`` | zset | learner | version numbers by creation time |
+| ``{p}:model:updates`` | pub/sub channel | learner | version numbers as they are published |
+| ``{p}:alerts`` | stream | drift monitor | alert events |
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class RedisKeys:
+    """Key builders for one prefix."""
+
+    prefix: str
+
+    def session(self, session_id: str) -> str:
+        return f"{self.prefix}:sess:{session_id}"
+
+    def session_items(self, session_id: str) -> str:
+        return f"{self.prefix}:sess:{session_id}:items"
+
+    def session_seen(self, session_id: str) -> str:
+        return f"{self.prefix}:sess:{session_id}:seen"
+
+    def session_pattern(self) -> str:
+        """SCAN pattern matching every session hash."""
+        return f"{self.prefix}:sess:*"
+
+    @property
+    def popular(self) -> str:
+        return f"{self.prefix}:popular"
+
+    @property
+    def model_current(self) -> str:
+        return f"{self.prefix}:model:current"
+
+    def model_version(self, version: int) -> str:
+        return f"{self.prefix}:model:v:{version}"
+
+    @property
+    def model_versions(self) -> str:
+        return f"{self.prefix}:model:versions"
+
+    @property
+    def model_updates(self) -> str:
+        return f"{self.prefix}:model:updates"
+
+    @property
+    def alerts(self) -> str:
+        return f"{self.prefix}:alerts"

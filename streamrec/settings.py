@@ -1,0 +1,235 @@
+"""Typed settings for every streamrec process: the one place configuration is defined.
+
+Each group reads environment variables with its own prefix (``STREAMREC_``,
+``STREAMREC_FLOW_``, ``STREAMREC_LEARNER_``...), so a variable's name says which
+component it tunes. Every default works on a developer machine with the embedded
+broker and the local Redis. Settings are built once at start-up (``load_settings``)
+and passed down explicitly; no module reads the environment on its own.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _group(prefix: str) -> SettingsConfigDict:
+    return SettingsConfigDict(env_prefix=prefix, extra="ignore", frozen=True)
+
+
+class KafkaSettings(BaseSettings):
+    """Where the event bus is and how to talk to it (passed through to librdkafka)."""
+
+    model_config = _group("STREAMREC_")
+
+    bootstrap_servers: str = "127.0.0.1:9092"
+    security_protocol: str = "PLAINTEXT"
+    sasl_mechanism: str = ""
+    sasl_username: str = ""
+    sasl_password: SecretStr = SecretStr("")
+    ssl_ca_location: str = ""
+    topic_prefix: str = Field(
+        "", description="Prefix for every topic name (isolates tenants/tests)."
+    )
+    partitions: int = Field(4, ge=1, description="Partitions for topics created by streamrec.")
+    replication_factor: int = Field(1, ge=1)
+    fetch_wait_max_ms: int = Field(5, ge=0, description="Low for latency; librdkafka default 500.")
+
+    def client_config(self) -> dict[str, Any]:
+        """librdkafka settings shared by producers, consumers and admin clients."""
+        config: dict[str, Any] = {
+            "bootstrap.servers": self.bootstrap_servers,
+            "security.protocol": self.security_protocol,
+        }
+        if self.sasl_mechanism:
+            config["sasl.mechanism"] = self.sasl_mechanism
+            config["sasl.username"] = self.sasl_username
+            config["sasl.password"] = self.sasl_password.get_secret_value()
+        if self.ssl_ca_location:
+            config["ssl.ca.location"] = self.ssl_ca_location
+        return config
+
+
+class RedisSettings(BaseSettings):
+    """The feature and registry store."""
+
+    model_config = _group("STREAMREC_")
+
+    redis_url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
+    key_prefix: str = Field("streamrec", description="Prefix of every Redis key (isolation).")
+    redis_timeout_s: float = Field(1.0, gt=0, description="Socket timeout for Redis calls.")
+
+
+class EventSettings(BaseSettings):
+    """Limits the event contract enforces on every event."""
+
+    model_config = _group("STREAMREC_EVENT_")
+
+    max_bytes: int = Field(4096, ge=64, description="Larger payloads are rejected as oversized.")
+    min_ts_ms: int = Field(946684800000, description="Earliest accepted event time (2000-01-01).")
+    max_future_s: float = Field(86400.0, ge=0, description="How far ahead of now ts may be.")
+
+
+class FlowSettings(BaseSettings):
+    """The feature dataflow (flows/)."""
+
+    model_config = _group("STREAMREC_FLOW_")
+
+    history_len: int = Field(50, ge=1, description="Last N item ids kept per session.")
+    session_ttl_s: int = Field(7 * 86400, ge=1, description="Idle sessions expire after this.")
+    lateness_s: float = Field(5.0, ge=0, description="Out-of-order tolerance in event time.")
+    recovery_dir: Path = Path(".streamrec/recovery")
+    recovery_enabled: bool = True
+    batch_size: int = Field(2000, ge=1, description="Max messages per KafkaSource batch.")
+    metrics_port: int = Field(9101, ge=0, description="Prometheus port (0 = off).")
+    consumer_group: str = "streamrec-flow"
+
+
+class ModelSettings(BaseSettings):
+    """Sizes of the transformer recommender: tiny on CPU, large on a GPU."""
+
+    model_config = _group("STREAMREC_MODEL_")
+
+    hidden_size: int = Field(64, ge=8)
+    num_layers: int = Field(2, ge=1)
+    num_heads: int = Field(2, ge=1)
+    max_seq_len: int = Field(20, ge=2)
+    dropout: float = Field(0.1, ge=0, lt=1)
+    initial_items: int = Field(1024, ge=16, description="Initial rows of the item table.")
+    store_dir: Path = Path(".streamrec/models")
+    catalog_path: Path | None = Field(None, description="Item text catalog for cold start.")
+
+
+class TrainSettings(BaseSettings):
+    """Full training and fine-tuning (streamrec train / finetune)."""
+
+    model_config = _group("STREAMREC_TRAIN_")
+
+    epochs: int = Field(8, ge=1)
+    batch_size: int = Field(256, ge=1)
+    lr: float = Field(2e-3, gt=0)
+    patience: int = Field(2, ge=0)
+    validation_fraction: float = Field(0.1, gt=0, lt=1)
+    seed: int = 7
+
+
+class LearnerSettings(BaseSettings):
+    """The micro-batch online learner."""
+
+    model_config = _group("STREAMREC_LEARNER_")
+
+    batch_size: int = Field(256, ge=1, description="Max examples per micro-batch (B).")
+    batch_ms: int = Field(100, ge=1, description="Max wait to fill a micro-batch (T).")
+    lr: float = Field(1e-3, gt=0)
+    grad_clip: float = Field(1.0, gt=0)
+    publish_every_steps: int = Field(20, ge=1, description="Publish after K steps (K).")
+    publish_every_s: float = Field(1.0, gt=0, description="...or after S seconds (S).")
+    snapshot_every: int = Field(50, ge=1, description="Full snapshot every M versions (M).")
+    consumer_group: str = "streamrec-learner"
+    metrics_port: int = Field(9102, ge=0)
+
+
+class ServingSettings(BaseSettings):
+    """The HTTP recommendation service."""
+
+    model_config = _group("STREAMREC_SERVING_")
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    workers: int = Field(1, ge=1)
+    max_k: int = Field(100, ge=1)
+    default_k: int = Field(20, ge=1)
+    auth_token: SecretStr = SecretStr("")
+    max_body_bytes: int = Field(16384, ge=256)
+    poll_interval_s: float = Field(2.0, gt=0, description="Registry polling fallback.")
+    impression_batch_ms: int = Field(50, ge=1)
+
+
+class DriftSettings(BaseSettings):
+    """Drift detectors, alerting and fine-tune gating."""
+
+    model_config = _group("STREAMREC_DRIFT_")
+
+    adwin_delta: float = Field(0.002, gt=0, lt=1)
+    ph_threshold: float = Field(50.0, gt=0)
+    ph_delta: float = Field(0.005, ge=0)
+    warmup_examples: int = Field(1000, ge=0)
+    min_alert_spacing: int = Field(5000, ge=0, description="Examples between two alerts.")
+    webhook_url: str = ""
+    finetune_enabled: bool = True
+    finetune_margin: float = Field(0.0, description="Candidate must beat serving by this HR@20.")
+    finetune_cooldown_s: float = Field(600.0, ge=0)
+    replay_examples: int = Field(20000, ge=100)
+    metrics_port: int = Field(9103, ge=0)
+
+
+class SloSettings(BaseSettings):
+    """Service-level objectives checked by load tests and alert rules."""
+
+    model_config = _group("STREAMREC_SLO_")
+
+    freshness_p99_ms: float = 50.0
+    event_to_weights_p99_ms: float = 2000.0
+    serving_p99_ms: float = 5.0
+    serving_error_rate: float = 0.0
+    dlq_rate: float = 0.01
+    consumer_lag: int = 10000
+
+
+class Settings(BaseSettings):
+    """All of streamrec's configuration, one group per component."""
+
+    model_config = _group("STREAMREC_")
+
+    state_dir: Path = Field(Path(".streamrec"), description="pid files, logs, recovery, models.")
+    data_dir: Path = Field(
+        Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "yoochoose-sample",
+        description="The recorded sample used by the demo and benchmarks.",
+    )
+    log_level: str = "INFO"
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    redis: RedisSettings = Field(default_factory=RedisSettings)
+    events: EventSettings = Field(default_factory=EventSettings)
+    flow: FlowSettings = Field(default_factory=FlowSettings)
+    model: ModelSettings = Field(default_factory=ModelSettings)
+    train: TrainSettings = Field(default_factory=TrainSettings)
+    learner: LearnerSettings = Field(default_factory=LearnerSettings)
+    serving: ServingSettings = Field(default_factory=ServingSettings)
+    drift: DriftSettings = Field(default_factory=DriftSettings)
+    slo: SloSettings = Field(default_factory=SloSettings)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build the settings from the environment; ``overrides`` replace whole fields or groups."""
+    return Settings(**overrides)
+
+
+def masked_settings(settings: Settings) -> dict[str, Any]:
+    """The effective configuration as plain data, secrets masked (for printing and logs)."""
+    data = settings.model_dump(mode="json")
+    _mask(data)
+    redis_url = settings.redis.redis_url.get_secret_value()
+    data["redis"]["redis_url"] = mask_url(redis_url)
+    return data
+
+
+def mask_url(url: str) -> str:
+    """Hide the password in a URL such as ``redis://:secret@host:6379/0``."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest:
+        return url
+    creds, _, host = rest.rpartition("@")
+    user = creds.split(":", 1)[0]
+    return f"{scheme}://{user}:****@{host}"
+
+
+def _mask(node: Any) -> None:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if isinstance(value, dict):
+                _mask(value)
+            elif value and any(word in key for word in ("password", "token", "secret")):
+                node[key] = "****"
