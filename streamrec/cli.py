@@ -160,6 +160,13 @@ def bench_events(
 
 def _register_areas() -> None:
     """Each stage adds its commands here."""
+    import flows.commands
+    import loadtest.commands
+    import online_models.commands
+    import serving.commands
+
+    for area in (flows.commands, online_models.commands, serving.commands, loadtest.commands):
+        area.register(app, bench_app)
 
 
 def main() -> None:

@@ -1,14 +1,13 @@
 """The Redis key layout: every key streamrec reads or writes is built here.
 
 All keys start with the configured ``key_prefix`` so deployments and tests can share a
-server. Layout (``{p}`` is the prefix, ``{sid}`` a session id):
+server. The fields of the session hash are defined by ``flows/session_features.py``.
+Layout (``{p}`` is the prefix, ``{sid}`` a session id):
 
 | key | type | written by | holds |
 |---|---|---|---|
-| ``{p}:sess:{sid}`` | hash | flow | counts, first/last ts, gap, bought items, categories |
-| ``{p}:sess:{sid}:items`` | list | flow | last N item ids, oldest first |
-| ``{p}:sess:{sid}:seen`` | set | flow | event ids applied to this session (dedupe) |
-| ``{p}:popular`` | zset | flow | decayed item popularity (fallback recommendations) |
+| ``{p}:sess:{sid}`` | hash | flow | all of a session's features (one HGETALL reads them) |
+| ``{p}:popular`` | zset | flow | recent item popularity (fallback recommendations) |
 | ``{p}:model:current`` | string | learner | current model version number |
 | ``{p}:model:v:{n}`` | hash | learner | metadata of version n |
 | ``{p}:model:versions`` | zset | learner | version numbers by creation time |
@@ -29,12 +28,6 @@ class RedisKeys:
 
     def session(self, session_id: str) -> str:
         return f"{self.prefix}:sess:{session_id}"
-
-    def session_items(self, session_id: str) -> str:
-        return f"{self.prefix}:sess:{session_id}:items"
-
-    def session_seen(self, session_id: str) -> str:
-        return f"{self.prefix}:sess:{session_id}:seen"
 
     def session_pattern(self) -> str:
         """SCAN pattern matching every session hash."""

@@ -1,0 +1,1 @@
+"""flows: Bytewax dataflows turning clicks and purchases into session features and examples."""

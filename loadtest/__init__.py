@@ -1,0 +1,1 @@
+"""loadtest: recorded-traffic replay, synthetic streams and load tests with SLO gates."""

@@ -1,0 +1,1 @@
+"""online_models: the recommender, its training, the online learner, registry and drift."""

@@ -1,0 +1,1 @@
+"""serving: the HTTP service returning top-K items from the freshest weights."""
