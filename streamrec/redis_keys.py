@@ -13,6 +13,8 @@ Layout (``{p}`` is the prefix, ``{sid}`` a session id):
 | ``{p}:model:versions`` | zset | learner | version numbers by creation time |
 | ``{p}:model:updates`` | pub/sub channel | learner | version numbers as they are published |
 | ``{p}:alerts`` | stream | drift monitor | alert events |
+| ``{p}:model:seq`` | string | registry | last allocated version number (INCR) |
+| ``{p}:learner:signals`` | stream | learner | per-micro-batch prequential metrics |
 """
 
 from __future__ import annotations
@@ -55,3 +57,13 @@ class RedisKeys:
     @property
     def alerts(self) -> str:
         return f"{self.prefix}:alerts"
+
+    @property
+    def model_sequence(self) -> str:
+        """Counter that hands out version numbers (INCR), shared by learner and fine-tune."""
+        return f"{self.prefix}:model:seq"
+
+    @property
+    def learner_signals(self) -> str:
+        """Stream of per-micro-batch learner signals (read by the drift monitor)."""
+        return f"{self.prefix}:learner:signals"

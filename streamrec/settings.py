@@ -101,6 +101,10 @@ class ModelSettings(BaseSettings):
     initial_items: int = Field(1024, ge=16, description="Initial rows of the item table.")
     store_dir: Path = Path(".streamrec/models")
     catalog_path: Path | None = Field(None, description="Item text catalog for cold start.")
+    text_encoder_dir: Path | None = Field(
+        None, description="Sentence encoder for cold start (default: the bundled MiniLM)."
+    )
+    scorer_threads: int = Field(0, ge=0, description="torch threads for scoring (0 = all).")
 
 
 class TrainSettings(BaseSettings):
@@ -114,6 +118,9 @@ class TrainSettings(BaseSettings):
     patience: int = Field(2, ge=0)
     validation_fraction: float = Field(0.1, gt=0, lt=1)
     seed: int = 7
+    weight_decay: float = Field(0.0, ge=0)
+    history_len: int = Field(50, ge=1, description="Session prefix kept per example.")
+    max_steps_per_epoch: int = Field(0, ge=0, description="Cap for quick runs (0 = none).")
 
 
 class LearnerSettings(BaseSettings):
@@ -130,6 +137,11 @@ class LearnerSettings(BaseSettings):
     snapshot_every: int = Field(50, ge=1, description="Full snapshot every M versions (M).")
     consumer_group: str = "streamrec-learner"
     metrics_port: int = Field(9102, ge=0)
+    sampled_negatives: int = Field(
+        2048, ge=0, description="Shared random negatives per step (0 = full softmax)."
+    )
+    device: str = Field("auto", description="auto | cpu | cuda.")
+    signals_maxlen: int = Field(20000, ge=100, description="Length cap of the signals stream.")
 
 
 class ServingSettings(BaseSettings):
@@ -153,17 +165,41 @@ class DriftSettings(BaseSettings):
 
     model_config = _group("STREAMREC_DRIFT_")
 
-    adwin_delta: float = Field(0.002, gt=0, lt=1)
-    ph_threshold: float = Field(50.0, gt=0)
+    adwin_delta: float = Field(0.002, gt=0, lt=1, description="ADWIN confidence on hit@20.")
+    ph_threshold: float = Field(50.0, gt=0, description="Page-Hinkley lambda on the loss.")
     ph_delta: float = Field(0.005, ge=0)
+    ph_min_instances: int = Field(30, ge=1, description="Micro-batches before Page-Hinkley.")
+    input_delta: float = Field(
+        0.0002, gt=0, lt=1, description="ADWIN confidence on input distributions."
+    )
+    ctr_delta: float = Field(0.002, gt=0, lt=1, description="ADWIN confidence on the CTR.")
+    detectors: str = Field(
+        "hit_rate,loss,category_share,new_items,session_length,ctr",
+        description="Comma-separated detectors to run (see online_models/drift_detectors.py).",
+    )
     warmup_examples: int = Field(1000, ge=0)
     min_alert_spacing: int = Field(5000, ge=0, description="Examples between two alerts.")
-    webhook_url: str = ""
+    ctr_horizon: int = Field(
+        200, ge=1, description="Impressions after which an unclicked one counts as a miss."
+    )
+    seen_items_capacity: int = Field(1_000_000, ge=1, description="Item ids remembered.")
+    webhook_url: SecretStr = SecretStr("")
+    webhook_timeout_s: float = Field(2.0, gt=0)
+    webhook_retries: int = Field(4, ge=0)
+    webhook_backoff_s: float = Field(0.5, gt=0, description="First retry wait; doubles.")
+    webhook_queue: int = Field(1000, ge=1, description="Alerts waiting for the webhook.")
+    alerts_stream_maxlen: int = Field(10000, ge=1, description="Alerts kept in Redis.")
     finetune_enabled: bool = True
     finetune_margin: float = Field(0.0, description="Candidate must beat serving by this HR@20.")
     finetune_cooldown_s: float = Field(600.0, ge=0)
+    finetune_holdout_fraction: float = Field(
+        0.2, gt=0, lt=1, description="Most recent share of the replay kept for the verdict."
+    )
+    finetune_min_holdout: int = Field(100, ge=1, description="Fewer held-out examples: reject.")
+    finetune_timeout_s: float = Field(1800.0, gt=0)
     replay_examples: int = Field(20000, ge=100)
     metrics_port: int = Field(9103, ge=0)
+    consumer_group: str = "streamrec-drift"
 
 
 class SloSettings(BaseSettings):
