@@ -15,6 +15,8 @@ Layout (``{p}`` is the prefix, ``{sid}`` a session id):
 | ``{p}:alerts`` | stream | drift monitor | alert events |
 | ``{p}:model:seq`` | string | registry | last allocated version number (INCR) |
 | ``{p}:learner:signals`` | stream | learner | per-micro-batch prequential metrics |
+| ``{p}:drift:status`` | hash | drift, fine-tune | last drift, last fine-tune and verdict |
+| ``{p}:drift:finetune_lock`` | string | drift, fine-tune | held during fine-tune + cooldown |
 """
 
 from __future__ import annotations
@@ -67,3 +69,13 @@ class RedisKeys:
     def learner_signals(self) -> str:
         """Stream of per-micro-batch learner signals (read by the drift monitor)."""
         return f"{self.prefix}:learner:signals"
+
+    @property
+    def drift_status(self) -> str:
+        """Hash of the last drift alert and the last fine-tune (shown by ``model status``)."""
+        return f"{self.prefix}:drift:status"
+
+    @property
+    def finetune_lock(self) -> str:
+        """Set with a TTL while a fine-tune runs and for its cooldown (prevents storms)."""
+        return f"{self.prefix}:drift:finetune_lock"
