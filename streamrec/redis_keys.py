@@ -17,6 +17,7 @@ Layout (``{p}`` is the prefix, ``{sid}`` a session id):
 | ``{p}:learner:signals`` | stream | learner | per-micro-batch prequential metrics |
 | ``{p}:drift:status`` | hash | drift, fine-tune | last drift, last fine-tune and verdict |
 | ``{p}:drift:finetune_lock`` | string | drift, fine-tune | held during fine-tune + cooldown |
+| ``{p}:item:category`` | hash | flow | item id -> category (serving's category filter) |
 """
 
 from __future__ import annotations
@@ -79,3 +80,8 @@ class RedisKeys:
     def finetune_lock(self) -> str:
         """Set with a TTL while a fine-tune runs and for its cooldown (prevents storms)."""
         return f"{self.prefix}:drift:finetune_lock"
+
+    @property
+    def item_categories(self) -> str:
+        """Hash of item id -> category, read by serving for its category filter."""
+        return f"{self.prefix}:item:category"

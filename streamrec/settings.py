@@ -158,6 +158,24 @@ class ServingSettings(BaseSettings):
     max_body_bytes: int = Field(16384, ge=256)
     poll_interval_s: float = Field(2.0, gt=0, description="Registry polling fallback.")
     impression_batch_ms: int = Field(50, ge=1)
+    impression_batch_size: int = Field(500, ge=1, description="Max impressions per flush.")
+    impression_queue_max: int = Field(
+        50000, ge=1, description="Impressions waiting for Kafka; beyond this they are dropped."
+    )
+    redis_timeout_s: float = Field(
+        0.1, gt=0, description="Timeout of each Redis call on the request path (answers 503)."
+    )
+    redis_max_connections: int = Field(64, ge=1, description="Redis pool size per worker.")
+    max_exclude_items: int = Field(1000, ge=0, description="Longest POST exclude_items list.")
+    category_refresh_s: float = Field(
+        30.0, gt=0, description="How often the item -> category map is re-read."
+    )
+    shutdown_grace_s: float = Field(
+        5.0, ge=0, description="Time to finish in-flight requests and flush impressions."
+    )
+    backpressure: int = Field(
+        256, ge=1, description="Requests processed at once per worker; others wait in backlog."
+    )
 
 
 class DriftSettings(BaseSettings):
