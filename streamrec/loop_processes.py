@@ -22,6 +22,9 @@ def loop_specs(settings: Settings, stages: tuple[str, ...] = STAGES) -> list[Pro
         "drift": streamrec_command("drift"),
         "serving": streamrec_command("serve"),
     }
+    unknown = set(stages) - set(commands)
+    if unknown:
+        raise ValueError(f"unknown stages {sorted(unknown)}; known: {', '.join(STAGES)}")
     return [ProcessSpec(stage, commands[stage]) for stage in stages]
 
 
