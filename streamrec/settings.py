@@ -105,6 +105,9 @@ class ModelSettings(BaseSettings):
         None, description="Sentence encoder for cold start (default: the bundled MiniLM)."
     )
     scorer_threads: int = Field(0, ge=0, description="torch threads for scoring (0 = all).")
+    scorer_dtype: str = Field(
+        "auto", description="float32 | bfloat16 | auto (bfloat16 from 262144 items)."
+    )
 
 
 class TrainSettings(BaseSettings):

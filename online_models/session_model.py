@@ -1,0 +1,172 @@
+"""The session recommender: a Hugging Face encoder over item embeddings plus a head.
+
+The backbone is a ``BertModel`` built from a config (sizes from ``ModelSettings``), fed
+``inputs_embeds`` taken from the item table, so the word vocabulary is unused. The
+**head** is the item table (one row per item, tied between input and output), a per-item
+bias and a projection of the encoder's last position: ``scores = proj(h) @ table.T + bias``.
+The table keeps spare capacity and doubles when full, so new items never force a restart.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+from transformers import BertConfig, BertModel
+
+from online_models.model_weights import ITEM_BIAS, ITEM_TABLE, ModelShape, ModelWeights
+
+PROJECTION_PREFIX = "head.projection."
+BACKBONE_PREFIX = "backbone."
+
+
+def backbone_config(shape: ModelShape, dropout: float = 0.0) -> BertConfig:
+    """The encoder's config: every size comes from ``shape``."""
+    return BertConfig(
+        vocab_size=1,
+        hidden_size=shape.hidden_size,
+        num_hidden_layers=shape.num_layers,
+        num_attention_heads=shape.num_heads,
+        intermediate_size=4 * shape.hidden_size,
+        max_position_embeddings=shape.max_seq_len,
+        type_vocab_size=1,
+        hidden_dropout_prob=dropout,
+        attention_probs_dropout_prob=dropout,
+    )
+
+
+class SessionRecommender(nn.Module):
+    """Encoder + head; ``n_items`` rows of the ``capacity``-row table are in use."""
+
+    def __init__(
+        self, shape: ModelShape, capacity: int, dropout: float = 0.0, seed: int = 0
+    ) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.shape = shape
+        self.backbone = BertModel(backbone_config(shape, dropout), add_pooling_layer=False)
+        self.item_table = nn.Parameter(torch.zeros(capacity, shape.hidden_size))
+        self.item_bias = nn.Parameter(torch.zeros(capacity))
+        self.projection = nn.Linear(shape.hidden_size, shape.hidden_size)
+        self.n_items = 0
+        self._init_scale = 1.0 / shape.hidden_size**0.5
+        self._generator = torch.Generator().manual_seed(seed)
+
+    @property
+    def capacity(self) -> int:
+        return self.item_table.shape[0]
+
+    def add_rows(self, count: int, vectors: torch.Tensor | None = None) -> range:
+        """Append ``count`` item rows (random or the given vectors); doubles capacity if full."""
+        start = self.n_items
+        needed = start + count
+        if needed > self.capacity:
+            new_capacity = self.capacity
+            while new_capacity < needed:
+                new_capacity *= 2
+            self._resize(new_capacity)
+        with torch.no_grad():
+            if vectors is None:
+                vectors = torch.randn(count, self.shape.hidden_size, generator=self._generator) * (
+                    self._init_scale
+                )
+            self.item_table[start:needed] = vectors.to(self.item_table.device)
+            self.item_bias[start:needed] = 0.0
+        self.n_items = needed
+        return range(start, needed)
+
+    def _resize(self, capacity: int) -> None:
+        with torch.no_grad():
+            table = torch.zeros(capacity, self.shape.hidden_size, device=self.item_table.device)
+            table[: self.n_items] = self.item_table[: self.n_items]
+            bias = torch.zeros(capacity, device=self.item_bias.device)
+            bias[: self.n_items] = self.item_bias[: self.n_items]
+        # Same Parameter objects: optimizers and references stay valid.
+        self.item_table.data = table
+        self.item_bias.data = bias
+
+    def encode(self, rows: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The encoder's last-position state (B x H); zero for empty histories."""
+        has_history = mask[:, -1] > 0
+        safe_mask = mask.clone()
+        safe_mask[:, -1] = 1  # a fully masked row would make attention undefined
+        embeds = torch.nn.functional.embedding(rows, self.item_table)
+        state = self.backbone(inputs_embeds=embeds, attention_mask=safe_mask).last_hidden_state
+        return state[:, -1] * has_history.unsqueeze(1).to(state.dtype)
+
+    def session_vectors(self, rows: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Session query vectors (B x H)."""
+        return self.projection(self.encode(rows, mask))
+
+    def scores(self, sessions: torch.Tensor) -> torch.Tensor:
+        """Scores of every known item (B x n_items)."""
+        n = self.n_items
+        return torch.addmm(self.item_bias[:n], sessions, self.item_table[:n].T)
+
+    def dense_tensors(self) -> dict[str, np.ndarray]:
+        """Every parameter except the item rows, as numpy arrays keyed by weight name."""
+        tensors: dict[str, np.ndarray] = {}
+        for name, value in self.backbone.state_dict().items():
+            tensors[BACKBONE_PREFIX + name] = value.detach().cpu().float().numpy().copy()
+        for name, value in self.projection.state_dict().items():
+            tensors[PROJECTION_PREFIX + name] = value.detach().cpu().float().numpy().copy()
+        return tensors
+
+    def head_dense_tensors(self) -> dict[str, np.ndarray]:
+        """The head's dense parameters (what an online delta carries besides rows)."""
+        return {
+            PROJECTION_PREFIX + name: value.detach().cpu().float().numpy().copy()
+            for name, value in self.projection.state_dict().items()
+        }
+
+    def row_tensors(self, rows: np.ndarray) -> dict[str, np.ndarray]:
+        """The item rows ``rows`` of the table and bias."""
+        index = torch.as_tensor(rows, dtype=torch.long, device=self.item_table.device)
+        return {
+            ITEM_TABLE: self.item_table.detach()[index].cpu().float().numpy(),
+            ITEM_BIAS: self.item_bias.detach()[index].cpu().float().numpy(),
+        }
+
+    def to_weights(self, version: int, item_ids: list[str]) -> ModelWeights:
+        """A full copy of the current parameters."""
+        if len(item_ids) != self.n_items:
+            raise ValueError(f"{len(item_ids)} ids for {self.n_items} rows")
+        tensors = self.dense_tensors()
+        tensors.update(self.row_tensors(np.arange(self.n_items)))
+        return ModelWeights(version, self.shape, list(item_ids), tensors)
+
+    @classmethod
+    def from_weights(
+        cls, weights: ModelWeights, min_capacity: int = 16, dropout: float = 0.0
+    ) -> SessionRecommender:
+        """A model holding ``weights`` (capacity rounded up to a power of two)."""
+        capacity = max(min_capacity, 1 << max(weights.n_items - 1, 1).bit_length())
+        model = cls(weights.shape, capacity, dropout)
+        model.load_weights(weights)
+        return model
+
+    def load_weights(self, weights: ModelWeights) -> None:
+        """Replace every parameter with ``weights`` (growing the table if needed)."""
+        backbone = {
+            name[len(BACKBONE_PREFIX) :]: torch.from_numpy(np.array(value))
+            for name, value in weights.tensors.items()
+            if name.startswith(BACKBONE_PREFIX)
+        }
+        projection = {
+            name[len(PROJECTION_PREFIX) :]: torch.from_numpy(np.array(value))
+            for name, value in weights.tensors.items()
+            if name.startswith(PROJECTION_PREFIX)
+        }
+        self.backbone.load_state_dict(backbone, strict=False)
+        self.projection.load_state_dict(projection)
+        self.n_items = 0
+        if weights.n_items > self.capacity:
+            capacity = self.capacity
+            while capacity < weights.n_items:
+                capacity *= 2
+            self._resize(capacity)
+        self.add_rows(weights.n_items, torch.from_numpy(np.array(weights.tensors[ITEM_TABLE])))
+        with torch.no_grad():
+            self.item_bias[: weights.n_items] = torch.from_numpy(
+                np.array(weights.tensors[ITEM_BIAS])
+            )

@@ -1,0 +1,133 @@
+"""The weight registry on the real Redis: publishing, loading, fallback, pointer, pub/sub."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import redis
+
+from online_models.model_weights import ITEM_BIAS, ITEM_TABLE, WeightDelta, random_weights
+from online_models.weight_registry import WeightLoadError, WeightRegistry
+from streamrec.redis_keys import RedisKeys
+from streamrec.settings import ModelSettings, Settings
+
+pytestmark = pytest.mark.integration
+
+
+def _small(settings: Settings) -> ModelSettings:
+    return settings.model.model_copy(
+        update={"hidden_size": 16, "num_layers": 1, "num_heads": 2, "max_seq_len": 5}
+    )
+
+
+def _delta_on(parent: int, n_items: int, value: float, new_ids: list[str]) -> WeightDelta:
+    rows = np.array([0, *range(n_items, n_items + len(new_ids))], dtype=np.int64)
+    return WeightDelta(
+        version=0,
+        parent=parent,
+        start_row=n_items,
+        new_item_ids=new_ids,
+        rows=rows,
+        row_values={
+            ITEM_TABLE: np.full((len(rows), 16), value, dtype=np.float32),
+            ITEM_BIAS: np.full(len(rows), value, dtype=np.float32),
+        },
+        dense={},
+    )
+
+
+def test_snapshot_then_deltas_load_in_order_and_are_announced(
+    settings: Settings, redis_client: redis.Redis
+) -> None:
+    registry = WeightRegistry(settings, redis_client)
+    pubsub = redis_client.pubsub()
+    pubsub.subscribe(RedisKeys(settings.redis.key_prefix).model_updates)
+    assert registry.current_version() is None
+    with pytest.raises(WeightLoadError):
+        registry.load()
+    base = random_weights(3, _small(settings))
+    v1 = registry.publish_snapshot(base, source="test").version
+    v2 = registry.publish_delta(_delta_on(v1, 3, 1.0, ["x"]), source="test").version
+    pub3 = registry.publish_delta(_delta_on(v2, 4, 2.0, ["y"]), source="test", examples_seen=7)
+    assert pub3.current and registry.current_version() == pub3.version
+    loaded = registry.load()
+    assert loaded.version == pub3.version
+    assert loaded.item_ids == [*base.item_ids, "x", "y"]
+    assert loaded.tensors[ITEM_TABLE][0, 0] == 2.0  # the later delta wins
+    assert loaded.tensors[ITEM_TABLE][3, 0] == 1.0  # "x" from the first delta
+    np.testing.assert_array_equal(loaded.tensors[ITEM_TABLE][1:3], base.tensors[ITEM_TABLE][1:3])
+    assert [i.version for i in registry.versions()] == [v1, v2, pub3.version]
+    assert registry.info(pub3.version).examples_seen == 7
+    announced: list[int] = []
+    deadline = time.monotonic() + 5
+    while len(announced) < 3 and time.monotonic() < deadline:
+        message = pubsub.get_message(timeout=0.2)
+        if message and message["type"] == "message":
+            announced.append(int(message["data"]))
+    assert announced == [v1, v2, pub3.version]
+    # An incremental load from an older in-memory version gives the same weights.
+    v2_weights = registry.load(v2)
+    again = registry.load(base=v2_weights)
+    np.testing.assert_array_equal(again.tensors[ITEM_TABLE], loaded.tensors[ITEM_TABLE])
+
+
+def test_corrupted_delta_falls_back_to_the_snapshot(
+    settings: Settings, redis_client: redis.Redis
+) -> None:
+    registry = WeightRegistry(settings, redis_client)
+    base = random_weights(3, _small(settings))
+    v1 = registry.publish_snapshot(base, source="test").version
+    v2 = registry.publish_delta(_delta_on(v1, 3, 1.0, ["x"]), source="test").version
+    info = registry.info(v2)
+    path = settings.model.store_dir / info.file
+    blob = bytearray(path.read_bytes())
+    blob[-1] ^= 0xFF
+    path.write_bytes(bytes(blob))
+    loaded = registry.load()
+    assert loaded.version == v1
+    assert loaded.item_ids == base.item_ids
+    np.testing.assert_array_equal(loaded.tensors[ITEM_TABLE], base.tensors[ITEM_TABLE])
+    # Missing delta file: same fallback.
+    path.unlink()
+    assert registry.load().version == v1
+
+
+def test_broken_snapshot_falls_back_to_an_older_one_or_raises(
+    settings: Settings, redis_client: redis.Redis
+) -> None:
+    registry = WeightRegistry(settings, redis_client)
+    first = registry.publish_snapshot(random_weights(3, _small(settings)), source="a").version
+    second = registry.publish_snapshot(random_weights(5, _small(settings)), source="b").version
+    (settings.model.store_dir / registry.info(second).file).write_bytes(b"junk")
+    assert registry.load().version == first
+    (settings.model.store_dir / registry.info(first).file).unlink()
+    with pytest.raises(WeightLoadError):
+        registry.load()
+
+
+def test_delta_on_a_superseded_parent_does_not_become_current(
+    settings: Settings, redis_client: redis.Redis
+) -> None:
+    registry = WeightRegistry(settings, redis_client)
+    v1 = registry.publish_snapshot(random_weights(3, _small(settings)), source="learner").version
+    promoted = registry.publish_snapshot(random_weights(3, _small(settings)), source="finetune")
+    late = registry.publish_delta(_delta_on(v1, 3, 1.0, []), source="learner")
+    assert not late.current
+    assert registry.current_version() == promoted.version
+    registry.set_current(v1)  # rollback
+    assert registry.current_version() == v1
+    with pytest.raises(KeyError):
+        registry.set_current(10_000)
+
+
+def test_non_finite_weights_are_never_published(
+    settings: Settings, redis_client: redis.Redis
+) -> None:
+    registry = WeightRegistry(settings, redis_client)
+    weights = random_weights(3, _small(settings))
+    weights.tensors[ITEM_TABLE][0, 0] = np.nan
+    with pytest.raises(ValueError):
+        registry.publish_snapshot(weights, source="test")
+    assert registry.current_version() is None
