@@ -1,0 +1,145 @@
+"""Turn what the monitor reads into detector observations (pure, no I/O).
+
+- ``LearnerSignal``: one record of the learner's per-micro-batch signal stream; its hits
+  are spread evenly over the batch's examples so ADWIN sees per-example hit@20 without a
+  within-batch step that would look like a change.
+- ``InputSignals``: per training example, the reference share of its category, whether
+  its target item was never seen before, and its position in the session.
+- ``CtrTracker``: impressions and the clicks that cite their ``request_id`` become one
+  clicked / not-clicked outcome per impression, resolved after ``horizon`` impressions.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, OrderedDict
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+
+from streamrec.training_examples import TrainingExample
+
+
+@dataclass(frozen=True, slots=True)
+class LearnerSignal:
+    """The learner's prequential metrics for one micro-batch (evaluated before training)."""
+
+    model_version: int
+    examples: int
+    hits_at_20: int
+    mrr_sum: float
+    mean_loss: float
+    first_offset: int
+    last_offset: int
+    ts_ms: int
+
+    @classmethod
+    def from_fields(cls, fields: Mapping[bytes | str, bytes | str]) -> LearnerSignal:
+        """Parse a Redis stream entry; raises ``ValueError`` on an entry it cannot read."""
+        data = {_text(key): _text(value) for key, value in fields.items()}
+        try:
+            return cls(
+                model_version=int(data.get("model_version", data.get("version", "0"))),
+                examples=int(data["examples"]),
+                hits_at_20=int(float(data.get("hits_at_20", data.get("hits@20", "0")))),
+                mrr_sum=float(data.get("mrr_sum", "0")),
+                mean_loss=float(data.get("mean_loss", data.get("loss", "nan"))),
+                first_offset=int(data.get("first_offset", "-1")),
+                last_offset=int(data.get("last_offset", "-1")),
+                ts_ms=int(float(data.get("ts_ms", data.get("ts", "0")))),
+            )
+        except (KeyError, ValueError) as exc:
+            raise ValueError(f"not a learner signal: {data}") from exc
+
+
+def spread_hits(hits: int, examples: int) -> Iterator[float]:
+    """``examples`` values of 0/1 with ``hits`` ones spaced as evenly as possible."""
+    hits = max(0, min(hits, examples))
+    for index in range(examples):
+        yield float((index + 1) * hits // examples - index * hits // examples)
+
+
+class InputSignals:
+    """Per-example input-distribution observations, with bounded memory.
+
+    The category reference is learned from the first ``reference_size`` examples and then
+    frozen until ``relearn_categories`` (called after a category alert), so a shifted mix
+    keeps reading as shifted instead of being absorbed.
+    """
+
+    def __init__(self, reference_size: int, seen_capacity: int, history_len: int) -> None:
+        self.reference_size = max(1, reference_size)
+        self.seen_capacity = seen_capacity
+        self.history_len = max(1, history_len)
+        self._categories: Counter[str] = Counter()
+        self._reference_total = 0
+        self._seen: OrderedDict[str, None] = OrderedDict()
+
+    def relearn_categories(self) -> None:
+        self._categories.clear()
+        self._reference_total = 0
+
+    def category_share(self, example: TrainingExample) -> float | None:
+        """The reference share of the example's category; ``None`` while learning it."""
+        category = example.category or ""
+        if self._reference_total < self.reference_size:
+            self._categories[category] += 1
+            self._reference_total += 1
+            return None
+        return self._categories[category] / self._reference_total
+
+    def never_seen(self, example: TrainingExample) -> float:
+        """1.0 when the target item is new to the monitor (LRU memory of item ids)."""
+        item = example.target_item
+        if item in self._seen:
+            self._seen.move_to_end(item)
+            return 0.0
+        self._seen[item] = None
+        if len(self._seen) > self.seen_capacity:
+            self._seen.popitem(last=False)
+        return 1.0
+
+    def session_position(self, example: TrainingExample) -> float:
+        """How deep into its session the example is, in [0, 1] of the kept history."""
+        return min(len(example.history), self.history_len) / self.history_len
+
+
+@dataclass(frozen=True, slots=True)
+class ImpressionOutcome:
+    """Whether one impression got a click on one of its items; ``offset`` locates it."""
+
+    request_id: str
+    clicked: bool
+    partition: int
+    offset: int
+
+
+class CtrTracker:
+    """Match clicks to impressions by ``request_id``; unclicked ones expire as misses."""
+
+    def __init__(self, horizon: int) -> None:
+        self.horizon = horizon
+        self._pending: OrderedDict[str, tuple[frozenset[str], int, int]] = OrderedDict()
+
+    def impression(
+        self, request_id: str, items: tuple[str, ...], partition: int, offset: int
+    ) -> list[ImpressionOutcome]:
+        """Register an impression; return the misses it pushes past the horizon."""
+        self._pending[request_id] = (frozenset(items), partition, offset)
+        expired: list[ImpressionOutcome] = []
+        while len(self._pending) > self.horizon:
+            old_id, (_, old_partition, old_offset) = self._pending.popitem(last=False)
+            expired.append(ImpressionOutcome(old_id, False, old_partition, old_offset))
+        return expired
+
+    def click(self, request_id: str | None, item_id: str) -> ImpressionOutcome | None:
+        """A click that cites a pending impression and one of its items is a hit."""
+        if request_id is None or request_id not in self._pending:
+            return None
+        items, partition, offset = self._pending[request_id]
+        if item_id not in items:
+            return None
+        del self._pending[request_id]
+        return ImpressionOutcome(request_id, True, partition, offset)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
