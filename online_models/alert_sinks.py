@@ -246,16 +246,23 @@ class AlertFanout:
             sink.close()
 
 
-def build_fanout(settings: Settings, client: redis.Redis, producer: Producer) -> AlertFanout:
-    """Every configured sink: topic, stream, log, Prometheus, and the webhook if a URL is set."""
+def build_fanout(
+    settings: Settings, client: redis.Redis, producer: Producer, prometheus: bool = True
+) -> AlertFanout:
+    """Every configured sink: topic, stream, log, Prometheus, and the webhook if a URL is set.
+
+    Short-lived processes (fine-tune, rollback) pass ``prometheus=False``: nobody scrapes
+    them; the drift monitor counts their alerts from the Redis stream instead.
+    """
     sinks: list[AlertSink] = [
         KafkaAlertSink(producer, Topics.from_settings(settings.kafka).alerts),
         RedisAlertSink(
             client, RedisKeys(settings.redis.key_prefix).alerts, settings.drift.alerts_stream_maxlen
         ),
         LogAlertSink(),
-        PrometheusAlertSink(),
     ]
+    if prometheus:
+        sinks.append(PrometheusAlertSink())
     url = settings.drift.webhook_url.get_secret_value()
     if url:
         drift = settings.drift
