@@ -85,3 +85,8 @@ class RedisKeys:
     def item_categories(self) -> str:
         """Hash of item id -> category, read by serving for its category filter."""
         return f"{self.prefix}:item:category"
+
+    @property
+    def popular_rebuild(self) -> str:
+        """Scratch zset the flow fills and RENAMEs onto ``popular`` when it rebuilds it."""
+        return f"{self.prefix}:popular:rebuild"

@@ -86,6 +86,25 @@ class FlowSettings(BaseSettings):
     batch_size: int = Field(2000, ge=1, description="Max messages per KafkaSource batch.")
     metrics_port: int = Field(9101, ge=0, description="Prometheus port (0 = off).")
     consumer_group: str = "streamrec-flow"
+    snapshot_interval_s: int = Field(
+        5, ge=1, description="Bytewax epoch/snapshot interval: at most this much is replayed."
+    )
+    recovery_partitions: int = Field(1, ge=1, description="Recovery DB partitions (fixed).")
+    state_shards: int = Field(
+        16, ge=1, description="Keyed state shards (units of parallelism); fixed per recovery dir."
+    )
+    publish_partitions: int = Field(
+        1, ge=1, description="Output partitions writing Redis/Kafka; raise for several workers."
+    )
+    stop_at_end: bool = Field(False, description="Exit at the end of the topics (tests, bench).")
+    purchase_weight: float = Field(5.0, gt=0, description="Weight of purchase examples.")
+    popular_size: int = Field(1000, ge=1, description="Items kept in the popularity zset.")
+    popular_state_items: int = Field(
+        20000, ge=1, description="Items whose decayed count the flow keeps (>= popular_size)."
+    )
+    popular_half_life_s: float = Field(
+        6 * 3600.0, gt=0, description="Half-life of popularity, in event time."
+    )
 
 
 class ModelSettings(BaseSettings):

@@ -1,0 +1,179 @@
+"""The state of one shard of sessions: applies events, yields what to write and to emit.
+
+``FeatureShard.apply`` is the whole feature logic of the flow, free of Kafka, Redis and
+Bytewax: it deduplicates, orders, updates the sessions, builds training examples and
+popularity events, and returns the *absolute* hash of every session it changed, so
+writing the output twice (a replay after a crash) leaves the same Redis state.
+
+Idle sessions leave the state once event time has moved ``session_ttl`` past their last
+event (Redis expires their hash on its own clock). A duplicate of an evicted session's
+event would start a new session; at a 7-day TTL that is far beyond any producer retry.
+"""
+
+from __future__ import annotations
+
+import pickle
+from dataclasses import dataclass, field
+
+from flows.dead_letter import encode_dead_letter
+from flows.event_routing import ShardInput
+from flows.session_features import encode_session_features
+from flows.session_state import NO_TS, SessionState
+from streamrec.settings import FlowSettings
+from streamrec.training_examples import TrainingExample, encode_example
+
+SWEEPS_PER_TTL = 8
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureConfig:
+    """The knobs of the feature logic, resolved once from ``FlowSettings``."""
+
+    history_len: int = 50
+    lateness_ms: int = 5000
+    session_ttl_ms: int = 7 * 86_400_000
+    purchase_weight: float = 5.0
+
+    @classmethod
+    def from_settings(cls, settings: FlowSettings) -> FeatureConfig:
+        return cls(
+            history_len=settings.history_len,
+            lateness_ms=int(settings.lateness_s * 1000),
+            session_ttl_ms=settings.session_ttl_s * 1000,
+            purchase_weight=settings.purchase_weight,
+        )
+
+
+@dataclass(slots=True)
+class ShardOutput:
+    """What one ``apply`` produced: writes for Redis, messages for Kafka, counts for metrics.
+
+    ``sessions`` holds only the sessions changed by this batch, each as its full hash.
+    ``examples`` and ``dead_letters`` are ``(key, value)`` message bytes.
+    ``popularity`` lists ``(item_id, ts_ms, weight)`` of the applied events.
+    """
+
+    sessions: dict[str, dict[str, bytes]] = field(default_factory=dict)
+    examples: list[tuple[bytes, bytes]] = field(default_factory=list)
+    dead_letters: list[tuple[bytes, bytes]] = field(default_factory=list)
+    popularity: list[tuple[str, int, float]] = field(default_factory=list)
+    produce_ms: list[int] = field(default_factory=list)
+    events: int = 0
+    duplicates: int = 0
+    late: int = 0
+    evicted: int = 0
+
+
+class FeatureShard:
+    """Sessions of one shard, keyed by session id."""
+
+    def __init__(self, config: FeatureConfig) -> None:
+        self.config = config
+        self.sessions: dict[str, SessionState] = {}
+        self.watermark_ms = NO_TS
+        self.next_sweep_ms = NO_TS
+
+    def apply(self, inputs: list[ShardInput]) -> ShardOutput:
+        """Apply the inputs in order; return the changed sessions and what to emit."""
+        config = self.config
+        history_len, lateness_ms = config.history_len, config.lateness_ms
+        purchase_weight = config.purchase_weight
+        sessions = self.sessions
+        out = ShardOutput()
+        examples = out.examples
+        popularity = out.popularity
+        changed: dict[str, SessionState] = {}
+        duplicates = late = 0
+        watermark = self.watermark_ms
+        for shard_input in inputs:
+            topic, partition = shard_input.topic, shard_input.partition
+            out.events += len(shard_input.events)
+            out.produce_ms.extend(shard_input.produce_ms)
+            for letter in shard_input.dead_letters:
+                out.dead_letters.append((letter.key, encode_dead_letter(letter)))
+            for event, offset in zip(shard_input.events, shard_input.offsets, strict=True):
+                session_id = event.session_id
+                state = sessions.get(session_id)
+                if state is None:
+                    state = sessions[session_id] = SessionState()
+                if not state.record(event.event_id):
+                    duplicates += 1
+                    continue
+                ts = event.ts
+                if ts > watermark:
+                    watermark = ts
+                late_before = state.late
+                if event.type == "click":
+                    history = state.apply_click(
+                        ts, event.item_id, event.category, history_len, lateness_ms
+                    )
+                    if history:
+                        example = TrainingExample(
+                            example_id=event.event_id,
+                            session_id=session_id,
+                            history=history,
+                            target_item=event.item_id,
+                            ts=ts,
+                            kind="click",
+                            weight=1.0,
+                            bought=True if event.item_id in state.bought else None,
+                            category=event.category,
+                            source_topic=topic,
+                            source_partition=partition,
+                            source_offset=offset,
+                        )
+                        examples.append((session_id.encode(), encode_example(example)))
+                    popularity.append((event.item_id, ts, 1.0))
+                else:
+                    history = state.apply_purchase(ts, event.item_id, history_len, lateness_ms)
+                    example = TrainingExample(
+                        example_id=event.event_id,
+                        session_id=session_id,
+                        history=history,
+                        target_item=event.item_id,
+                        ts=ts,
+                        kind="purchase",
+                        weight=purchase_weight,
+                        bought=True,
+                        category=event.category,
+                        source_topic=topic,
+                        source_partition=partition,
+                        source_offset=offset,
+                    )
+                    examples.append((session_id.encode(), encode_example(example)))
+                    popularity.append((event.item_id, ts, purchase_weight))
+                late += state.late - late_before
+                changed[session_id] = state
+        out.duplicates, out.late = duplicates, late
+        out.sessions = {
+            session_id: encode_session_features(state.features())
+            for session_id, state in changed.items()
+        }
+        self.watermark_ms = watermark
+        if watermark != NO_TS and watermark >= self.next_sweep_ms:
+            out.evicted = self._evict_idle()
+        return out
+
+    def _evict_idle(self) -> int:
+        """Forget sessions idle for a TTL of event time; schedule the next sweep."""
+        ttl_ms = self.config.session_ttl_ms
+        horizon = self.watermark_ms - ttl_ms
+        idle = [sid for sid, state in self.sessions.items() if state.last_ts < horizon]
+        for session_id in idle:
+            del self.sessions[session_id]
+        self.next_sweep_ms = self.watermark_ms + ttl_ms // SWEEPS_PER_TTL
+        return len(idle)
+
+    def snapshot(self) -> bytes:
+        """An immutable copy of the state (pickled now, so later updates cannot leak in)."""
+        return pickle.dumps(
+            (self.sessions, self.watermark_ms, self.next_sweep_ms), protocol=pickle.HIGHEST_PROTOCOL
+        )
+
+    @classmethod
+    def restore(cls, config: FeatureConfig, snapshot: bytes | None) -> FeatureShard:
+        """A shard from a ``snapshot`` (or empty when None)."""
+        shard = cls(config)
+        if snapshot is not None:
+            shard.sessions, shard.watermark_ms, shard.next_sweep_ms = pickle.loads(snapshot)
+        return shard

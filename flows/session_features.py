@@ -1,0 +1,91 @@
+"""The session-feature contract: the fields of the Redis hash the flow writes and serving reads.
+
+One hash per session at ``RedisKeys.session(sid)``, so serving reads everything with one
+HGETALL. Every write sets every field to its absolute value (never an increment), which
+makes a replay after a crash idempotent. The key expires ``FlowSettings.session_ttl_s``
+after the session's last write.
+
+| field | type | meaning |
+|---|---|---|
+| ``items`` | JSON list of str | last N clicked item ids, oldest first, in event-time order |
+| ``clicks`` | int | clicks seen (duplicates excluded, late clicks included) |
+| ``purchases`` | int | purchases seen (duplicates excluded) |
+| ``bought`` | JSON list of str | distinct bought item ids, in purchase order (last N) |
+| ``categories`` | JSON object str -> int | click count per category |
+| ``first_ts`` | int, epoch ms | earliest event time of the session |
+| ``last_ts`` | int, epoch ms | latest event time of the session |
+| ``gap_ms`` | int, ms | time between the two latest events in event time (0 for one event) |
+| ``late`` | int | events that arrived beyond the lateness bound (kept out of ``items``) |
+
+All fields are pure functions of the session's events, so two runs over the same events
+write byte-identical hashes (no wall-clock field on purpose).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import orjson
+
+FIELDS = (
+    "items",
+    "clicks",
+    "purchases",
+    "bought",
+    "categories",
+    "first_ts",
+    "last_ts",
+    "gap_ms",
+    "late",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class SessionFeatures:
+    """A session's features as serving sees them."""
+
+    items: tuple[str, ...]
+    clicks: int
+    purchases: int
+    bought: tuple[str, ...]
+    categories: dict[str, int]
+    first_ts: int
+    last_ts: int
+    gap_ms: int
+    late: int = 0
+
+
+def encode_session_features(features: SessionFeatures) -> dict[str, bytes]:
+    """The hash fields for ``features``, in ``FIELDS`` order (values as HSET stores them)."""
+    return {
+        "items": orjson.dumps(features.items),
+        "clicks": str(features.clicks).encode(),
+        "purchases": str(features.purchases).encode(),
+        "bought": orjson.dumps(features.bought),
+        "categories": orjson.dumps(features.categories, option=orjson.OPT_SORT_KEYS),
+        "first_ts": str(features.first_ts).encode(),
+        "last_ts": str(features.last_ts).encode(),
+        "gap_ms": str(features.gap_ms).encode(),
+        "late": str(features.late).encode(),
+    }
+
+
+def decode_session_features(hash: dict[bytes, bytes]) -> SessionFeatures:  # noqa: A002
+    """Decode an HGETALL reply; raises ``ValueError`` on a hash the flow did not write.
+
+    An empty reply (unknown or expired session) raises too: callers check for it first.
+    """
+    try:
+        return SessionFeatures(
+            items=tuple(orjson.loads(hash[b"items"])),
+            clicks=int(hash[b"clicks"]),
+            purchases=int(hash[b"purchases"]),
+            bought=tuple(orjson.loads(hash[b"bought"])),
+            categories={str(k): int(v) for k, v in orjson.loads(hash[b"categories"]).items()},
+            first_ts=int(hash[b"first_ts"]),
+            last_ts=int(hash[b"last_ts"]),
+            gap_ms=int(hash[b"gap_ms"]),
+            late=int(hash.get(b"late", b"0")),
+        )
+    except (KeyError, TypeError, ValueError, AttributeError, orjson.JSONDecodeError) as exc:
+        raise ValueError(f"not a session-feature hash: {exc!r}") from exc
