@@ -198,6 +198,12 @@ class ServingSettings(BaseSettings):
     backpressure: int = Field(
         256, ge=1, description="Requests processed at once per worker; others wait in backlog."
     )
+    score_batch_max: int = Field(
+        16, ge=1, description="Most sessions scored in one model call (micro-batching)."
+    )
+    score_batch_wait_ms: float = Field(
+        2.0, ge=0, description="Longest a request waits for others to join its batch."
+    )
 
 
 class DriftSettings(BaseSettings):

@@ -1,0 +1,420 @@
+"""The HTTP app: routes, auth, limits and the request path of ``/recommend``.
+
+The app is an explicit Starlette object built by ``create_app`` from settings and the
+parts it runs on (registry, scorer factory, Kafka producer), so tests can build it with
+fakes and the server builds it once per worker process. Handlers only move data: they
+validate (``recommend_request``), read Redis once (HGETALL of the session hash), call the
+pure ``recommender`` functions on the snapshot read once from the ``ModelHolder``, queue
+the impression and write JSON with orjson.
+
+A request never waits on a model load, on Kafka or on the category map: those happen on
+background threads (``hot_swap``, ``impression_log``).
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import orjson
+import redis
+import redis.asyncio as aioredis
+from confluent_kafka import Producer
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from flows.session_features import SessionFeatures, decode_session_features
+from serving.hot_swap import ModelFollower, ModelHolder, Scorer, VersionSource
+from serving.impression_log import ImpressionLog
+from serving.item_categories import read_item_categories
+from serving.openapi import openapi_document
+from serving.recommend_request import (
+    RecommendRequest,
+    RequestLimits,
+    RequestProblem,
+    parse_body,
+    parse_query,
+)
+from serving.recommender import (
+    Recommendation,
+    model_history,
+    popular_depth,
+    rank_items,
+    recommend_popular,
+)
+from serving.score_batcher import ScoreBatcher
+from serving.service_metrics import ServingMetrics
+from streamrec.redis_keys import RedisKeys
+from streamrec.settings import Settings, load_settings
+from streamrec.structured_log import configure_logging, log_event
+from streamrec.topics import Topics
+
+logger = logging.getLogger(__name__)
+JSON = "application/json"
+ROUTES = ("/recommend", "/healthz", "/readyz", "/model", "/metrics", "/openapi.json")
+
+
+class ServingState:
+    """Everything one worker process holds: model, Redis clients, impressions, metrics."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        registry: VersionSource,
+        build_scorer: Callable[[Any], Scorer],
+        producer: Producer,
+        corrupt_errors: tuple[type[BaseException], ...],
+    ) -> None:
+        serving = settings.serving
+        self.settings = settings
+        self.keys = RedisKeys(settings.redis.key_prefix)
+        self.limits = RequestLimits(serving.max_k, serving.default_k, serving.max_exclude_items)
+        self.metrics = ServingMetrics()
+        self.holder = ModelHolder()
+        self.batcher = ScoreBatcher(serving.score_batch_max, serving.score_batch_wait_ms / 1000)
+        url = settings.redis.redis_url.get_secret_value()
+        self.redis = aioredis.Redis(
+            connection_pool=aioredis.BlockingConnectionPool.from_url(
+                url,
+                max_connections=serving.redis_max_connections,
+                timeout=serving.redis_timeout_s,
+                socket_timeout=serving.redis_timeout_s,
+                socket_connect_timeout=serving.redis_timeout_s,
+            )
+        )
+        self.sync_redis = redis.Redis.from_url(
+            url, socket_timeout=settings.redis.redis_timeout_s, health_check_interval=10
+        )
+        pubsub_client = redis.Redis.from_url(url, socket_timeout=None, health_check_interval=10)
+        self.follower = ModelFollower(
+            self.holder,
+            registry,
+            build_scorer,
+            redis_client=pubsub_client,
+            channel=self.keys.model_updates,
+            poll_interval_s=serving.poll_interval_s,
+            category_refresh_s=serving.category_refresh_s,
+            read_categories=lambda: read_item_categories(self.sync_redis, self.keys),
+            metrics=self.metrics,
+            corrupt_errors=corrupt_errors,
+        )
+        self.impressions = ImpressionLog(
+            producer,
+            Topics.from_settings(settings.kafka).impressions,
+            self.metrics,
+            batch_ms=serving.impression_batch_ms,
+            batch_size=serving.impression_batch_size,
+            queue_max=serving.impression_queue_max,
+        )
+        token = serving.auth_token.get_secret_value()
+        self.expected_auth = f"Bearer {token}".encode() if token else b""
+        self.openapi = orjson.dumps(openapi_document(serving))
+
+    def start(self) -> None:
+        self.follower.start()
+        self.impressions.start()
+
+    async def stop(self) -> None:
+        """Stop following the registry, flush impressions, close Redis connections."""
+        grace_s = self.settings.serving.shutdown_grace_s
+        self.follower.stop(grace_s)
+        undelivered = self.impressions.close(grace_s)
+        log_event(logger, "serving_stopped", impressions_undelivered=undelivered)
+        await self.redis.aclose()
+        self.sync_redis.close()
+
+
+def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(data), status, headers, media_type=JSON)
+
+
+def _problem(problem: RequestProblem, headers: dict[str, str] | None = None) -> Response:
+    return _json(problem.body(), problem.status, headers)
+
+
+class RecommendHandlers:
+    """The route handlers, bound to one worker's ``ServingState``."""
+
+    def __init__(self, state: ServingState) -> None:
+        self.state = state
+
+    def _denied(self, request: Request) -> Response | None:
+        expected = self.state.expected_auth
+        if not expected:
+            return None
+        given = request.headers.get("authorization", "").encode()
+        if hmac.compare_digest(given, expected):
+            return None
+        problem = RequestProblem(401, "unauthorized", "a valid bearer token is required")
+        return _problem(problem, {"WWW-Authenticate": "Bearer"})
+
+    async def recommend_get(self, request: Request) -> Response:
+        denied = self._denied(request)
+        if denied is not None:
+            return denied
+        parsed = parse_query(request.query_params.multi_items(), self.state.limits)
+        if isinstance(parsed, RequestProblem):
+            return _problem(parsed)
+        return await self._answer(parsed)
+
+    async def recommend_post(self, request: Request) -> Response:
+        denied = self._denied(request)
+        if denied is not None:
+            return denied
+        media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if media_type != JSON:
+            return _problem(RequestProblem(415, "unsupported_media_type", "send application/json"))
+        body = await self._read_body(request)
+        if isinstance(body, RequestProblem):
+            return _problem(body)
+        parsed = parse_body(body, self.state.limits)
+        if isinstance(parsed, RequestProblem):
+            return _problem(parsed)
+        return await self._answer(parsed)
+
+    async def _read_body(self, request: Request) -> bytes | RequestProblem:
+        """The body, refused as soon as it is known to exceed the limit (header or stream)."""
+        limit = self.state.settings.serving.max_body_bytes
+        too_large = RequestProblem(413, "body_too_large", f"the body is limited to {limit} bytes")
+        declared = request.headers.get("content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > limit):
+            return too_large
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                return too_large
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def _answer(self, request: RecommendRequest) -> Response:
+        state = self.state
+        started = time.perf_counter()
+        snapshot = state.holder.current  # read once: the whole answer uses this version
+        batcher = state.batcher
+        batcher.begin()
+        scoring = True
+        try:
+            raw = await state.redis.hgetall(state.keys.session(request.session_id))
+            features = self._features(raw, request.session_id)
+            history = model_history(snapshot, features)
+            if history is not None and snapshot is not None and features is not None:
+                scoring = False
+                scores = await batcher.score(snapshot, history)
+                recommendation = rank_items(snapshot, features, request, scores)
+            else:
+                scoring = False
+                batcher.end()
+                depth = popular_depth(request, features)
+                popular = await state.redis.zrevrange(
+                    state.keys.popular, 0, depth - 1, withscores=True
+                )
+                recommendation = recommend_popular(
+                    [(item.decode(), score) for item, score in popular],
+                    snapshot,
+                    features,
+                    request,
+                )
+                state.metrics.fallbacks.inc()
+        except (redis.RedisError, TimeoutError) as exc:
+            state.metrics.redis_errors.inc()
+            log_event(logger, "redis_unavailable", logging.WARNING, error=repr(exc)[:200])
+            problem = RequestProblem(503, "feature_store_unavailable", "Redis did not answer")
+            return _problem(problem, {"Retry-After": "1"})
+        finally:
+            if scoring:  # failed before asking for scores: stop the batcher waiting for it
+                batcher.end()
+        request_id = uuid.uuid4().hex
+        if recommendation.item_ids:
+            state.impressions.record(
+                (
+                    request_id,
+                    request.session_id,
+                    int(time.time() * 1000),
+                    recommendation.item_ids,
+                    recommendation.model_version,
+                )
+            )
+        response = Response(
+            _response_body(request_id, request.session_id, recommendation), media_type=JSON
+        )
+        state.metrics.request_seconds.observe(time.perf_counter() - started)
+        return response
+
+    def _features(self, raw: dict[bytes, bytes], session_id: str) -> SessionFeatures | None:
+        if not raw:
+            return None
+        try:
+            return decode_session_features(raw)
+        except ValueError as exc:
+            log_event(
+                logger, "session_hash_unreadable", logging.WARNING, session_id=session_id,
+                error=str(exc)[:200],
+            )  # fmt: skip
+            return None
+
+    async def healthz(self, request: Request) -> Response:
+        return _json({"status": "ok"})
+
+    async def readyz(self, request: Request) -> Response:
+        model_loaded = self.state.holder.current is not None
+        try:
+            redis_ok = bool(await self.state.redis.ping())
+        except (redis.RedisError, TimeoutError):
+            redis_ok = False
+        ready = model_loaded and redis_ok
+        body = {"ready": ready, "model_loaded": model_loaded, "redis": redis_ok}
+        return _json(body, 200 if ready else 503)
+
+    async def model(self, request: Request) -> Response:
+        denied = self._denied(request)
+        if denied is not None:
+            return denied
+        snapshot = self.state.holder.current
+        follower = self.state.follower
+        failed = [{"version": v, "reason": r} for v, r in follower.state.failed_versions]
+        return _json(
+            {
+                "version": snapshot.version if snapshot else None,
+                "loaded_at": snapshot.loaded_at if snapshot else None,
+                "age_s": round(time.time() - snapshot.loaded_at, 3) if snapshot else None,
+                "source": snapshot.source if snapshot else None,
+                "items": len(snapshot.item_rows) if snapshot else 0,
+                "failed_versions": failed,
+                "pubsub_connected": follower.state.pubsub_connected,
+            }
+        )
+
+    async def metrics(self, request: Request) -> Response:
+        return Response(
+            generate_latest(self.state.metrics.registry), media_type=CONTENT_TYPE_LATEST
+        )
+
+    async def openapi(self, request: Request) -> Response:
+        return Response(self.state.openapi, media_type=JSON)
+
+
+def _response_body(request_id: str, session_id: str, recommendation: Recommendation) -> bytes:
+    return orjson.dumps(
+        {
+            "request_id": request_id,
+            "session_id": session_id,
+            "model_version": recommendation.model_version,
+            "fallback": recommendation.fallback,
+            "items": [
+                {"item_id": item_id, "score": score}
+                for item_id, score in zip(
+                    recommendation.item_ids, recommendation.scores, strict=True
+                )
+            ],
+        }
+    )
+
+
+class RequestCounter:
+    """ASGI middleware counting responses by route and status (bounded label values)."""
+
+    def __init__(self, app: ASGIApp, metrics: ServingMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+        self._children: dict[tuple[str, int], Any] = {}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        route = scope["path"] if scope["path"] in ROUTES else "other"
+
+        async def counting_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                key = (route, message["status"])
+                child = self._children.get(key)
+                if child is None:
+                    child = self.metrics.requests.labels(route, str(message["status"]))
+                    self._children[key] = child
+                child.inc()
+            await send(message)
+
+        await self.app(scope, receive, counting_send)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    return _json({"error": code, "detail": str(exc.detail)}, exc.status_code, exc.headers)
+
+
+def create_app(
+    settings: Settings,
+    *,
+    registry: VersionSource | None = None,
+    build_scorer: Callable[[Any], Scorer] | None = None,
+    producer: Producer | None = None,
+) -> Starlette:
+    """The serving app for one worker; the defaults are the real registry, model and Kafka."""
+    corrupt_errors: tuple[type[BaseException], ...] = (ValueError,)
+    if registry is None or build_scorer is None:
+        import torch
+
+        from online_models.session_scorer import SessionScorer
+        from online_models.weight_registry import WeightLoadError, WeightRegistry
+
+        # One scoring thread per worker: workers, not threads, use the cores.
+        torch.set_num_threads(settings.model.scorer_threads or 1)
+        client = redis.Redis.from_url(
+            settings.redis.redis_url.get_secret_value(),
+            socket_timeout=settings.redis.redis_timeout_s,
+        )
+        registry = registry or WeightRegistry(settings, client)
+        build_scorer = build_scorer or (lambda w: SessionScorer.from_weights(w, settings.model))
+        corrupt_errors = (ValueError, WeightLoadError)
+    if producer is None:
+        from streamrec.kafka_clients import make_producer
+
+        producer = make_producer(
+            settings.kafka, **{"linger.ms": settings.serving.impression_batch_ms}
+        )
+    state = ServingState(settings, registry, build_scorer, producer, corrupt_errors)
+    handlers = RecommendHandlers(state)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        state.start()
+        log_event(logger, "serving_started", port=settings.serving.port)
+        yield
+        await state.stop()
+
+    app = Starlette(
+        routes=[
+            Route("/recommend", handlers.recommend_get, methods=["GET"]),
+            Route("/recommend", handlers.recommend_post, methods=["POST"]),
+            Route("/healthz", handlers.healthz, methods=["GET"]),
+            Route("/readyz", handlers.readyz, methods=["GET"]),
+            Route("/model", handlers.model, methods=["GET"]),
+            Route("/metrics", handlers.metrics, methods=["GET"]),
+            Route("/openapi.json", handlers.openapi, methods=["GET"]),
+        ],
+        exception_handlers={HTTPException: _http_error},
+        lifespan=lifespan,
+    )
+    app.state.serving = state
+    app.add_middleware(RequestCounter, metrics=state.metrics)
+    return app
+
+
+def app_from_environment() -> Starlette:
+    """The factory each server worker calls: settings from the environment, built once."""
+    settings = load_settings()
+    configure_logging(settings.log_level)
+    return create_app(settings)

@@ -1,0 +1,213 @@
+"""The OpenAPI 3.1 description of the HTTP API, built from the response models.
+
+The request handlers write JSON with orjson for speed; the pydantic models here are the
+documented shape of each body. The document's schemas are generated from these same
+models, and the tests validate real responses against them, so the description cannot
+drift from what the server sends.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.json_schema import models_json_schema
+
+from serving.recommend_request import MAX_CATEGORIES
+from streamrec.events import MAX_ID_CHARS
+from streamrec.settings import ServingSettings
+
+ID_REGEX = rf"^[A-Za-z0-9_.:@-]{{1,{MAX_ID_CHARS}}}$"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class RecommendedItem(_Strict):
+    item_id: str
+    score: float = Field(description="Model score, or decayed popularity for a fallback.")
+
+
+class RecommendResponse(_Strict):
+    request_id: str = Field(description="Unique id; the impression event carries it.")
+    session_id: str
+    model_version: int | None = Field(description="Version that scored; null for a fallback.")
+    fallback: Literal["popular"] | None = Field(
+        description="Set when the session is unknown or empty and popular items are shown."
+    )
+    items: list[RecommendedItem] = Field(description="Best first; at most k.")
+
+
+class RecommendBody(_Strict):
+    session_id: str = Field(pattern=ID_REGEX)
+    k: int = Field(20, ge=1, description="How many items (default and maximum from config).")
+    exclude_bought: bool = Field(True, description="Leave out items the session bought.")
+    categories: list[str] = Field(
+        default_factory=list, max_length=MAX_CATEGORIES, description="Only these categories."
+    )
+    exclude_items: list[str] = Field(default_factory=list, description="Never return these.")
+
+
+class ErrorResponse(_Strict):
+    error: str = Field(description="Stable machine-readable code, e.g. invalid_k.")
+    detail: str
+
+
+class HealthResponse(_Strict):
+    status: Literal["ok"]
+
+
+class ReadyResponse(_Strict):
+    ready: bool
+    model_loaded: bool
+    redis: bool
+
+
+class FailedVersion(_Strict):
+    version: int
+    reason: str
+
+
+class ModelResponse(_Strict):
+    version: int | None
+    loaded_at: float | None = Field(description="Unix time the version was swapped in.")
+    age_s: float | None = Field(description="Seconds since it was swapped in.")
+    source: str | None = Field(description="startup, pubsub or poll: what triggered the load.")
+    items: int
+    failed_versions: list[FailedVersion] = Field(description="Versions skipped, newest last.")
+    pubsub_connected: bool
+
+
+MODELS: tuple[type[BaseModel], ...] = (
+    RecommendResponse,
+    RecommendBody,
+    ErrorResponse,
+    HealthResponse,
+    ReadyResponse,
+    ModelResponse,
+)
+
+
+def _json(model: type[BaseModel], description: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {
+            "application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}
+        },
+    }
+
+
+def _errors(*statuses: int) -> dict[str, Any]:
+    meaning = {
+        400: "Invalid parameter (see error and detail).",
+        401: "Missing or wrong bearer token (only when a token is configured).",
+        404: "No such route.",
+        405: "Method not allowed on this route.",
+        413: "Request body larger than the configured limit.",
+        415: "Body is not application/json.",
+        503: "Redis did not answer in time.",
+    }
+    return {str(s): _json(ErrorResponse, meaning[s]) for s in statuses}
+
+
+def openapi_document(settings: ServingSettings) -> dict[str, Any]:
+    """The OpenAPI document for a server with these settings (limits are filled in)."""
+    _, definitions = models_json_schema(
+        [(model, "serialization") for model in MODELS],
+        ref_template="#/components/schemas/{model}",
+    )
+    schemas = definitions["$defs"]
+    schemas["RecommendBody"]["properties"]["k"]["maximum"] = settings.max_k
+    schemas["RecommendBody"]["properties"]["k"]["default"] = settings.default_k
+    schemas["RecommendBody"]["properties"]["exclude_items"]["maxItems"] = settings.max_exclude_items
+    secured = [{"bearer": []}] if settings.auth_token.get_secret_value() else []
+    query = [
+        _param("session_id", {"type": "string", "pattern": ID_REGEX}, required=True),
+        _param("k", {"type": "integer", "minimum": 1, "maximum": settings.max_k}),
+        _param("category", {"type": "string", "pattern": ID_REGEX}),
+        _param("exclude_bought", {"type": "boolean", "default": True}),
+    ]
+    ok = _json(RecommendResponse, "Top-K items for the session.")
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "streamrec serving", "version": "1"},
+        "paths": {
+            "/recommend": {
+                "get": {
+                    "summary": "Top-K items for a session",
+                    "parameters": query,
+                    "security": secured,
+                    "responses": {"200": ok, **_errors(400, 401, 503)},
+                },
+                "post": {
+                    "summary": "Top-K items for a session, with options",
+                    "security": secured,
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {
+                                "schema": {"$ref": "#/components/schemas/RecommendBody"}
+                            }
+                        },
+                    },
+                    "responses": {"200": ok, **_errors(400, 401, 413, 415, 503)},
+                },
+            },
+            "/healthz": {
+                "get": {
+                    "summary": "The process is up",
+                    "responses": {"200": _json(HealthResponse, "Alive.")},
+                }
+            },
+            "/readyz": {
+                "get": {
+                    "summary": "A model is loaded and Redis answers",
+                    "responses": {
+                        "200": _json(ReadyResponse, "Ready."),
+                        "503": _json(ReadyResponse, "Not ready."),
+                    },
+                }
+            },
+            "/model": {
+                "get": {
+                    "summary": "The serving model: version, loaded at, age, source",
+                    "security": secured,
+                    "responses": {
+                        "200": _json(ModelResponse, "The model now serving."),
+                        **_errors(401),
+                    },
+                }
+            },
+            "/metrics": {
+                "get": {
+                    "summary": "Prometheus metrics of this worker",
+                    "responses": {
+                        "200": {
+                            "description": "Prometheus text format.",
+                            "content": {"text/plain": {"schema": {"type": "string"}}},
+                        }
+                    },
+                }
+            },
+            "/openapi.json": {
+                "get": {
+                    "summary": "This document",
+                    "responses": {
+                        "200": {
+                            "description": "OpenAPI 3.1.",
+                            "content": {"application/json": {"schema": {"type": "object"}}},
+                        }
+                    },
+                }
+            },
+        },
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+    }
+
+
+def _param(name: str, schema: dict[str, Any], required: bool = False) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": required, "schema": schema}

@@ -1,0 +1,92 @@
+"""Running the app: granian with ``ServingSettings.workers`` worker processes.
+
+granian (a Rust HTTP server) was chosen by measurement over uvicorn; see
+docs/serving.md. Each worker imports ``serving.app:app_from_environment`` and builds its
+own app from the environment (settings are read once per process), so every worker
+follows the registry and logs impressions on its own; the parent only supervises.
+
+Graceful shutdown: on SIGTERM or SIGINT granian stops accepting connections, lets the
+workers finish in-flight requests, then runs the app's lifespan shutdown, which stops the
+registry follower and flushes queued impressions to Kafka (up to ``shutdown_grace_s``).
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from streamrec.settings import ServingSettings
+
+APP_FACTORY = "serving.app:app_from_environment"
+
+
+def serve(settings: ServingSettings) -> None:
+    """Serve until interrupted (blocks)."""
+    from granian.constants import HTTPModes, Interfaces, Loops
+    from granian.http import HTTP1Settings
+    from granian.server import Server
+
+    Server(
+        APP_FACTORY,
+        address=settings.host,
+        port=settings.port,
+        interface=Interfaces.ASGI,
+        workers=settings.workers,
+        loop=Loops.asyncio,
+        http=HTTPModes.http1,
+        websockets=False,
+        backpressure=settings.backpressure,
+        http1_settings=HTTP1Settings(header_read_timeout=10_000),
+        factory=True,
+        log_access=False,
+        workers_kill_timeout=max(1, math.ceil(settings.shutdown_grace_s)),
+    ).serve()
+
+
+def spawn_server(
+    env: dict[str, str], port: int, log_path: Path | None = None, timeout_s: float = 60.0
+) -> subprocess.Popen:
+    """Start ``streamrec serve`` in a child process and wait until ``/healthz`` answers.
+
+    ``env`` is the child's whole environment (STREAMREC_* variables configure it); its
+    logs go to ``log_path`` (default: this process's stderr). Used by the serving
+    benchmark and the integration tests, which need a real server.
+    """
+    child_env = env | {"STREAMREC_SERVING_PORT": str(port)}
+    log = open(log_path, "ab") if log_path else None  # noqa: SIM115 - the child keeps it
+    process = subprocess.Popen(
+        [sys.executable, "-m", "streamrec.cli", "serve"],
+        env=child_env,
+        stdout=subprocess.DEVNULL,
+        stderr=log,
+    )
+    if log is not None:
+        log.close()
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1):
+                return process
+        except OSError:
+            time.sleep(0.1)
+    stop_server(process)
+    raise TimeoutError(f"server not answering on port {port} after {timeout_s}s")
+
+
+def stop_server(process: subprocess.Popen, timeout_s: float = 15.0) -> int:
+    """SIGTERM (graceful: in-flight requests finish, impressions flush), then SIGKILL."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    return process.returncode

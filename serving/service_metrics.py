@@ -1,0 +1,70 @@
+"""Prometheus metrics of the serving process (one set per worker process).
+
+Names follow ``streamrec_serving_<what>_<unit>``; labels are few and bounded (route and
+status class only). Each instance owns its registry, so tests can build several apps in
+one process without name clashes.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS_S = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5)
+
+
+class ServingMetrics:
+    """Counters, gauges and histograms of one serving process."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "streamrec_serving_requests_total",
+            "HTTP requests answered, by route and status code.",
+            ("route", "status"),
+            registry=r,
+        )
+        self.request_seconds = Histogram(
+            "streamrec_serving_request_duration_seconds",
+            "Time spent answering /recommend, in the handler.",
+            buckets=LATENCY_BUCKETS_S,
+            registry=r,
+        )
+        self.fallbacks = Counter(
+            "streamrec_serving_fallbacks_total",
+            "Recommendations answered from popular items (unknown or empty session).",
+            registry=r,
+        )
+        self.redis_errors = Counter(
+            "streamrec_serving_redis_errors_total",
+            "Redis calls on the request path that failed or timed out (answered 503).",
+            registry=r,
+        )
+        self.model_version = Gauge(
+            "streamrec_serving_model_version", "Version of the model now serving.", registry=r
+        )
+        self.model_loaded_at = Gauge(
+            "streamrec_serving_model_loaded_at_seconds",
+            "Unix time the serving model was swapped in.",
+            registry=r,
+        )
+        self.model_swaps = Counter(
+            "streamrec_serving_model_swaps_total", "Model versions swapped in.", registry=r
+        )
+        self.model_load_seconds = Histogram(
+            "streamrec_serving_model_load_duration_seconds",
+            "Time to load a version and build its scorer (off the request path).",
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=r,
+        )
+        self.model_load_failures = Counter(
+            "streamrec_serving_model_load_failures_total",
+            "Versions that failed to load (corrupt, non-finite) and were skipped.",
+            registry=r,
+        )
+        self.impressions = Counter(
+            "streamrec_serving_impressions_total",
+            "Impression events by outcome (sent, dropped when the queue is full, failed).",
+            ("outcome",),
+            registry=r,
+        )
