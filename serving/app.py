@@ -95,7 +95,12 @@ class ServingState:
         self.sync_redis = redis.Redis.from_url(
             url, socket_timeout=settings.redis.redis_timeout_s, health_check_interval=10
         )
-        pubsub_client = redis.Redis.from_url(url, socket_timeout=None, health_check_interval=10)
+        pubsub_client = redis.Redis.from_url(
+            url,
+            socket_timeout=settings.redis.redis_timeout_s,
+            socket_connect_timeout=settings.redis.redis_timeout_s,
+            health_check_interval=10,
+        )
         self.follower = ModelFollower(
             self.holder,
             registry,
