@@ -17,6 +17,7 @@ from transformers import BertConfig, BertModel
 from online_models.model_weights import ITEM_BIAS, ITEM_TABLE, ModelShape, ModelWeights
 
 PROJECTION_PREFIX = "head.projection."
+LENGTH_BUCKETS = (2, 5, 10)
 BACKBONE_PREFIX = "backbone."
 
 
@@ -32,6 +33,8 @@ def backbone_config(shape: ModelShape, dropout: float = 0.0) -> BertConfig:
         type_vocab_size=1,
         hidden_dropout_prob=dropout,
         attention_probs_dropout_prob=dropout,
+        # Sessions are short: plain attention beats the fused kernels at these sizes on CPU.
+        attn_implementation="eager",
     )
 
 
@@ -86,13 +89,31 @@ class SessionRecommender(nn.Module):
         self.item_bias.data = bias
 
     def encode(self, rows: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """The encoder's last-position state (B x H); zero for empty histories."""
-        has_history = mask[:, -1] > 0
-        safe_mask = mask.clone()
-        safe_mask[:, -1] = 1  # a fully masked row would make attention undefined
-        embeds = torch.nn.functional.embedding(rows, self.item_table)
-        state = self.backbone(inputs_embeds=embeds, attention_mask=safe_mask).last_hidden_state
-        return state[:, -1] * has_history.unsqueeze(1).to(state.dtype)
+        """The encoder's last-position state (B x H); zero for empty histories.
+
+        ``rows``/``mask`` are left-padded to ``max_seq_len``. Sessions are mostly short, so
+        the batch is encoded in length buckets with the padding cut off; explicit position
+        ids keep every item at the position it has in the padded layout, so the result
+        does not depend on how a batch is bucketed.
+        """
+        length = mask.sum(dim=1)
+        full = rows.shape[1]
+        out = torch.zeros(rows.shape[0], self.shape.hidden_size, device=rows.device)
+        low = 0
+        for high in (*(b for b in LENGTH_BUCKETS if b < full), full):
+            members = ((length > low) & (length <= high)).nonzero().flatten()
+            low = high
+            if members.numel() == 0:
+                continue
+            positions = torch.arange(full - high, full, device=rows.device)
+            embeds = torch.nn.functional.embedding(rows[members, -high:], self.item_table)
+            state = self.backbone(
+                inputs_embeds=embeds,
+                attention_mask=mask[members, -high:],
+                position_ids=positions.expand(members.numel(), high),
+            ).last_hidden_state
+            out = out.index_copy(0, members, state[:, -1].to(out.dtype))
+        return out
 
     def session_vectors(self, rows: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Session query vectors (B x H)."""

@@ -1,0 +1,53 @@
+"""HR@K and MRR@K from full score matrices (pure)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+CUTOFF = 20
+
+
+@dataclass(slots=True)
+class RankingTotals:
+    """Sums over examples, so batches combine by addition."""
+
+    examples: int = 0
+    hits: int = 0
+    reciprocal_rank_sum: float = 0.0
+
+    def add(self, other: RankingTotals) -> None:
+        self.examples += other.examples
+        self.hits += other.hits
+        self.reciprocal_rank_sum += other.reciprocal_rank_sum
+
+    @property
+    def hit_rate(self) -> float:
+        return self.hits / self.examples if self.examples else 0.0
+
+    @property
+    def mrr(self) -> float:
+        return self.reciprocal_rank_sum / self.examples if self.examples else 0.0
+
+
+def target_ranks(scores: torch.Tensor, target_rows: torch.Tensor) -> torch.Tensor:
+    """0-based rank of each target among all scored items; -1 rows (unknown) rank last.
+
+    Ties count against the target (an item scored equal to it is ranked before it), so a
+    constant model never looks good.
+    """
+    if scores.shape[1] == 0:
+        return torch.full_like(target_rows, 1 << 30)  # nothing to recommend: a miss
+    known = target_rows >= 0
+    safe = target_rows.clamp(min=0)
+    target_scores = scores.gather(1, safe.unsqueeze(1))
+    ranks = (scores >= target_scores).sum(dim=1) - 1
+    return torch.where(known, ranks, torch.full_like(ranks, scores.shape[1]))
+
+
+def ranking_totals(ranks: torch.Tensor, cutoff: int = CUTOFF) -> RankingTotals:
+    """Hits and reciprocal-rank sum at ``cutoff`` for a batch of ranks."""
+    hit = ranks < cutoff
+    reciprocal = torch.where(hit, 1.0 / (ranks.double() + 1.0), torch.zeros_like(ranks.double()))
+    return RankingTotals(int(ranks.shape[0]), int(hit.sum()), float(reciprocal.sum()))
