@@ -1,0 +1,173 @@
+"""The online learner on the real broker and Redis."""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+
+import numpy as np
+import orjson
+import pytest
+import redis
+
+from online_models.learner import Learner, PublishRecord
+from online_models.model_weights import ModelWeights, random_weights
+from online_models.weight_registry import WeightRegistry
+from streamrec.kafka_clients import make_producer
+from streamrec.redis_keys import RedisKeys
+from streamrec.settings import LearnerSettings, ModelSettings, Settings
+from streamrec.topics import Topics
+from streamrec.training_examples import TrainingExample, encode_example
+from tests.kafka_reading import read_topic
+
+pytestmark = pytest.mark.integration
+
+
+def small_settings(settings: Settings, **learner: object) -> Settings:
+    """Tiny model, frequent publishing: many versions from few examples."""
+    model = ModelSettings(
+        hidden_size=16, num_layers=1, num_heads=2, max_seq_len=5, initial_items=16,
+        store_dir=settings.model.store_dir,
+    )  # fmt: skip
+    options = {
+        "batch_size": 32, "batch_ms": 20, "publish_every_steps": 2, "publish_every_s": 60.0,
+        "snapshot_every": 3, "sampled_negatives": 8, "metrics_port": 0, "lr": 0.01,
+    } | learner  # fmt: skip
+    return settings.model_copy(update={"model": model, "learner": LearnerSettings(**options)})
+
+
+def make_examples(count: int, seed: int = 0, items: int = 60) -> list[TrainingExample]:
+    rng = random.Random(seed)
+    out = []
+    for i in range(count):
+        history = tuple(f"i{rng.randrange(items)}" for _ in range(rng.randint(1, 6)))
+        out.append(
+            TrainingExample(
+                example_id=f"e{seed}-{i}",
+                session_id=f"s{i % 40}",
+                history=history,
+                target_item=f"i{rng.randrange(items)}",
+                ts=1_700_000_000_000 + i,
+                source_topic="clicks",
+                source_partition=0,
+                source_offset=i,
+            )  # fmt: skip
+        )
+    return out
+
+
+def produce(settings: Settings, examples: list[TrainingExample]) -> None:
+    producer = make_producer(settings.kafka)
+    topic = Topics.from_settings(settings.kafka).training_examples
+    for example in examples:
+        producer.produce(topic, encode_example(example), key=example.session_id.encode())
+    assert producer.flush(10) == 0
+
+
+def learn_until(learner: Learner, total: int, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while sum(learner.positions.values()) < total and time.monotonic() < deadline:
+        learner.run_once()
+    learner.publish_if_pending()
+    assert sum(learner.positions.values()) == total
+
+
+def assert_same_weights(a: ModelWeights, b: ModelWeights) -> None:
+    assert a.item_ids == b.item_ids
+    assert set(a.tensors) == set(b.tensors)
+    for name in a.tensors:
+        np.testing.assert_array_equal(a.tensors[name], b.tensors[name], err_msg=name)
+
+
+def test_published_deltas_applied_to_the_snapshot_equal_the_learner_weights(
+    settings: Settings, redis_client: redis.Redis
+) -> None:
+    config = small_settings(settings)
+    produce(config, make_examples(400))
+    learner = Learner(config, redis_client)
+    expected: dict[int, ModelWeights] = {}
+
+    def remember(record: PublishRecord) -> None:
+        assert learner.head is not None
+        expected[record.version] = learner.head.weights()
+
+    learner.on_publish = remember
+    learner.start()
+    try:
+        learn_until(learner, 400)
+    finally:
+        learner.close()
+    registry = WeightRegistry(config, redis_client)
+    kinds = [info.kind for info in registry.versions()]
+    assert "delta" in kinds and kinds.count("snapshot") >= 2  # bootstrap + periodic
+    for version, weights in expected.items():
+        loaded = registry.load(version)
+        assert loaded.version == version
+        assert_same_weights(loaded, weights)
+    final = registry.info(registry.current_version())
+    assert final.examples_seen == 400
+    assert sum(final.offsets.values()) == 400
+    signals = redis_client.xrange(RedisKeys(config.redis.key_prefix).learner_signals)
+    assert sum(int(fields[b"examples"]) for _, fields in signals) == 400
+    assert {b"model_version", b"hits_at_20", b"mrr_sum", b"mean_loss", b"first_offset"} <= set(
+        signals[0][1]
+    )
+
+
+def test_a_nan_batch_is_skipped_counted_and_alerted(
+    settings: Settings, redis_client: redis.Redis
+) -> None:
+    config = small_settings(settings)
+    produce(config, make_examples(64))
+    learner = Learner(config, redis_client)
+    learner.start()
+    try:
+        learn_until(learner, 64)
+        assert learner.head is not None
+        before = learner.head.weights()
+        poisoned = [
+            TrainingExample(**{**_fields(e), "weight": math.nan}) for e in make_examples(8, seed=1)
+        ]
+        outcome = learner.learn(poisoned)
+        assert outcome.skipped == "non_finite_loss"
+        assert learner.skipped == 1
+        after = learner.head.weights()
+        for name in before.tensors:  # new items may appear, trained rows must not move
+            rows = before.tensors[name].shape[0]
+            np.testing.assert_array_equal(after.tensors[name][:rows], before.tensors[name])
+        learner.producer.flush(10)
+    finally:
+        learner.close()
+    alerts = read_topic(config.kafka, Topics.from_settings(config.kafka).alerts, 1, 20)
+    assert len(alerts) == 1
+    alert = orjson.loads(alerts[0].value())
+    assert alert["detector"] == "learner_guard" and alert["signal"] == "non_finite_loss"
+
+
+def _fields(example: TrainingExample) -> dict[str, object]:
+    return {name: getattr(example, name) for name in example.__slots__}
+
+
+def test_an_externally_promoted_version_is_adopted(
+    settings: Settings, redis_client: redis.Redis
+) -> None:
+    config = small_settings(settings)
+    produce(config, make_examples(100))
+    learner = Learner(config, redis_client)
+    learner.start()
+    try:
+        learn_until(learner, 100)
+        registry = WeightRegistry(config, redis_client)
+        promoted = registry.publish_snapshot(
+            random_weights(70, config.model, seed=3), source="finetune"
+        ).version
+        produce(config, make_examples(50, seed=2))
+        learn_until(learner, 150)
+        assert learner.head is not None
+        info = registry.info(registry.current_version())
+        lineage = registry.load_info_chain(info.version)
+        assert info.source == "learner" and lineage[0].version >= promoted
+        assert "item-5" in learner.head.index  # learned on top of the promoted weights
+    finally:
+        learner.close()
