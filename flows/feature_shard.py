@@ -6,8 +6,14 @@ popularity events, and returns the *absolute* hash of every session it changed, 
 writing the output twice (a replay after a crash) leaves the same Redis state.
 
 Idle sessions leave the state once event time has moved ``session_ttl`` past their last
-event (Redis expires their hash on its own clock). A duplicate of an evicted session's
-event would start a new session; at a 7-day TTL that is far beyond any producer retry.
+event (Redis expires their hash on its own clock). Event time here is the *slowest* input
+partition's newest event (a watermark per topic partition, then the minimum): the
+purchases stream is sparse and, in a backlog, read far ahead of the clicks, so the newest
+event overall would evict sessions whose clicks are still to come. Nothing is evicted
+before every input topic has been seen. An input partition that stops receiving events
+holds eviction back (memory grows; features stay right). A
+duplicate of an evicted session's event would start a new session; at a 7-day TTL that
+is far beyond any producer retry.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ class FeatureConfig:
     lateness_ms: int = 5000
     session_ttl_ms: int = 7 * 86_400_000
     purchase_weight: float = 5.0
+    input_topics: int = 2
 
     @classmethod
     def from_settings(cls, settings: FlowSettings) -> FeatureConfig:
@@ -70,7 +77,7 @@ class FeatureShard:
     def __init__(self, config: FeatureConfig) -> None:
         self.config = config
         self.sessions: dict[str, SessionState] = {}
-        self.watermark_ms = NO_TS
+        self.source_watermarks: dict[tuple[str, int], int] = {}
         self.next_sweep_ms = NO_TS
 
     def apply(self, inputs: list[ShardInput]) -> ShardOutput:
@@ -84,9 +91,9 @@ class FeatureShard:
         popularity = out.popularity
         changed: dict[str, SessionState] = {}
         duplicates = late = 0
-        watermark = self.watermark_ms
         for shard_input in inputs:
             topic, partition = shard_input.topic, shard_input.partition
+            newest = NO_TS
             out.events += len(shard_input.events)
             out.produce_ms.extend(shard_input.produce_ms)
             for letter in shard_input.dead_letters:
@@ -100,8 +107,8 @@ class FeatureShard:
                     duplicates += 1
                     continue
                 ts = event.ts
-                if ts > watermark:
-                    watermark = ts
+                if ts > newest:
+                    newest = ts
                 late_before = state.late
                 if event.type == "click":
                     history = state.apply_click(
@@ -144,30 +151,41 @@ class FeatureShard:
                     popularity.append((event.item_id, ts, purchase_weight))
                 late += state.late - late_before
                 changed[session_id] = state
+            source = (topic, partition)
+            if newest > self.source_watermarks.get(source, NO_TS):
+                self.source_watermarks[source] = newest
         out.duplicates, out.late = duplicates, late
         out.sessions = {
             session_id: encode_session_features(state.features())
             for session_id, state in changed.items()
         }
-        self.watermark_ms = watermark
+        watermark = self.watermark_ms()
         if watermark != NO_TS and watermark >= self.next_sweep_ms:
-            out.evicted = self._evict_idle()
+            out.evicted = self._evict_idle(watermark)
         return out
 
-    def _evict_idle(self) -> int:
+    def watermark_ms(self) -> int:
+        """Event time every input partition of this shard has reached (NO_TS before all
+        ``input_topics`` have been seen)."""
+        if len({topic for topic, _ in self.source_watermarks}) < self.config.input_topics:
+            return NO_TS
+        return min(self.source_watermarks.values())
+
+    def _evict_idle(self, watermark: int) -> int:
         """Forget sessions idle for a TTL of event time; schedule the next sweep."""
         ttl_ms = self.config.session_ttl_ms
-        horizon = self.watermark_ms - ttl_ms
+        horizon = watermark - ttl_ms
         idle = [sid for sid, state in self.sessions.items() if state.last_ts < horizon]
         for session_id in idle:
             del self.sessions[session_id]
-        self.next_sweep_ms = self.watermark_ms + ttl_ms // SWEEPS_PER_TTL
+        self.next_sweep_ms = watermark + ttl_ms // SWEEPS_PER_TTL
         return len(idle)
 
     def snapshot(self) -> bytes:
         """An immutable copy of the state (pickled now, so later updates cannot leak in)."""
         return pickle.dumps(
-            (self.sessions, self.watermark_ms, self.next_sweep_ms), protocol=pickle.HIGHEST_PROTOCOL
+            (self.sessions, self.source_watermarks, self.next_sweep_ms),
+            protocol=pickle.HIGHEST_PROTOCOL,
         )
 
     @classmethod
@@ -175,5 +193,5 @@ class FeatureShard:
         """A shard from a ``snapshot`` (or empty when None)."""
         shard = cls(config)
         if snapshot is not None:
-            shard.sessions, shard.watermark_ms, shard.next_sweep_ms = pickle.loads(snapshot)
+            shard.sessions, shard.source_watermarks, shard.next_sweep_ms = pickle.loads(snapshot)
         return shard

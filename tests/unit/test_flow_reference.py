@@ -152,3 +152,30 @@ def test_examples_cover_every_click_with_history_and_every_purchase(events: list
     assert len(click_examples) == clicks - len(first_clicks)
     sample = click_examples[100]
     assert sample.source_topic == "t" and sample.source_offset >= 0
+
+
+def test_a_topic_read_far_ahead_does_not_evict_sessions_still_receiving_events(
+    events: list[Event],
+) -> None:
+    """In a backlog the sparse purchases topic is read days ahead of the clicks."""
+    config = FeatureConfig(session_ttl_ms=2 * 86_400_000, input_topics=2)
+    span_ms = max(e.ts for e in events) - min(e.ts for e in events)
+    assert span_ms > 4 * config.session_ttl_ms
+    purchases = [e for e in events if e.type == "purchase"]
+    clicks = [e for e in events if e.type == "click"]
+    shard = FeatureShard(config)
+    hashes: dict[str, dict[str, bytes]] = {}
+    out = shard.apply([ShardInput("purchases", 0, purchases, list(range(len(purchases))), [])])
+    hashes.update(out.sessions)
+    evicted = out.evicted
+    for start in range(0, len(clicks), 1000):
+        part = clicks[start : start + 1000]
+        out = shard.apply([ShardInput("clicks", 0, part, list(range(len(part))), [])])
+        hashes.update(out.sessions)
+        evicted += out.evicted
+    features = {
+        sid: decode_session_features({k.encode(): v for k, v in fields.items()})
+        for sid, fields in hashes.items()
+    }
+    assert features == reference_features(purchases + clicks)
+    assert evicted > 0, "sessions idle beyond the TTL on every partition must still go"
