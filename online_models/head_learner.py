@@ -35,6 +35,7 @@ class BatchOutcome:
     """What one micro-batch did (metrics are from before the step)."""
 
     ranking: RankingTotals
+    ranks: np.ndarray  # per example, 0-based, before the step
     loss: float
     skipped: str  # "" when the step was applied, else the reason
     new_items: int
@@ -65,8 +66,11 @@ class HeadLearner:
         self.model.backbone.eval().requires_grad_(False)
         self.index = index
         self.settings = settings
-        self.dense_optimizer = torch.optim.Adam(self.model.projection.parameters(), lr=settings.lr)
-        self.row_optimizer = RowAdam([self.model.item_table, self.model.item_bias], settings.lr)
+        self.dense_parameters = [*self.model.projection.parameters(), self.model.repeat_bonus]
+        self.dense_optimizer = torch.optim.Adam(self.dense_parameters, lr=settings.lr)
+        self.row_optimizer = RowAdam(
+            [self.model.item_table, self.model.item_bias], settings.row_lr or settings.lr
+        )
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
         self.base_version = version
         self.base_items = len(index)
@@ -97,30 +101,33 @@ class HeadLearner:
         sessions = model.projection(encoded.float())
         with torch.no_grad(), self._autocast():
             known = torch.tensor([index.row(e.target_item) for e in examples], device=device)
-            ranking = ranking_totals(target_ranks(model.scores(sessions.detach()), known))
+            ranks = target_ranks(model.scores(sessions.detach(), rows_t, mask_t), known)
+            ranking = ranking_totals(ranks)
         new_ids = index.add_all(
             item for e in examples for item in (*e.history, e.target_item) if item not in index
         )
         if new_ids:
-            new_rows = model.add_rows(len(new_ids))
-            self._grow_touched()
-            self.touched[new_rows.start : new_rows.stop] = True
+            self._add_items(new_ids, examples, sessions.detach())
         targets = torch.tensor([index.row(e.target_item) for e in examples], device=device)
         weights = torch.tensor([e.weight for e in examples], dtype=torch.float32, device=device)
-        candidates = self._candidates(targets)
+        candidates = self._candidates(targets, rows_t[mask_t > 0])
         labels = torch.searchsorted(candidates, targets)
         table_rows = model.item_table.detach()[candidates].clone().requires_grad_(True)
         bias_rows = model.item_bias.detach()[candidates].clone().requires_grad_(True)
         logits = torch.addmm(bias_rows, sessions, table_rows.T)
+        history_columns = torch.searchsorted(candidates, rows_t).clamp(max=len(candidates) - 1)
+        logits = model.add_repeat_bonus(logits, history_columns, mask_t)
         losses = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
         loss = (losses * weights).sum() / weights.sum()
-        outcome = BatchOutcome(ranking, float(loss.detach()), "", len(new_ids), 0.0)
+        outcome = BatchOutcome(
+            ranking, ranks.cpu().numpy(), float(loss.detach()), "", len(new_ids), 0.0
+        )
         if not torch.isfinite(loss):
             outcome.skipped = "non_finite_loss"
         else:
             self.dense_optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            tensors = [*model.projection.parameters(), table_rows, bias_rows]
+            tensors = [*self.dense_parameters, table_rows, bias_rows]
             norm = torch.nn.utils.clip_grad_norm_(tensors, self.settings.grad_clip)
             if not torch.isfinite(norm):
                 outcome.skipped = "non_finite_gradient"
@@ -132,14 +139,42 @@ class HeadLearner:
         outcome.step_s = time.perf_counter() - started
         return outcome
 
-    def _candidates(self, targets: torch.Tensor) -> torch.Tensor:
-        """Sorted unique rows in the loss: the batch's targets plus shared random negatives."""
+    def _add_items(
+        self, new_ids: list[str], examples: Sequence[TrainingExample], sessions: torch.Tensor
+    ) -> None:
+        """Rows for new items: a new target starts at its session's direction.
+
+        So the next session like the one that led to it already ranks it well (one-shot),
+        instead of waiting for many gradient steps from noise. Items only seen in
+        histories start random. New biases start at the median bias.
+        """
+        model = self.model
+        start = model.n_items
+        added = model.add_rows(len(new_ids))
+        self._grow_touched()
+        self.touched[added.start : added.stop] = True
+        with torch.no_grad():
+            known = model.item_table[:start]
+            norm = known.norm(dim=1).median() if start else torch.tensor(1.0)
+            for i, example in enumerate(examples):
+                row = self.index.row(example.target_item)
+                if row >= start:
+                    direction = sessions[i] / sessions[i].norm().clamp(min=1e-6)
+                    model.item_table[row] = direction * norm
+            if start:
+                model.item_bias[added.start : added.stop] = model.item_bias[:start].median()
+
+    def _candidates(self, targets: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
+        """Sorted unique rows in the loss: targets, history items and shared random negatives.
+
+        History items are in so the repeat bonus competes with them as it does at scoring.
+        """
         n = self.model.n_items
         negatives = self.settings.sampled_negatives
         if negatives == 0 or negatives >= n:
             return torch.arange(n, device=self.device)
         sampled = torch.randint(0, n, (negatives,), generator=self.generator, device=self.device)
-        return torch.unique(torch.cat([targets, sampled]))
+        return torch.unique(torch.cat([targets, history, sampled]))
 
     def _grow_touched(self) -> None:
         extra = self.model.capacity - self.touched.shape[0]

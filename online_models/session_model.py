@@ -3,7 +3,10 @@
 The backbone is a ``BertModel`` built from a config (sizes from ``ModelSettings``), fed
 ``inputs_embeds`` taken from the item table, so the word vocabulary is unused. The
 **head** is the item table (one row per item, tied between input and output), a per-item
-bias and a projection of the encoder's last position: ``scores = proj(h) @ table.T + bias``.
+bias, a projection of the encoder's last position, and a repeat bonus per history position
+(shoppers often go back to an item they just saw; the bonus lets any item in the session,
+even one whose row is still untrained, rank by how recently it was clicked):
+``scores = proj(h) @ table.T + bias + bonus[position of the item in the history]``.
 The table keeps spare capacity and doubles when full, so new items never force a restart.
 """
 
@@ -17,6 +20,7 @@ from transformers import BertConfig, BertModel
 from online_models.model_weights import ITEM_BIAS, ITEM_TABLE, ModelShape, ModelWeights
 
 PROJECTION_PREFIX = "head.projection."
+REPEAT_BONUS = "head.repeat_bonus"
 LENGTH_BUCKETS = (2, 5, 10)
 BACKBONE_PREFIX = "backbone."
 
@@ -51,6 +55,7 @@ class SessionRecommender(nn.Module):
         self.item_table = nn.Parameter(torch.zeros(capacity, shape.hidden_size))
         self.item_bias = nn.Parameter(torch.zeros(capacity))
         self.projection = nn.Linear(shape.hidden_size, shape.hidden_size)
+        self.repeat_bonus = nn.Parameter(torch.zeros(shape.max_seq_len))
         self.n_items = 0
         self._init_scale = 1.0 / shape.hidden_size**0.5
         self._generator = torch.Generator().manual_seed(seed)
@@ -119,26 +124,39 @@ class SessionRecommender(nn.Module):
         """Session query vectors (B x H)."""
         return self.projection(self.encode(rows, mask))
 
-    def scores(self, sessions: torch.Tensor) -> torch.Tensor:
-        """Scores of every known item (B x n_items)."""
+    def scores(
+        self, sessions: torch.Tensor, rows: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor:
+        """Scores of every known item (B x n_items) for sessions with these histories."""
         n = self.n_items
-        return torch.addmm(self.item_bias[:n], sessions, self.item_table[:n].T)
+        scores = torch.addmm(self.item_bias[:n], sessions, self.item_table[:n].T)
+        return self.add_repeat_bonus(scores, rows, mask)
+
+    def add_repeat_bonus(
+        self, scores: torch.Tensor, columns: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor:
+        """``scores`` plus each history position's bonus at that item's column."""
+        if scores.shape[1] == 0:
+            return scores
+        bonus = self.repeat_bonus.to(scores.dtype).expand_as(columns) * mask.to(scores.dtype)
+        return scores.scatter_add(1, columns, bonus)
 
     def dense_tensors(self) -> dict[str, np.ndarray]:
         """Every parameter except the item rows, as numpy arrays keyed by weight name."""
         tensors: dict[str, np.ndarray] = {}
         for name, value in self.backbone.state_dict().items():
             tensors[BACKBONE_PREFIX + name] = value.detach().cpu().float().numpy().copy()
-        for name, value in self.projection.state_dict().items():
-            tensors[PROJECTION_PREFIX + name] = value.detach().cpu().float().numpy().copy()
+        tensors.update(self.head_dense_tensors())
         return tensors
 
     def head_dense_tensors(self) -> dict[str, np.ndarray]:
         """The head's dense parameters (what an online delta carries besides rows)."""
-        return {
+        tensors = {
             PROJECTION_PREFIX + name: value.detach().cpu().float().numpy().copy()
             for name, value in self.projection.state_dict().items()
         }
+        tensors[REPEAT_BONUS] = self.repeat_bonus.detach().cpu().float().numpy().copy()
+        return tensors
 
     def row_tensors(self, rows: np.ndarray) -> dict[str, np.ndarray]:
         """The item rows ``rows`` of the table and bias."""
@@ -178,8 +196,11 @@ class SessionRecommender(nn.Module):
             for name, value in weights.tensors.items()
             if name.startswith(PROJECTION_PREFIX)
         }
-        self.backbone.load_state_dict(backbone, strict=False)
+        self.backbone.load_state_dict(backbone)
         self.projection.load_state_dict(projection)
+        if REPEAT_BONUS in weights.tensors:  # versions from before the bonus existed: zeros
+            with torch.no_grad():
+                self.repeat_bonus.copy_(torch.from_numpy(np.array(weights.tensors[REPEAT_BONUS])))
         self.n_items = 0
         if weights.n_items > self.capacity:
             capacity = self.capacity

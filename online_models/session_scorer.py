@@ -49,32 +49,32 @@ class SessionScorer:
     def item_ids(self) -> list[str]:
         return self.index.ids
 
-    def session_vectors(self, histories: Sequence[Sequence[str]]) -> torch.Tensor:
-        """The query vectors (B x H); unknown items in a history are ignored."""
+    def _queries(
+        self, histories: Sequence[Sequence[str]]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Query vectors (B x H) plus the history rows and mask; unknown items are ignored."""
         rows, mask = self.index.encode_histories(histories, self._max_len)
+        rows_t, mask_t = torch.from_numpy(rows), torch.from_numpy(mask)
         with torch.inference_mode():
-            return self._model.session_vectors(torch.from_numpy(rows), torch.from_numpy(mask))
+            return self._model.session_vectors(rows_t, mask_t), rows_t, mask_t
 
     def score(self, history: Sequence[str]) -> np.ndarray:
         """float32 scores of every item (higher is better), aligned with ``item_ids``."""
-        query = self.session_vectors([history])[0]
-        with torch.inference_mode():
-            return self._all_scores(query).numpy()
+        return self._scores(history).numpy()
 
     def score_batch(self, histories: Sequence[Sequence[str]]) -> np.ndarray:
         """Scores for several sessions at once (len(histories) x n_items)."""
-        queries = self.session_vectors(histories)
+        queries, rows, mask = self._queries(histories)
         with torch.inference_mode():
             scores = torch.addmm(self._bias, queries.to(self._table.dtype), self._table.T)
-            return scores.float().numpy()
+            return self._model.add_repeat_bonus(scores.float(), rows, mask).numpy()
 
     def top_k(
         self, history: Sequence[str], k: int, exclude: Sequence[str] = ()
     ) -> tuple[list[str], np.ndarray]:
         """The ``k`` best item ids and their scores, best first, skipping ``exclude``."""
-        query = self.session_vectors([history])[0]
         with torch.inference_mode():
-            scores = self._all_scores(query)
+            scores = self._scores(history)
             rows = [r for r in (self.index.row(i) for i in exclude) if r >= 0]
             if rows:
                 scores[torch.tensor(rows)] = float("-inf")
@@ -82,6 +82,9 @@ class SessionScorer:
         ids = self.index.ids
         return [ids[r] for r in best.indices.tolist()], best.values.numpy()
 
-    def _all_scores(self, query: torch.Tensor) -> torch.Tensor:
-        """float32 scores of every item for one query vector."""
-        return torch.addmv(self._bias, self._table, query.to(self._table.dtype)).float()
+    def _scores(self, history: Sequence[str]) -> torch.Tensor:
+        """float32 scores of every item for one session."""
+        queries, rows, mask = self._queries([history])
+        with torch.inference_mode():
+            scores = torch.addmv(self._bias, self._table, queries[0].to(self._table.dtype))
+            return self._model.add_repeat_bonus(scores.float()[None], rows, mask)[0]

@@ -14,6 +14,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from rich.progress import Progress
 
@@ -146,12 +147,11 @@ def _loss(
     device: torch.device,
 ) -> torch.Tensor:
     rows, mask = index.encode_histories([e.history for e in examples], model.shape.max_seq_len)
-    sessions = model.session_vectors(
-        torch.from_numpy(rows).to(device), torch.from_numpy(mask).to(device)
-    )
+    rows_t, mask_t = torch.from_numpy(rows).to(device), torch.from_numpy(mask).to(device)
+    sessions = model.session_vectors(rows_t, mask_t)
     targets = torch.tensor([index.row(e.target_item) for e in examples], device=device)
     weights = torch.tensor([e.weight for e in examples], dtype=torch.float32, device=device)
-    logits = model.scores(sessions)
+    logits = model.scores(sessions, rows_t, mask_t)
     losses = torch.nn.functional.cross_entropy(logits, targets, reduction="none")
     return (losses * weights).sum() / weights.sum()
 
@@ -163,15 +163,25 @@ def evaluate_examples(
     device: torch.device,
 ) -> RankingTotals:
     """HR@20/MRR@20 of ``model`` on ``examples`` (unknown targets count as misses)."""
+    return ranking_totals(torch.from_numpy(rank_examples(model, index, examples, device)))
+
+
+def rank_examples(
+    model: SessionRecommender,
+    index: ItemIndex,
+    examples: Sequence[TrainingExample],
+    device: torch.device,
+) -> np.ndarray:
+    """Each example's 0-based target rank among all items of ``model`` (no learning)."""
     model.eval()
-    totals = RankingTotals()
+    ranks: list[np.ndarray] = []
     with torch.no_grad():
         for start in range(0, len(examples), EVAL_BATCH):
             chunk = examples[start : start + EVAL_BATCH]
             rows, mask = index.encode_histories([e.history for e in chunk], model.shape.max_seq_len)
-            sessions = model.session_vectors(
-                torch.from_numpy(rows).to(device), torch.from_numpy(mask).to(device)
-            )
+            rows_t, mask_t = torch.from_numpy(rows).to(device), torch.from_numpy(mask).to(device)
+            sessions = model.session_vectors(rows_t, mask_t)
             targets = torch.tensor([index.row(e.target_item) for e in chunk], device=device)
-            totals.add(ranking_totals(target_ranks(model.scores(sessions), targets)))
-    return totals
+            scores = model.scores(sessions, rows_t, mask_t)
+            ranks.append(target_ranks(scores, targets).cpu().numpy())
+    return np.concatenate(ranks) if ranks else np.zeros(0, dtype=np.int64)
