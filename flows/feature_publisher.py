@@ -3,12 +3,14 @@
 Delivery guarantee: at least once, with idempotent effects. Every Redis write sets
 absolute values (HSET of a whole session hash, ZADD of absolute scores), so writing a
 batch again after a crash leaves the same state. Kafka messages are produced
-asynchronously and flushed in ``snapshot``, which Bytewax calls before it commits an
-epoch: a committed epoch never has undelivered examples. Messages of the epoch a crash
+asynchronously and flushed in ``snapshot`` (which also waits for the queued Redis
+writes); Bytewax calls it before it commits an epoch, so a committed epoch never has an
+unwritten session or an undelivered example. Messages of the epoch a crash
 interrupted are produced again after the restart (consumers drop them by
 ``example_id``, or by (topic, partition, offset) for dead letters).
 
-One pipelined round trip per output batch; only sessions changed in the batch are written.
+One pipelined round trip per output batch, run by a ``BackgroundWriter`` so the worker
+computes the next batch meanwhile; only sessions changed in the batch are written.
 Session hashes go through a small Lua script (HSET + EXPIRE per session, at most
 ``SESSIONS_PER_SCRIPT`` sessions per call so Redis never blocks readers for long): redis-py
 would otherwise spend more time packing 2 commands per session than the flow spends on
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -30,6 +33,7 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from flows import flow_metrics
+from flows.background_writer import BackgroundWriter
 from flows.feature_shard import ShardOutput
 from flows.item_popularity import PopularityUpdate
 from flows.session_features import FIELDS
@@ -91,6 +95,7 @@ class _Clients:
             retry_on_error=[redis.ConnectionError, redis.TimeoutError],
         )
         self.write_sessions = self.redis.register_script(WRITE_SESSIONS_LUA)
+        self.writer = BackgroundWriter("streamrec-flow-redis")
         self.producer: Producer = make_producer(
             settings.kafka,
             **{"delivery.report.only.error": True, "on_delivery": self._on_error},
@@ -138,21 +143,25 @@ class _PublishPartition(StatefulSinkPartition[PublishItem, None]):
             self._clients.write_sessions(args=args, client=pipe)
         commands += 2 * sessions
         if commands:
-            started = time.perf_counter()
-            pipe.execute()
-            flow_metrics.REDIS_WRITE.observe(time.perf_counter() - started)
-            flow_metrics.REDIS_COMMANDS.inc(commands)
+            self._clients.writer.submit(partial(self._execute, pipe, commands, produce_ms))
+        self._produce(values)
+        flow_metrics.SESSIONS_WRITTEN.inc(sessions)
+        flow_metrics.DUPLICATES.inc(duplicates)
+        flow_metrics.LATE_EVENTS.inc(late)
+        flow_metrics.SESSIONS_EVICTED.inc(evicted)
+
+    def _execute(self, pipe: Any, commands: int, produce_ms: list[int]) -> None:
+        """On the writer thread: one round trip, then latency and freshness at the ack."""
+        started = time.perf_counter()
+        pipe.execute()
+        flow_metrics.REDIS_WRITE.observe(time.perf_counter() - started)
+        flow_metrics.REDIS_COMMANDS.inc(commands)
         if produce_ms:
             ack_ms = time.time() * 1000.0
             freshness_ms = ack_ms - np.asarray(produce_ms, dtype=np.float64)
             flow_metrics.FRESHNESS.observe_many(freshness_ms / 1000.0)
             if self._log is not None:
                 self._log.add(freshness_ms)
-        self._produce(values)
-        flow_metrics.SESSIONS_WRITTEN.inc(sessions)
-        flow_metrics.DUPLICATES.inc(duplicates)
-        flow_metrics.LATE_EVENTS.inc(late)
-        flow_metrics.SESSIONS_EVICTED.inc(evicted)
 
     def _queue_popularity(self, pipe: Any, update: PopularityUpdate) -> int:
         """Queue the ZADDs (and the rebuild) of ``update``; return how many commands."""
@@ -189,7 +198,8 @@ class _PublishPartition(StatefulSinkPartition[PublishItem, None]):
             flow_metrics.MESSAGES_OUT.labels(self._dlq_topic).inc(dead_letters)
 
     def snapshot(self) -> None:
-        """Called before Bytewax commits an epoch: every message of the epoch is delivered."""
+        """Called before Bytewax commits an epoch: every write and message of it is done."""
+        self._clients.writer.drain()
         remaining = self._clients.producer.flush(30)
         if remaining or self._clients.delivery_errors:
             errors = self._clients.delivery_errors[:5]

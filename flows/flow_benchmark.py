@@ -38,7 +38,7 @@ from prometheus_client import REGISTRY
 from flows.event_routing import SourceBatch
 from flows.feature_flow import build_flow, source_for
 from flows.feature_publisher import FreshnessLog
-from flows.flow_runner import ensure_recovery_dir
+from flows.flow_runner import ensure_recovery_dir, tune_gc_for_flow_state
 from loadtest.traffic_replay import replay
 from streamrec.events import Event, EventLimits
 from streamrec.kafka_clients import ensure_topics
@@ -213,6 +213,7 @@ def measure_freshness(settings: Settings, rate: float, seconds: float, work: Pat
 def run_flow_benchmark(settings: Settings, events: int, freshness_s: float) -> dict[str, object]:
     """Both phases; one dict for the JSON line."""
     services_up(settings)
+    tune_gc_for_flow_state()
     with tempfile.TemporaryDirectory(prefix="streamrec-bench-flow-") as work_dir:
         work = Path(work_dir)
         throughput = measure_throughput(settings, events, work)
