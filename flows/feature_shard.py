@@ -77,6 +77,8 @@ class FeatureShard:
     def __init__(self, config: FeatureConfig) -> None:
         self.config = config
         self.sessions: dict[str, SessionState] = {}
+        self.pickled: dict[str, bytes] = {}
+        self.dirty: set[str] = set()
         self.source_watermarks: dict[tuple[str, int], int] = {}
         self.next_sweep_ms = NO_TS
 
@@ -155,6 +157,7 @@ class FeatureShard:
             if newest > self.source_watermarks.get(source, NO_TS):
                 self.source_watermarks[source] = newest
         out.duplicates, out.late = duplicates, late
+        self.dirty.update(changed)
         out.sessions = {
             session_id: encode_session_features(state.features())
             for session_id, state in changed.items()
@@ -178,14 +181,24 @@ class FeatureShard:
         idle = [sid for sid, state in self.sessions.items() if state.last_ts < horizon]
         for session_id in idle:
             del self.sessions[session_id]
+            self.pickled.pop(session_id, None)
+            self.dirty.discard(session_id)
         self.next_sweep_ms = watermark + ttl_ms // SWEEPS_PER_TTL
         return len(idle)
 
     def snapshot(self) -> bytes:
-        """An immutable copy of the state (pickled now, so later updates cannot leak in)."""
+        """An immutable copy of the state (bytes, so later updates cannot leak in).
+
+        Sessions are pickled one by one and the bytes kept, so a snapshot re-pickles only
+        the sessions changed since the previous one: its cost follows the traffic of one
+        snapshot interval, not the size of the state (a week of sessions).
+        """
+        sessions, pickled = self.sessions, self.pickled
+        for session_id in self.dirty:
+            pickled[session_id] = pickle.dumps(sessions[session_id], pickle.HIGHEST_PROTOCOL)
+        self.dirty.clear()
         return pickle.dumps(
-            (self.sessions, self.source_watermarks, self.next_sweep_ms),
-            protocol=pickle.HIGHEST_PROTOCOL,
+            (pickled, self.source_watermarks, self.next_sweep_ms), pickle.HIGHEST_PROTOCOL
         )
 
     @classmethod
@@ -193,5 +206,6 @@ class FeatureShard:
         """A shard from a ``snapshot`` (or empty when None)."""
         shard = cls(config)
         if snapshot is not None:
-            shard.sessions, shard.source_watermarks, shard.next_sweep_ms = pickle.loads(snapshot)
+            shard.pickled, shard.source_watermarks, shard.next_sweep_ms = pickle.loads(snapshot)
+            shard.sessions = {sid: pickle.loads(raw) for sid, raw in shard.pickled.items()}
         return shard

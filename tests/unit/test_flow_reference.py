@@ -78,16 +78,15 @@ def shuffled_within(events: list[Event], max_shift_ms: int, seed: int) -> list[E
 
 
 def run_shard(
-    events: list[Event], config: FeatureConfig, chunk: int = 500, restart_at: int | None = None
+    events: list[Event], config: FeatureConfig, chunk: int = 500, restarts: tuple[int, ...] = ()
 ) -> tuple[dict[str, SessionFeatures], list[bytes]]:
-    """Apply ``events`` in chunks (optionally snapshot+restore midway); final hashes, examples."""
+    """Apply ``events`` in chunks, snapshot+restore after ``restarts`` chunks; hashes, examples."""
     shard = FeatureShard(config)
     hashes: dict[str, dict[str, bytes]] = {}
     examples: list[bytes] = []
-    for start in range(0, len(events), chunk):
-        if restart_at is not None and start >= restart_at:
+    for number, start in enumerate(range(0, len(events), chunk)):
+        if number in restarts:
             shard = FeatureShard.restore(config, shard.snapshot())
-            restart_at = None
         part = events[start : start + chunk]
         offsets = list(range(start, start + len(part)))
         out = shard.apply([ShardInput("t", 0, part, offsets, [0] * len(part))])
@@ -128,7 +127,7 @@ def test_out_of_order_and_duplicates_match_reference(events: list[Event]) -> Non
 def test_batching_and_restart_do_not_change_the_result(events: list[Event]) -> None:
     config = FeatureConfig()
     whole, whole_examples = run_shard(events, config, chunk=len(events))
-    pieces, piece_examples = run_shard(events, config, chunk=97, restart_at=9_000)
+    pieces, piece_examples = run_shard(events, config, chunk=97, restarts=(20, 21, 90, 150))
     assert pieces == whole
     assert piece_examples == whole_examples
 
