@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from online_models.item_index import ItemIndex
+from online_models.ranking_metrics import MISS_RANK
 from streamrec.training_examples import TrainingExample
 
 
@@ -46,5 +47,5 @@ class RecentPopularity:
         ranks = np.empty(len(examples), dtype=np.int64)
         for i, example in enumerate(examples):
             row = self.index.row(example.target_item)
-            ranks[i] = int((scores >= scores[row]).sum()) - 1 if row >= 0 else 1 << 30
+            ranks[i] = int((scores >= scores[row]).sum()) - 1 if row >= 0 else MISS_RANK
         return ranks

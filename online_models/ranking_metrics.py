@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 
 CUTOFF = 20
+MISS_RANK = 1 << 30  # the rank of a target the model cannot recommend (unknown item)
 
 
 @dataclass(slots=True)
@@ -32,18 +33,18 @@ class RankingTotals:
 
 
 def target_ranks(scores: torch.Tensor, target_rows: torch.Tensor) -> torch.Tensor:
-    """0-based rank of each target among all scored items; -1 rows (unknown) rank last.
+    """0-based rank of each target among all scored items; -1 rows (unknown) get MISS_RANK.
 
     Ties count against the target (an item scored equal to it is ranked before it), so a
     constant model never looks good.
     """
     if scores.shape[1] == 0:
-        return torch.full_like(target_rows, 1 << 30)  # nothing to recommend: a miss
+        return torch.full_like(target_rows, MISS_RANK)
     known = target_rows >= 0
     safe = target_rows.clamp(min=0)
     target_scores = scores.gather(1, safe.unsqueeze(1))
     ranks = (scores >= target_scores).sum(dim=1) - 1
-    return torch.where(known, ranks, torch.full_like(ranks, scores.shape[1]))
+    return torch.where(known, ranks, torch.full_like(ranks, MISS_RANK))
 
 
 def ranking_totals(ranks: torch.Tensor, cutoff: int = CUTOFF) -> RankingTotals:

@@ -17,9 +17,8 @@ from itertools import chain
 import numpy as np
 
 from online_models.item_index import ItemIndex
+from online_models.ranking_metrics import MISS_RANK
 from streamrec.training_examples import TrainingExample
-
-MISS = 1 << 30
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +67,7 @@ class SessionKnn:
     def _rank_one(self, example: TrainingExample) -> int:
         target = self.index.row(example.target_item)
         if target < 0:
-            return MISS
+            return MISS_RANK
         scores = self._scores(example)
         return int((scores >= scores[target]).sum()) - 1
 
