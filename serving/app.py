@@ -81,13 +81,19 @@ class ServingState:
         self.limits = RequestLimits(serving.max_k, serving.default_k, serving.max_exclude_items)
         self.metrics = ServingMetrics()
         self.holder = ModelHolder()
-        self.batcher = ScoreBatcher(serving.score_batch_max, serving.score_batch_wait_ms / 1000)
+        self.batcher = ScoreBatcher(
+            serving.score_batch_max,
+            serving.score_batch_wait_ms / 1000,
+            self.metrics.score_batch_size,
+        )
         url = settings.redis.redis_url.get_secret_value()
+        # A plain pool (12 us cheaper per call than the blocking one): granian's
+        # backpressure bounds the requests in a worker, so the pool is never exhausted
+        # while redis_max_connections >= backpressure; if it were, the call fails (503).
         self.redis = aioredis.Redis(
-            connection_pool=aioredis.BlockingConnectionPool.from_url(
+            connection_pool=aioredis.ConnectionPool.from_url(
                 url,
                 max_connections=serving.redis_max_connections,
-                timeout=serving.redis_timeout_s,
                 socket_timeout=serving.redis_timeout_s,
                 socket_connect_timeout=serving.redis_timeout_s,
             )

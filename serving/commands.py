@@ -36,7 +36,9 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         concurrency: Annotated[int, typer.Option(help="Open connections of the client.")] = 8,
         workers: Annotated[int, typer.Option(help="Server worker processes.")] = 2,
         swaps: Annotated[int, typer.Option(help="Versions published during the run.")] = 12,
-        large_items: Annotated[int, typer.Option(help="Synthetic catalog size.")] = 1_000_000,
+        large_items: Annotated[
+            int, typer.Option(help="Synthetic catalog size (0 skips that run).")
+        ] = 1_000_000,
         large_concurrency: Annotated[
             int, typer.Option(help="Connections for the large-catalog run.")
         ] = 2,

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from prometheus_client import Histogram
 
 from serving.hot_swap import ModelSnapshot
 
@@ -33,14 +34,15 @@ class _Waiting:
 class ScoreBatcher:
     """Collects ``score`` calls and runs them through ``score_batch`` together."""
 
-    def __init__(self, max_batch: int = 16, max_wait_s: float = 0.002) -> None:
+    def __init__(
+        self, max_batch: int = 16, max_wait_s: float = 0.002, sizes: Histogram | None = None
+    ) -> None:
         self.max_batch = max_batch
         self.max_wait_s = max_wait_s
+        self.sizes = sizes
         self.in_flight = 0
         self._waiting: list[_Waiting] = []
         self._timer: asyncio.TimerHandle | None = None
-        self.batches = 0
-        self.scored = 0
 
     def begin(self) -> None:
         """A request started that may ask for scores (call ``end`` if it will not)."""
@@ -87,8 +89,8 @@ class ScoreBatcher:
                 if not entry.future.done():
                     entry.future.set_exception(exc)
             return
-        self.batches += 1
-        self.scored += len(group)
+        if self.sizes is not None:
+            self.sizes.observe(len(group))
         for entry, row in zip(group, rows, strict=True):
             if not entry.future.done():
                 entry.future.set_result(row)

@@ -40,6 +40,12 @@ class ServingMetrics:
             "Redis calls on the request path that failed or timed out (answered 503).",
             registry=r,
         )
+        self.score_batch_size = Histogram(
+            "streamrec_serving_score_batch_size",
+            "Sessions scored together in one model call (micro-batching).",
+            buckets=(1, 2, 3, 4, 6, 8, 12, 16, 32),
+            registry=r,
+        )
         self.model_version = Gauge(
             "streamrec_serving_model_version", "Version of the model now serving.", registry=r
         )

@@ -256,7 +256,7 @@ def run_serving_benchmark(settings: Settings, config: BenchConfig) -> dict[str, 
         port = free_port()
         server = spawn_server(_serve_env(settings, config.workers), port, workdir / "server.log")
         try:
-            wait_ready(port)
+            wait_ready(port, 60, workdir / "server.log")
             console.print(f"baseline: /healthz for {config.duration_s / 2:.0f}s...")
             baseline = run_load(
                 port, ["/healthz"], config.concurrency, config.duration_s / 2, workdir
@@ -274,9 +274,12 @@ def run_serving_benchmark(settings: Settings, config: BenchConfig) -> dict[str, 
             load = run_load(port, targets, config.concurrency, config.duration_s, workdir)
             stop.set()
             publisher.join()
+            batch_size = mean_batch_size(port)
         finally:
             stop_server(server)
-        large = run_large_catalog(settings, config, client, keys, workdir)
+        large = (
+            run_large_catalog(settings, config, client, keys, workdir) if config.large_items else {}
+        )
         return {
             "items": len(sample.item_ids),
             "sessions": len(hashes),
@@ -297,6 +300,7 @@ def run_serving_benchmark(settings: Settings, config: BenchConfig) -> dict[str, 
             "baseline_rps": baseline["rps"],
             "baseline_p99_ms": baseline["p99_ms"],
             "ratio": round(load["rps"] / baseline["rps"], 3) if baseline["rps"] else None,
+            "mean_score_batch": batch_size,
             "impressions_to_kafka": kafka_ok,
             **large,
             "stack": "granian (ASGI) + starlette",
@@ -320,7 +324,8 @@ def run_large_catalog(
         update={
             "redis": settings.redis.model_copy(
                 update={"key_prefix": settings.redis.key_prefix + "-1m"}
-            )
+            ),
+            "model": settings.model.model_copy(update={"store_dir": workdir / "models-1m"}),
         }
     )
     large_keys = RedisKeys(large_settings.redis.key_prefix)
@@ -345,7 +350,7 @@ def run_large_catalog(
             _serve_env(large_settings, config.workers), port, workdir / "server-1m.log", 180
         )
         try:
-            wait_ready(port, 180)
+            wait_ready(port, 180, workdir / "server-1m.log")
             load = run_load(
                 port, targets, config.large_concurrency, config.large_duration_s, workdir
             )
@@ -363,8 +368,27 @@ def run_large_catalog(
         delete_prefix(client, large_keys.prefix)
 
 
-def wait_ready(port: int, timeout_s: float = 60.0) -> None:
-    """Poll ``/readyz`` until a model is loaded and Redis answers, for every worker."""
+def mean_batch_size(port: int) -> float | None:
+    """Mean sessions per model call, from one worker's /metrics."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    values = {}
+    for line in text.splitlines():
+        if line.startswith("streamrec_serving_score_batch_size_"):
+            name, _, value = line.partition(" ")
+            values[name] = float(value)
+    count = values.get("streamrec_serving_score_batch_size_count", 0.0)
+    total = values.get("streamrec_serving_score_batch_size_sum", 0.0)
+    return round(total / count, 2) if count else None
+
+
+def wait_ready(port: int, timeout_s: float, log_path: Path) -> None:
+    """Poll ``/readyz`` until a model is loaded and Redis answers, for every worker.
+
+    On timeout the end of the server's log goes to stderr (the workdir is removed after).
+    """
     import urllib.error
     import urllib.request
 
@@ -379,4 +403,6 @@ def wait_ready(port: int, timeout_s: float = 60.0) -> None:
         except (urllib.error.URLError, OSError):
             in_a_row = 0
             time.sleep(0.2)
+    tail = log_path.read_text(errors="replace")[-3000:] if log_path.exists() else ""
+    console.print(f"server log (end):\n{tail}", markup=False)
     raise TimeoutError(f"server on port {port} not ready after {timeout_s}s")

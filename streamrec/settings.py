@@ -188,7 +188,9 @@ class ServingSettings(BaseSettings):
     redis_timeout_s: float = Field(
         0.1, gt=0, description="Timeout of each Redis call on the request path (answers 503)."
     )
-    redis_max_connections: int = Field(64, ge=1, description="Redis pool size per worker.")
+    redis_max_connections: int = Field(
+        256, ge=1, description="Redis pool size per worker (keep >= backpressure)."
+    )
     max_exclude_items: int = Field(1000, ge=0, description="Longest POST exclude_items list.")
     category_refresh_s: float = Field(
         30.0, gt=0, description="How often the item -> category map is re-read."
