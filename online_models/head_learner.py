@@ -30,6 +30,9 @@ from streamrec.settings import LearnerSettings
 from streamrec.training_examples import TrainingExample
 
 
+NEW_ROW_SCALE = 0.5
+
+
 @dataclass(slots=True)
 class BatchOutcome:
     """What one micro-batch did (metrics are from before the step)."""
@@ -142,11 +145,14 @@ class HeadLearner:
     def _add_items(
         self, new_ids: list[str], examples: Sequence[TrainingExample], sessions: torch.Tensor
     ) -> None:
-        """Rows for new items: a new target starts at its session's direction.
+        """Rows for new items: a new target starts in its session's direction.
 
-        So the next session like the one that led to it already ranks it well (one-shot),
-        instead of waiting for many gradient steps from noise. Items only seen in
-        histories start random. New biases start at the median bias.
+        So the next session like the one that led to it already ranks it fairly well
+        (one-shot), instead of waiting for many gradient steps from noise. The row gets
+        half the median row norm (at full norm new items crowd out known ones: on the
+        warm-up validation split, HR@20 0.507 at 0.5 vs 0.487 at 1.0 and 0.506 with no
+        one-shot rows). Items only seen in histories start random; new biases start at
+        the median bias.
         """
         model = self.model
         start = model.n_items
@@ -160,7 +166,7 @@ class HeadLearner:
                 row = self.index.row(example.target_item)
                 if row >= start:
                     direction = sessions[i] / sessions[i].norm().clamp(min=1e-6)
-                    model.item_table[row] = direction * norm
+                    model.item_table[row] = direction * norm * NEW_ROW_SCALE
             if start:
                 model.item_bias[added.start : added.stop] = model.item_bias[:start].median()
 

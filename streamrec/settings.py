@@ -136,7 +136,7 @@ class TrainSettings(BaseSettings):
 
     epochs: int = Field(8, ge=1)
     batch_size: int = Field(256, ge=1)
-    lr: float = Field(2e-3, gt=0)
+    lr: float = Field(3e-3, gt=0)
     patience: int = Field(2, ge=0)
     validation_fraction: float = Field(0.1, gt=0, lt=1)
     seed: int = 7
@@ -153,7 +153,7 @@ class LearnerSettings(BaseSettings):
     batch_size: int = Field(256, ge=1, description="Max examples per micro-batch (B).")
     batch_ms: int = Field(100, ge=1, description="Max wait to fill a micro-batch (T).")
     lr: float = Field(1e-3, gt=0)
-    row_lr: float = Field(0.0, ge=0, description="Learning rate of item rows (0 = lr).")
+    row_lr: float = Field(1e-2, ge=0, description="Learning rate of item rows (0 = lr).")
     grad_clip: float = Field(1.0, gt=0)
     publish_every_steps: int = Field(20, ge=1, description="Publish after K steps (K).")
     publish_every_s: float = Field(1.0, gt=0, description="...or after S seconds (S).")
