@@ -186,9 +186,17 @@ def _register_areas() -> None:
     import flows.commands
     import loadtest.commands
     import online_models.commands
+    import online_models.drift_commands
     import serving.commands
 
-    for area in (flows.commands, online_models.commands, serving.commands, loadtest.commands):
+    areas = (
+        flows.commands,
+        online_models.commands,
+        online_models.drift_commands,
+        serving.commands,
+        loadtest.commands,
+    )
+    for area in areas:
         area.register(app, bench_app)
 
 
