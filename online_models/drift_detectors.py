@@ -186,10 +186,10 @@ def detector_specs(settings: DriftSettings) -> dict[str, DetectorSpec]:
             "category_share", "reference_category_share", "adwin", settings.input_delta, "both"
         ),
         "new_items": DetectorSpec(
-            "new_items", "never_seen_item_share", "adwin", settings.input_delta, "up"
+            "new_items", "never_seen_item_share", "adwin", settings.new_items_delta, "up"
         ),
         "session_length": DetectorSpec(
-            "session_length", "session_position", "adwin", settings.input_delta, "both"
+            "session_length", "ended_session_length", "adwin", settings.input_delta, "both"
         ),
         "ctr": DetectorSpec("ctr", "recommended_ctr", "adwin", settings.ctr_delta, "down"),
     }

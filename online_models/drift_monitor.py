@@ -31,9 +31,16 @@ from streamrec.settings import Settings
 from streamrec.topics import Topics
 from streamrec.training_examples import TrainingExample
 
+REFERENCE_SESSIONS = 300  # sessions that make the category reference
+
 
 class DriftMonitor:
-    """Feed signals with ``on_*``; each returns the alerts it raised (usually none)."""
+    """Feed signals with ``on_*``; each returns the alerts it raised (usually none).
+
+    An alert's ``position`` counts what the monitor had seen of that signal's stream:
+    examples in learner signals (hit@20, loss), training examples (input detectors) or
+    resolved impressions (CTR).
+    """
 
     def __init__(self, settings: Settings) -> None:
         drift = settings.drift
@@ -41,19 +48,29 @@ class DriftMonitor:
             name: GuardedDetector(spec, drift.warmup_examples, drift.min_alert_spacing)
             for name, spec in detector_specs(drift).items()
         }
-        # The loss detector sees one value per micro-batch: scale its warm-up and spacing.
-        if "loss" in self.detectors:
-            per_batch = max(1, settings.learner.batch_size)
-            self.detectors["loss"].warmup = drift.warmup_examples // per_batch
-            self.detectors["loss"].min_spacing = drift.min_alert_spacing // per_batch
+        # Loss: one value per micro-batch; category and session length: one per session.
+        # Warm-up and spacing are configured in examples, so scale them to values.
+        per_session = 5  # examples per session, roughly
+        examples_per_value = {
+            "loss": settings.learner.batch_size,
+            "category_share": per_session,
+            "session_length": per_session,
+        }
+        for name, per_value in examples_per_value.items():
+            if name in self.detectors:
+                self.detectors[name].warmup = drift.warmup_examples // per_value
+                self.detectors[name].min_spacing = drift.min_alert_spacing // per_value
         self.inputs = InputSignals(
-            reference_size=max(drift.warmup_examples, 1000),
+            reference_size=REFERENCE_SESSIONS,
             seen_capacity=drift.seen_items_capacity,
-            history_len=settings.flow.history_len,
+            max_session_len=settings.flow.history_len,
+            session_idle_ms=int(drift.session_idle_s * 1000),
         )
         self.ctr = CtrTracker(drift.ctr_horizon)
         self.model_version: int | None = None
         self.examples_seen = 0
+        self.signal_examples = 0
+        self.impressions_resolved = 0
         self.topics = Topics.from_settings(settings.kafka)
 
     def on_learner_signal(self, signal: LearnerSignal) -> list[Alert]:
@@ -64,16 +81,13 @@ class DriftMonitor:
         )
         alerts: list[Alert] = []
         hit_rate = self.detectors.get("hit_rate")
-        if hit_rate is not None and signal.examples > 0:
-            for value in spread_hits(signal.hits_at_20, signal.examples):
-                alert = self._feed(hit_rate, value, where)
-                if alert is not None:
-                    alerts.append(alert)
+        for value in spread_hits(signal.hits_at_20, signal.examples):
+            self.signal_examples += 1
+            if hit_rate is not None:
+                alerts += self._feed(hit_rate, value, where, self.signal_examples)
         loss = self.detectors.get("loss")
         if loss is not None and math.isfinite(signal.mean_loss):
-            alert = self._feed(loss, signal.mean_loss, where)
-            if alert is not None:
-                alerts.append(alert)
+            alerts += self._feed(loss, signal.mean_loss, where, self.signal_examples)
         return alerts
 
     def on_example(self, example: TrainingExample, partition: int, offset: int) -> list[Alert]:
@@ -84,66 +98,69 @@ class DriftMonitor:
         )
         alerts: list[Alert] = []
         detector = self.detectors.get("category_share")
-        if detector is not None:
-            share = self.inputs.category_share(example)
-            if share is not None:
-                alert = self._feed(detector, share, where)
-                if alert is not None:
-                    self.inputs.relearn_categories()
-                    alerts.append(alert)
+        share = self.inputs.category_share(example)
+        if detector is not None and share is not None:
+            raised = self._feed(detector, share, where, self.examples_seen)
+            if raised:
+                self.inputs.relearn_categories()
+            alerts += raised
         detector = self.detectors.get("new_items")
+        never_seen = self.inputs.never_seen(example)
         if detector is not None:
-            alert = self._feed(detector, self.inputs.never_seen(example), where)
-            if alert is not None:
-                alerts.append(alert)
+            alerts += self._feed(detector, never_seen, where, self.examples_seen)
         detector = self.detectors.get("session_length")
-        if detector is not None:
-            alert = self._feed(detector, self.inputs.session_position(example), where)
-            if alert is not None:
-                alerts.append(alert)
+        for length in self.inputs.ended_sessions(example):
+            if detector is not None:
+                alerts += self._feed(detector, length, where, self.examples_seen)
         return alerts
 
     def on_impression(
         self, request_id: str, items: tuple[str, ...], partition: int, offset: int
     ) -> list[Alert]:
-        outcomes = self.ctr.impression(request_id, items, partition, offset)
-        return [alert for o in outcomes if (alert := self._feed_ctr(o)) is not None]
+        alerts: list[Alert] = []
+        for outcome in self.ctr.impression(request_id, items, partition, offset):
+            alerts += self._feed_ctr(outcome)
+        return alerts
 
     def on_click(self, request_id: str | None, item_id: str) -> list[Alert]:
         outcome = self.ctr.click(request_id, item_id)
-        if outcome is None:
-            return []
-        alert = self._feed_ctr(outcome)
-        return [] if alert is None else [alert]
+        return [] if outcome is None else self._feed_ctr(outcome)
 
     def levels(self) -> dict[str, float]:
         """Recent level of each detector's signal (for the gauges and ``model status``)."""
         return {name: detector.level for name, detector in self.detectors.items()}
 
-    def _feed_ctr(self, outcome: ImpressionOutcome) -> Alert | None:
+    def _feed_ctr(self, outcome: ImpressionOutcome) -> list[Alert]:
+        self.impressions_resolved += 1
         detector = self.detectors.get("ctr")
         if detector is None:
-            return None
+            return []
         where = (StreamOffset(self.topics.impressions, outcome.partition, outcome.offset),)
-        return self._feed(detector, 1.0 if outcome.clicked else 0.0, where)
+        value = 1.0 if outcome.clicked else 0.0
+        return self._feed(detector, value, where, self.impressions_resolved)
 
     def _feed(
-        self, detector: GuardedDetector, value: float, where: tuple[StreamOffset, ...]
-    ) -> Alert | None:
+        self,
+        detector: GuardedDetector,
+        value: float,
+        where: tuple[StreamOffset, ...],
+        position: int,
+    ) -> list[Alert]:
         detection = detector.update(value)
         if detection is None:
-            return None
-        return make_alert(
+            return []
+        alert = make_alert(
             detection.detector,
             detection.signal,
             detection.level_before,
             detection.level_after,
-            detection.position,
+            position,
             self.model_version,
             message=f"{detection.signal} moved from {detection.level_before:.4g} "
             f"to {detection.level_after:.4g}",
             offsets=where,
         )
+        return [alert]
 
 
 def wants_finetune(alert: Alert, enabled: bool) -> bool:

@@ -3,8 +3,8 @@
 - ``LearnerSignal``: one record of the learner's per-micro-batch signal stream; its hits
   are spread evenly over the batch's examples so ADWIN sees per-example hit@20 without a
   within-batch step that would look like a change.
-- ``InputSignals``: per training example, the reference share of its category, whether
-  its target item was never seen before, and its position in the session.
+- ``InputSignals``: per training example, the reference share of its category and whether
+  its target item was never seen before; per finished session, its length.
 - ``CtrTracker``: impressions and the clicks that cite their ``request_id`` become one
   clicked / not-clicked outcome per impression, resolved after ``horizon`` impressions.
 """
@@ -58,27 +58,39 @@ def spread_hits(hits: int, examples: int) -> Iterator[float]:
 
 
 class InputSignals:
-    """Per-example input-distribution observations, with bounded memory.
+    """Input-distribution observations, with bounded memory.
 
-    The category reference is learned from the first ``reference_size`` examples and then
+    The category reference is learned from the first ``reference_size`` sessions and then
     frozen until ``relearn_categories`` (called after a category alert), so a shifted mix
     keeps reading as shifted instead of being absorbed.
     """
 
-    def __init__(self, reference_size: int, seen_capacity: int, history_len: int) -> None:
+    def __init__(
+        self, reference_size: int, seen_capacity: int, max_session_len: int, session_idle_ms: int
+    ) -> None:
         self.reference_size = max(1, reference_size)
         self.seen_capacity = seen_capacity
-        self.history_len = max(1, history_len)
+        self.max_session_len = max(1, max_session_len)
+        self.session_idle_ms = session_idle_ms
         self._categories: Counter[str] = Counter()
         self._reference_total = 0
         self._seen: OrderedDict[str, None] = OrderedDict()
+        self._sessions: OrderedDict[str, tuple[int, int]] = OrderedDict()  # id -> (last ts, n)
 
     def relearn_categories(self) -> None:
         self._categories.clear()
         self._reference_total = 0
 
     def category_share(self, example: TrainingExample) -> float | None:
-        """The reference share of the example's category; ``None`` while learning it."""
+        """The reference share of a new session's category; ``None`` for other examples.
+
+        One value per session (at its first example): a session browses within a category,
+        so per-example values are strongly correlated and ADWIN, which assumes independent
+        values, would see changes that are not there. ``None`` too while learning the
+        reference from the first ``reference_size`` sessions.
+        """
+        if len(example.history) != 1 or example.kind != "click":
+            return None
         category = example.category or ""
         if self._reference_total < self.reference_size:
             self._categories[category] += 1
@@ -97,9 +109,25 @@ class InputSignals:
             self._seen.popitem(last=False)
         return 1.0
 
-    def session_position(self, example: TrainingExample) -> float:
-        """How deep into its session the example is, in [0, 1] of the kept history."""
-        return min(len(example.history), self.history_len) / self.history_len
+    def ended_sessions(self, example: TrainingExample) -> list[float]:
+        """Lengths (examples, as a share of ``max_session_len``) of sessions that just ended.
+
+        A session ends when it has been idle for ``session_idle_ms`` of event time. One value
+        per session, not per example: consecutive examples of a session are correlated,
+        finished sessions are close to independent, which is what ADWIN assumes.
+        """
+        sessions = self._sessions
+        _, count = sessions.pop(example.session_id, (0, 0))
+        sessions[example.session_id] = (example.ts, count + 1)
+        ended: list[float] = []
+        horizon = example.ts - self.session_idle_ms
+        while sessions:
+            session_id, (last_ts, length) = next(iter(sessions.items()))
+            if last_ts >= horizon:
+                break
+            del sessions[session_id]
+            ended.append(min(length, self.max_session_len) / self.max_session_len)
+        return ended
 
 
 @dataclass(frozen=True, slots=True)

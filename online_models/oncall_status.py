@@ -66,7 +66,8 @@ def rollback_model(settings: Settings, client: redis.Redis, version: int | None)
         version,
         message=f"model rolled back from v{current} to v{version}",
     )
-    fanout = build_fanout(settings, client, make_producer(settings.kafka, **{"linger.ms": 0}))
+    producer = make_producer(settings.kafka, **{"linger.ms": 0})
+    fanout = build_fanout(settings, client, producer, prometheus=False)
     try:
         fanout.send(alert)
     finally:

@@ -214,14 +214,20 @@ class DriftSettings(BaseSettings):
 
     model_config = _group("STREAMREC_DRIFT_")
 
-    adwin_delta: float = Field(0.002, gt=0, lt=1, description="ADWIN confidence on hit@20.")
+    adwin_delta: float = Field(0.0001, gt=0, lt=1, description="ADWIN confidence on hit@20.")
     ph_threshold: float = Field(50.0, gt=0, description="Page-Hinkley lambda on the loss.")
     ph_delta: float = Field(0.005, ge=0)
     ph_min_instances: int = Field(30, ge=1, description="Micro-batches before Page-Hinkley.")
     input_delta: float = Field(
-        0.0002, gt=0, lt=1, description="ADWIN confidence on input distributions."
+        1e-3, gt=0, lt=1, description="ADWIN confidence on per-session category and length."
+    )
+    new_items_delta: float = Field(
+        1e-8, gt=0, lt=1, description="ADWIN confidence on the per-example never-seen share."
     )
     ctr_delta: float = Field(0.002, gt=0, lt=1, description="ADWIN confidence on the CTR.")
+    session_idle_s: float = Field(
+        1800.0, gt=0, description="A session idle this long (event time) has ended."
+    )
     detectors: str = Field(
         "hit_rate,loss,category_share,new_items,session_length,ctr",
         description="Comma-separated detectors to run (see online_models/drift_detectors.py).",
@@ -246,7 +252,13 @@ class DriftSettings(BaseSettings):
     )
     finetune_min_holdout: int = Field(100, ge=1, description="Fewer held-out examples: reject.")
     finetune_timeout_s: float = Field(1800.0, gt=0)
-    replay_examples: int = Field(20000, ge=100)
+    finetune_wait_examples: int = Field(
+        4000, ge=0, description="Examples collected after a drift alert before its fine-tune."
+    )
+    finetune_lookback_s: float = Field(
+        60.0, ge=0, description="Replay from this long before the alert (the change itself)."
+    )
+    replay_examples: int = Field(20000, ge=100, description="Most examples a fine-tune replays.")
     metrics_port: int = Field(9103, ge=0)
     consumer_group: str = "streamrec-drift"
 

@@ -49,7 +49,7 @@ def test_hit_rate_drop_raises_one_critical_alert_with_version_and_offsets() -> N
 
 def test_category_shift_and_new_items_raise_input_alerts() -> None:
     rng = np.random.default_rng(1)
-    drift = monitor(warmup_examples=500, input_delta=0.0002)
+    drift = monitor(warmup_examples=500)
     alerts = []
     for index in range(6000):
         category = str(int(rng.choice(3, p=[0.7, 0.2, 0.1])))

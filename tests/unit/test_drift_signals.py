@@ -11,10 +11,10 @@ from online_models.drift_signals import CtrTracker, InputSignals, LearnerSignal,
 from streamrec.training_examples import TrainingExample
 
 
-def example(target: str, category: str | None = "1", history: int = 2) -> TrainingExample:
-    return TrainingExample(
-        "e", "s", tuple(f"h{i}" for i in range(history)), target, 0, category=category
-    )
+def example(
+    target: str, category: str | None = "1", session: str = "s", ts: int = 0
+) -> TrainingExample:
+    return TrainingExample("e", session, ("h",), target, ts, category=category)
 
 
 @given(st.integers(0, 600), st.integers(1, 600))
@@ -58,27 +58,37 @@ def test_learner_signal_refuses_garbage() -> None:
         raise AssertionError("expected ValueError")
 
 
+def inputs(capacity: int = 10) -> InputSignals:
+    return InputSignals(
+        reference_size=4, seen_capacity=capacity, max_session_len=10, session_idle_ms=1000
+    )
+
+
 def test_category_reference_is_learned_then_frozen() -> None:
-    inputs = InputSignals(reference_size=4, seen_capacity=10, history_len=10)
+    signals = inputs()
     for category in ("a", "a", "a", "b"):
-        assert inputs.category_share(example("x", category)) is None
-    assert inputs.category_share(example("x", "a")) == 0.75
-    assert inputs.category_share(example("x", "c")) == 0.0
-    inputs.relearn_categories()
-    assert inputs.category_share(example("x", "c")) is None
+        assert signals.category_share(example("x", category)) is None
+    assert signals.category_share(example("x", "a")) == 0.75
+    assert signals.category_share(example("x", "c")) == 0.0
+    signals.relearn_categories()
+    assert signals.category_share(example("x", "c")) is None
 
 
 def test_never_seen_remembers_items_within_capacity() -> None:
-    inputs = InputSignals(reference_size=1, seen_capacity=2, history_len=10)
-    assert [inputs.never_seen(example(i)) for i in ("a", "a", "b", "c", "b", "a")] == [
+    signals = inputs(capacity=2)
+    assert [signals.never_seen(example(i)) for i in ("a", "a", "b", "c", "b", "a")] == [
         1.0, 0.0, 1.0, 1.0, 0.0, 1.0,
     ]  # fmt: skip
 
 
-def test_session_position_is_capped_to_the_kept_history() -> None:
-    inputs = InputSignals(reference_size=1, seen_capacity=2, history_len=10)
-    assert inputs.session_position(example("a", history=5)) == 0.5
-    assert inputs.session_position(example("a", history=50)) == 1.0
+def test_a_session_length_is_reported_once_the_session_is_idle() -> None:
+    signals = inputs()
+    assert signals.ended_sessions(example("a", session="s1", ts=0)) == []
+    assert signals.ended_sessions(example("a", session="s1", ts=500)) == []
+    assert signals.ended_sessions(example("a", session="s2", ts=1200)) == []
+    assert signals.ended_sessions(example("a", session="s2", ts=1600)) == [0.2]  # s1: 2 of 10
+    many = [signals.ended_sessions(example("a", session="s3", ts=3000 + i)) for i in range(20)]
+    assert many[0] == [0.2] and all(m == [] for m in many[1:])  # s2 ended; s3 still open
 
 
 def test_ctr_tracker_matches_clicks_and_expires_misses() -> None:
