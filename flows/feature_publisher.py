@@ -12,7 +12,8 @@ interrupted are produced again after the restart (consumers drop them by
 One pipelined round trip per output batch, run by a ``BackgroundWriter`` so the worker
 computes the next batch meanwhile; only sessions changed in the batch are written.
 Session hashes go through a small Lua script (HSET + EXPIRE per session, at most
-``SESSIONS_PER_SCRIPT`` sessions per call so Redis never blocks readers for long): redis-py
+``SESSIONS_PER_SCRIPT`` sessions per call, under a millisecond of server time, so serving
+reads are never held up for long; ZADDs are chunked the same way): redis-py
 would otherwise spend more time packing 2 commands per session than the flow spends on
 the features. Freshness (Kafka produce time to the acknowledged Redis write) is recorded
 for every event.
@@ -36,15 +37,16 @@ from flows import flow_metrics
 from flows.background_writer import BackgroundWriter
 from flows.feature_shard import ShardOutput
 from flows.item_popularity import PopularityUpdate
+from flows.process_tuning import freeze_survivors
 from flows.session_features import FIELDS
 from streamrec.kafka_clients import make_producer
 from streamrec.redis_keys import RedisKeys
 from streamrec.settings import Settings
 from streamrec.topics import Topics
 
-ZADD_CHUNK = 5000
+ZADD_CHUNK = 500
 REDIS_RETRIES = 5
-SESSIONS_PER_SCRIPT = 500
+SESSIONS_PER_SCRIPT = 100
 
 # ARGV: ttl_s, field count n, n field names, then per session: key and n values.
 WRITE_SESSIONS_LUA = """
@@ -69,17 +71,26 @@ PublishItem = ShardOutput | PopularityUpdate
 
 @dataclass(slots=True)
 class FreshnessLog:
-    """Keeps every freshness value (ms) for a benchmark; the flow itself uses only metrics."""
+    """Keeps every event's produce time and freshness (ms) for a benchmark.
 
-    values_ms: list[np.ndarray]
+    The flow itself only feeds the Prometheus histogram; a benchmark passes one of these
+    to get exact percentiles and to leave out its warm-up.
+    """
 
-    def add(self, values_ms: np.ndarray) -> None:
-        self.values_ms.append(values_ms)
+    produce_ms: list[np.ndarray]
+    freshness_ms: list[np.ndarray]
 
-    def take(self) -> np.ndarray:
-        """All values recorded so far, and forget them."""
-        taken, self.values_ms = self.values_ms, []
-        return np.concatenate(taken) if taken else np.zeros(0)
+    def add(self, produce_ms: np.ndarray, freshness_ms: np.ndarray) -> None:
+        self.produce_ms.append(produce_ms)
+        self.freshness_ms.append(freshness_ms)
+
+    def take(self) -> tuple[np.ndarray, np.ndarray]:
+        """(produce times, freshness) recorded so far, and forget them."""
+        produced, self.produce_ms = self.produce_ms, []
+        fresh, self.freshness_ms = self.freshness_ms, []
+        if not produced:
+            return np.zeros(0), np.zeros(0)
+        return np.concatenate(produced), np.concatenate(fresh)
 
 
 class _Clients:
@@ -158,10 +169,11 @@ class _PublishPartition(StatefulSinkPartition[PublishItem, None]):
         flow_metrics.REDIS_COMMANDS.inc(commands)
         if produce_ms:
             ack_ms = time.time() * 1000.0
-            freshness_ms = ack_ms - np.asarray(produce_ms, dtype=np.float64)
+            produced = np.asarray(produce_ms, dtype=np.float64)
+            freshness_ms = ack_ms - produced
             flow_metrics.FRESHNESS.observe_many(freshness_ms / 1000.0)
             if self._log is not None:
-                self._log.add(freshness_ms)
+                self._log.add(produced, freshness_ms)
 
     def _queue_popularity(self, pipe: Any, update: PopularityUpdate) -> int:
         """Queue the ZADDs (and the rebuild) of ``update``; return how many commands."""
@@ -204,6 +216,7 @@ class _PublishPartition(StatefulSinkPartition[PublishItem, None]):
         if remaining or self._clients.delivery_errors:
             errors = self._clients.delivery_errors[:5]
             raise RuntimeError(f"undelivered messages: {remaining} queued, errors {errors}")
+        freeze_survivors()
         return None
 
     def close(self) -> None:
