@@ -17,7 +17,6 @@ All logic lives in the modules these steps call; this module only wires them.
 
 from __future__ import annotations
 
-import pickle
 from typing import Any
 
 import bytewax.operators as op
@@ -64,7 +63,7 @@ class PopularityLogic(StatefulBatchLogic[PopularityEvents, PopularityUpdate, byt
         return ([update] if update.scores else []), StatefulBatchLogic.RETAIN
 
     def snapshot(self) -> bytes:
-        return pickle.dumps((self.popularity.ref_ms, self.popularity.scores))
+        return self.popularity.snapshot()
 
 
 def source_for(settings: Settings) -> BatchKafkaSource:
@@ -107,10 +106,7 @@ def build_flow(
         return FeatureShardLogic(FeatureShard.restore(config, resume))
 
     def build_popularity(resume: bytes | None) -> PopularityLogic:
-        popularity = ItemPopularity(half_life_ms, state_items)
-        if resume is not None:
-            popularity.ref_ms, popularity.scores = pickle.loads(resume)
-        return PopularityLogic(popularity)
+        return PopularityLogic(ItemPopularity.restore(half_life_ms, state_items, resume))
 
     def popularity_events(keyed: tuple[str, ShardOutput]) -> tuple[str, PopularityEvents] | None:
         events = keyed[1].popularity

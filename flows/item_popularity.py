@@ -15,6 +15,7 @@ half is forgotten (items that had no event for many half-lives).
 from __future__ import annotations
 
 import math
+import pickle
 from dataclasses import dataclass
 
 REBASE_HALF_LIVES = 64
@@ -66,6 +67,20 @@ class ItemPopularity:
         if rebuild:
             return PopularityUpdate(dict(scores), True)
         return PopularityUpdate(touched, False)
+
+    def snapshot(self) -> bytes:
+        """An immutable copy of the state, for Bytewax recovery."""
+        return pickle.dumps((self.ref_ms, self.scores), pickle.HIGHEST_PROTOCOL)
+
+    @classmethod
+    def restore(
+        cls, half_life_ms: float, state_items: int, snapshot: bytes | None
+    ) -> ItemPopularity:
+        """A popularity from a ``snapshot`` (or empty when None)."""
+        popularity = cls(half_life_ms, state_items)
+        if snapshot is not None:
+            popularity.ref_ms, popularity.scores = pickle.loads(snapshot)
+        return popularity
 
     def _rebase(self, new_ref: int) -> None:
         halvings = round((new_ref - self.ref_ms) / self.half_life_ms)

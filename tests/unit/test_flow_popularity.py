@@ -55,3 +55,15 @@ def test_arrival_order_does_not_change_scores() -> None:
         one.add(events[start : start + 50])
         two.add(shuffled[start : start + 50])
     assert one.scores == pytest.approx(two.scores, rel=1e-12)
+
+
+def test_snapshot_and_restore_continue_where_they_left_off() -> None:
+    events = [(f"i{n % 5}", T0 + n * 60_000, 1.0) for n in range(100)]
+    straight = ItemPopularity(HOUR_MS, 100)
+    straight.add(events)
+    first = ItemPopularity(HOUR_MS, 100)
+    first.add(events[:40])
+    resumed = ItemPopularity.restore(HOUR_MS, 100, first.snapshot())
+    resumed.add(events[40:])
+    assert resumed.scores == pytest.approx(straight.scores, rel=1e-12)
+    assert ItemPopularity.restore(HOUR_MS, 100, None).scores == {}
