@@ -45,9 +45,16 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         freshness_s: Annotated[
             float, typer.Option(help="Length of the half-throughput freshness phase.")
         ] = 8.0,
+        rounds: Annotated[int, typer.Option(help="Timed runs of ceiling and flow (median).")] = 3,
+        freshness_rate: Annotated[
+            float | None,
+            typer.Option(help="Events/s of the freshness phase (default: half the throughput)."),
+        ] = None,
     ) -> None:
         """End-to-end flow throughput vs. its source ceiling, then freshness at half rate."""
         from flows.flow_benchmark import run_flow_benchmark
         from streamrec.cli import print_json_line, settings_from_env
 
-        print_json_line(run_flow_benchmark(settings_from_env(), events, freshness_s))
+        print_json_line(
+            run_flow_benchmark(settings_from_env(), events, freshness_s, rounds, freshness_rate)
+        )

@@ -37,7 +37,6 @@ from flows import flow_metrics
 from flows.background_writer import BackgroundWriter
 from flows.feature_shard import ShardOutput
 from flows.item_popularity import PopularityUpdate
-from flows.process_tuning import freeze_survivors
 from flows.session_features import FIELDS
 from streamrec.kafka_clients import make_producer
 from streamrec.redis_keys import RedisKeys
@@ -216,7 +215,6 @@ class _PublishPartition(StatefulSinkPartition[PublishItem, None]):
         if remaining or self._clients.delivery_errors:
             errors = self._clients.delivery_errors[:5]
             raise RuntimeError(f"undelivered messages: {remaining} queued, errors {errors}")
-        freeze_survivors()
         return None
 
     def close(self) -> None:

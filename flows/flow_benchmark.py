@@ -1,7 +1,8 @@
 """``streamrec bench flow``: end-to-end throughput against the source ceiling, then freshness.
 
 Phase 1 produces N events (the sample, repeated with fresh event and session ids when N is
-larger) to private topics, then runs in this process, one worker, recovery on:
+larger) to private topics, then runs in this process, one worker, recovery on, ``rounds``
+times each (medians reported):
 
 - the *ceiling*: the same ``BatchKafkaSource`` over the same topics into a null sink;
 - the *flow*: the full dataflow into the real Redis and Kafka, to the end of the topics.
@@ -17,6 +18,7 @@ deleted at the end.
 from __future__ import annotations
 
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -123,6 +125,10 @@ def _counter(name: str) -> float:
 def _cleanup(settings: Settings) -> None:
     topics = Topics.from_settings(settings.kafka)
     AdminClient(settings.kafka.client_config()).delete_topics(list(topics.all()))
+    _cleanup_keys(settings)
+
+
+def _cleanup_keys(settings: Settings) -> None:
     client = redis.Redis.from_url(settings.redis.redis_url.get_secret_value())
     keys = list(client.scan_iter(f"{settings.redis.key_prefix}:*", count=5000))
     for start in range(0, len(keys), 5000):
@@ -133,40 +139,66 @@ def _log(message: str) -> None:
     sys.stderr.write(f"bench flow: {message}\n")
 
 
-def measure_throughput(settings: Settings, events: int, work: Path) -> dict[str, float]:
-    """Phase 1: produce ``events``, then time the ceiling and the flow over them."""
+def measure_throughput(
+    settings: Settings, events: int, rounds: int, work: Path
+) -> dict[str, float]:
+    """Phase 1: produce ``events``, then time the ceiling and the flow over them, ``rounds``
+    times each (every flow round with its own keys and recovery, so each starts cold);
+    medians of the rates."""
     tag = uuid.uuid4().hex[:8]
     bench = _isolated(settings, f"{tag}a", True, work / "recovery-a")
     topics = Topics.from_settings(bench.kafka)
     ensure_topics(bench.kafka, topics.all())
+    ceiling_rates: list[float] = []
+    flow_rates: list[float] = []
+    commands = writes = 0.0
+    rounds_settings: list[Settings] = []
     try:
         _log(f"producing {events} events")
         report = replay(
             repeated_sample(settings, events), bench.kafka, topics, progress=sys.stderr.isatty()
         )
         produced = report.produced
-        _log(f"produced {produced} in {report.elapsed_s:.1f}s; ceiling run")
-        ceiling_flow = Dataflow("streamrec_ceiling")
-        null = NullSink()
-        op.output("null", op.input("kafka_in", ceiling_flow, source_for(bench)), null)
-        ceiling_s = _run(ceiling_flow, _isolated(settings, f"{tag}a", True, work / "recovery-c"))
-        _log(f"ceiling {null.counts[0]} in {ceiling_s:.2f}s; flow run")
-        commands_before = _counter("streamrec_flow_redis_commands_total")
-        writes_before = _counter("streamrec_flow_redis_write_seconds_count")
-        flow_s = _run(build_flow(bench), bench)
-        commands = _counter("streamrec_flow_redis_commands_total") - commands_before
-        writes = _counter("streamrec_flow_redis_write_seconds_count") - writes_before
-        _log(f"flow {produced} in {flow_s:.2f}s")
+        _log(f"produced {produced} in {report.elapsed_s:.1f}s")
+        for round_no in range(rounds):
+            ceiling_flow = Dataflow("streamrec_ceiling")
+            null = NullSink()
+            op.output("null", op.input("kafka_in", ceiling_flow, source_for(bench)), null)
+            ceiling_s = _run(ceiling_flow, _for_round(bench, f"c{round_no}", work))
+            ceiling_rates.append(null.counts[0] / ceiling_s)
+            run = _for_round(bench, f"f{round_no}", work)
+            rounds_settings.append(run)
+            commands_before = _counter("streamrec_flow_redis_commands_total")
+            writes_before = _counter("streamrec_flow_redis_write_seconds_count")
+            flow_s = _run(build_flow(run), run)
+            commands = _counter("streamrec_flow_redis_commands_total") - commands_before
+            writes = _counter("streamrec_flow_redis_write_seconds_count") - writes_before
+            flow_rates.append(round(produced / flow_s))
+            _log(f"round {round_no}: ceiling {ceiling_rates[-1]:.0f}/s, flow {flow_rates[-1]}/s")
         return {
             "events": produced,
-            "ceiling_s": ceiling_s,
-            "flow_s": flow_s,
-            "ceiling_events": null.counts[0],
+            "ceiling_per_s": statistics.median(ceiling_rates),
+            "flow_per_s": statistics.median(flow_rates),
+            "flow_per_s_all": flow_rates,
             "redis_commands": commands,
             "redis_round_trips": writes,
         }
     finally:
         _cleanup(bench)
+        for run in rounds_settings:
+            _cleanup_keys(run)
+
+
+def _for_round(bench: Settings, name: str, work: Path) -> Settings:
+    """``bench`` with its own Redis keys and recovery directory (same topics)."""
+    return bench.model_copy(
+        update={
+            "redis": bench.redis.model_copy(
+                update={"key_prefix": f"{bench.redis.key_prefix}-{name}"}
+            ),
+            "flow": bench.flow.model_copy(update={"recovery_dir": work / f"recovery-{name}"}),
+        }
+    )
 
 
 def measure_freshness(settings: Settings, rate: float, seconds: float, work: Path) -> dict:
@@ -219,23 +251,33 @@ def measure_freshness(settings: Settings, rate: float, seconds: float, work: Pat
         _cleanup(bench)
 
 
-def run_flow_benchmark(settings: Settings, events: int, freshness_s: float) -> dict[str, object]:
-    """Both phases; one dict for the JSON line."""
+def run_flow_benchmark(
+    settings: Settings,
+    events: int,
+    freshness_s: float,
+    rounds: int = 3,
+    freshness_rate: float | None = None,
+) -> dict[str, object]:
+    """Both phases; one dict for the JSON line. ``freshness_rate`` replaces half the
+    measured throughput as phase 2's rate (to see freshness below saturation)."""
     services_up(settings)
     tune_flow_process()
     with tempfile.TemporaryDirectory(prefix="streamrec-bench-flow-") as work_dir:
         work = Path(work_dir)
-        throughput = measure_throughput(settings, events, work)
+        throughput = measure_throughput(settings, events, rounds, work)
         produced = throughput["events"]
-        events_per_s = produced / throughput["flow_s"]
-        ceiling_per_s = throughput["ceiling_events"] / throughput["ceiling_s"]
-        freshness = measure_freshness(settings, events_per_s / 2, freshness_s, work)
+        events_per_s = throughput["flow_per_s"]
+        ceiling_per_s = throughput["ceiling_per_s"]
+        rate = freshness_rate or events_per_s / 2
+        freshness = measure_freshness(settings, rate, freshness_s, work)
     return {
         "bench": "flow",
         "events": int(produced),
         "events_per_s": round(events_per_s),
         "ceiling_events_per_s": round(ceiling_per_s),
         "ratio": round(events_per_s / ceiling_per_s, 3),
+        "rounds": rounds,
+        "events_per_s_rounds": throughput["flow_per_s_all"],
         **freshness,
         "redis_ops_per_event": round(throughput["redis_commands"] / produced, 3),
         "redis_round_trips_per_event": round(throughput["redis_round_trips"] / produced, 5),
