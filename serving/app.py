@@ -26,6 +26,8 @@ import redis
 import redis.asyncio as aioredis
 from confluent_kafka import Producer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -90,12 +92,16 @@ class ServingState:
         # A plain pool (12 us cheaper per call than the blocking one): granian's
         # backpressure bounds the requests in a worker, so the pool is never exhausted
         # while redis_max_connections >= backpressure; if it were, the call fails (503).
+        # One immediate retry after a timeout: the timeout also fires when this worker's
+        # event loop was stalled (CPU starved, a long batch) although Redis had answered.
         self.redis = aioredis.Redis(
             connection_pool=aioredis.ConnectionPool.from_url(
                 url,
                 max_connections=serving.redis_max_connections,
                 socket_timeout=serving.redis_timeout_s,
                 socket_connect_timeout=serving.redis_timeout_s,
+                retry=Retry(NoBackoff(), 1),
+                retry_on_timeout=True,
             )
         )
         self.sync_redis = redis.Redis.from_url(

@@ -51,6 +51,7 @@ from streamrec.settings import Settings
 from streamrec.topics import Topics
 
 console = Console(stderr=True)
+LOAD_WARMUP_S = 1.0
 SWAP_WINDOW_S = (-0.5, 2.0)  # errors this close to a publish count as failed during a swap
 
 
@@ -156,14 +157,14 @@ def run_load(
             "--duration-s",
             str(duration_s),
             "--warmup-s",
-            "1",
+            str(LOAD_WARMUP_S),
         ],
         check=True,
         capture_output=True,
     )
     result = orjson.loads(out.stdout)
-    # The generator measures from the end of its 1 s warm-up.
-    result["measure_started_monotonic"] = started + 1.0
+    # The generator measures from the end of its warm-up.
+    result["measure_started_monotonic"] = started + LOAD_WARMUP_S
     return result
 
 
@@ -176,9 +177,18 @@ def free_port() -> int:
 
 
 def publish_swaps(
-    settings: Settings, base: Any, count: int, every_s: float, stop: threading.Event
+    settings: Settings,
+    base: Any,
+    count: int,
+    every_s: float,
+    stop: threading.Event,
+    delay_s: float = LOAD_WARMUP_S + 0.5,
 ) -> list[float]:
-    """Publish ``count`` perturbed versions of ``base``, one every ``every_s``."""
+    """Publish ``count`` perturbed versions of ``base`` at ``delay_s + i * every_s``.
+
+    The schedule is absolute (publishing takes time), and starts after the load
+    generator's warm-up so every publish falls inside the measured window.
+    """
     from online_models.model_weights import ITEM_TABLE
     from online_models.weight_registry import WeightRegistry
 
@@ -187,8 +197,9 @@ def publish_swaps(
     )
     rng = np.random.default_rng(1)
     published: list[float] = []
-    for _ in range(count):
-        if stop.wait(every_s):
+    start = time.monotonic() + delay_s
+    for number in range(1, count + 1):
+        if stop.wait(max(0.0, start + number * every_s - time.monotonic())):
             break
         tensors = dict(base.tensors)
         noise = rng.standard_normal(tensors[ITEM_TABLE].shape).astype(np.float32) * 0.01
@@ -264,7 +275,7 @@ def run_serving_benchmark(settings: Settings, config: BenchConfig) -> dict[str, 
             console.print(f"/recommend for {config.duration_s:.0f}s with {config.swaps} swaps...")
             stop = threading.Event()
             publish_times: list[float] = []
-            every_s = (config.duration_s + 1.0) / (config.swaps + 1)
+            every_s = config.duration_s / (config.swaps + 1)
             publisher = threading.Thread(
                 target=lambda: publish_times.extend(
                     publish_swaps(settings, base, config.swaps, every_s, stop)

@@ -186,7 +186,9 @@ class ServingSettings(BaseSettings):
         50000, ge=1, description="Impressions waiting for Kafka; beyond this they are dropped."
     )
     redis_timeout_s: float = Field(
-        0.1, gt=0, description="Timeout of each Redis call on the request path (answers 503)."
+        0.25,
+        gt=0,
+        description="Timeout of each Redis call on the request path (one retry, then 503).",
     )
     redis_max_connections: int = Field(
         256, ge=1, description="Redis pool size per worker (keep >= backpressure)."
