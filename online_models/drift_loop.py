@@ -63,7 +63,7 @@ class DriftLoop:
         )
         self.cursor = read_status(client, self.keys).get("signals_cursor", "0-0")
         self.finetune: BaseProcess | None = None
-        self.pending: tuple[Alert, int] | None = None
+        self.pending: tuple[Alert, int, float] | None = None
         self.alerts_sent = 0
         self._last_finetune_id = read_status(client, self.keys).get("finetune_id", "")
         newest = client.xrevrange(self.keys.alerts, count=1)
@@ -138,14 +138,14 @@ class DriftLoop:
                 self._schedule_finetune(alert)
 
     def _schedule_finetune(self, alert: Alert) -> None:
-        """Take the lock now; start once enough post-drift examples have arrived."""
+        """Take the lock now; start once enough post-drift examples arrived (or time passed)."""
         if self.pending is not None or (self.finetune is not None and self.finetune.is_alive()):
             return
         drift = self.settings.drift
         if not acquire_finetune_lock(self.client, self.keys, drift.finetune_timeout_s):
             log_event(logger, "finetune_skipped_cooldown", alert_id=alert.alert_id)
             return
-        self.pending = (alert, self.monitor.examples_seen)
+        self.pending = (alert, self.monitor.examples_seen, time.monotonic())
         log_event(
             logger,
             "finetune_scheduled",
@@ -156,9 +156,10 @@ class DriftLoop:
     def _start_due_finetune(self) -> None:
         if self.pending is None:
             return
-        alert, seen_at_alert = self.pending
+        alert, seen_at_alert, alert_at = self.pending
         drift = self.settings.drift
-        if self.monitor.examples_seen - seen_at_alert < drift.finetune_wait_examples:
+        collected = self.monitor.examples_seen - seen_at_alert >= drift.finetune_wait_examples
+        if not collected and time.monotonic() - alert_at < drift.finetune_wait_s:
             return
         self.pending = None
         request = FinetuneRequest(

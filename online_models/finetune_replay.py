@@ -1,10 +1,16 @@
 """The fine-tune's replay buffer: recent training examples read back from Kafka.
 
-Reads the ``training-examples`` topic by offset (the last ``count`` examples before the
-end offsets seen when the fine-tune started, spread over partitions in proportion) or by
-event time (``since_ms``: from the first offset at or after that time). Partitions are
-assigned directly, so reading never joins or disturbs a consumer group. The end offsets
-are fixed at the start: examples arriving meanwhile belong to the next fine-tune.
+Returns the newest ``count`` examples produced between ``since_ms`` (optional) and
+``until_ms`` (default: when the read starts), by Kafka message timestamp. Examples arriving
+later belong to the next fine-tune. Partitions are assigned directly, so reading never joins
+or disturbs a consumer group.
+
+Where reading starts: the first offset at ``since_ms`` (``offsets_for_times``), else about
+``count`` messages before each partition's end; a partition is done at its first message
+newer than ``until_ms``, or when nothing more arrives for ``idle_s`` (its end). Watermarks
+and time lookups are only hints: a broker that answers them coarsely (the embedded tansu
+reports per-batch watermarks) costs a longer read, never a wrong buffer, because the
+timestamps of the messages themselves decide what is kept.
 """
 
 from __future__ import annotations
@@ -18,24 +24,17 @@ from streamrec.settings import KafkaSettings
 from streamrec.training_examples import TrainingExample, decode_example
 
 
-def end_offsets(kafka: KafkaSettings, topic: str) -> dict[int, int]:
-    """Partition -> high watermark of ``topic`` now (where a replay taken now would stop)."""
-    consumer = Consumer(kafka.client_config() | {"group.id": "streamrec-replay"})
-    try:
-        return _watermarks(consumer, topic)
-    finally:
-        consumer.close()
-
-
 def read_replay(
     kafka: KafkaSettings,
     topic: str,
     count: int,
     since_ms: int | None = None,
-    ends: dict[int, int] | None = None,
-    timeout_s: float = 60.0,
+    until_ms: int | None = None,
+    idle_s: float = 1.0,
+    timeout_s: float = 120.0,
 ) -> list[TrainingExample]:
-    """Up to ``count`` of the most recent examples before ``ends`` (default: now)."""
+    """Up to ``count`` of the newest examples in the time range, oldest first."""
+    until_ms = int(time.time() * 1000) if until_ms is None else until_ms
     consumer = Consumer(
         kafka.client_config()
         | {
@@ -45,59 +44,50 @@ def read_replay(
         }
     )
     try:
-        stops = ends if ends is not None else _watermarks(consumer, topic)
-        starts = _start_offsets(consumer, topic, stops, count, since_ms)
-        assignment = [TopicPartition(topic, p, starts[p]) for p in stops if starts[p] < stops[p]]
-        if not assignment:
-            return []
-        consumer.assign(assignment)
-        remaining = {tp.partition for tp in assignment}
-        examples: list[TrainingExample] = []
+        partitions = sorted(consumer.list_topics(topic, timeout=10).topics[topic].partitions)
+        starts = _start_offsets(consumer, topic, partitions, count, since_ms)
+        consumer.assign([TopicPartition(topic, p, starts[p]) for p in partitions])
+        kept: list[tuple[int, int, int, TrainingExample]] = []
+        open_partitions = set(partitions)
         deadline = time.monotonic() + timeout_s
-        while remaining and time.monotonic() < deadline:
-            for message in consumer.consume(5000, 0.2):
-                if message.error() is not None:
+        last_message = time.monotonic()
+        while open_partitions and time.monotonic() - last_message < idle_s:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"replay of {topic} incomplete after {timeout_s}s")
+            for message in consumer.consume(5000, 0.1):
+                if message.error() is not None or message.partition() not in open_partitions:
                     continue
-                partition, offset = message.partition(), message.offset()
-                if offset >= stops[partition]:
-                    remaining.discard(partition)
+                last_message = time.monotonic()
+                _, stamp = message.timestamp()
+                if stamp > until_ms:
+                    open_partitions.discard(message.partition())
+                    consumer.pause([TopicPartition(topic, message.partition())])
+                    continue
+                if since_ms is not None and stamp < since_ms:
                     continue
                 # Not an example: the flow's dead-letter path owns bad input, skip it here.
                 with contextlib.suppress(ValueError):
-                    examples.append(decode_example(message.value()))
-                if offset + 1 >= stops[partition]:
-                    remaining.discard(partition)
-        if remaining:
-            raise TimeoutError(f"replay of {topic} incomplete after {timeout_s}s: {remaining}")
-        examples.sort(key=lambda e: (e.ts, e.source_partition, e.source_offset))
-        return examples[-count:]
+                    example = decode_example(message.value())
+                    kept.append((example.ts, message.partition(), message.offset(), example))
+            if len(kept) > 4 * count:
+                kept = sorted(kept, key=lambda entry: entry[:3])[-count:]
+        kept.sort(key=lambda entry: entry[:3])
+        return [entry[3] for entry in kept[-count:]]
     finally:
         consumer.close()
 
 
-def _watermarks(consumer: Consumer, topic: str) -> dict[int, int]:
-    partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-    return {
-        p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
-        for p in partitions
-    }
-
-
 def _start_offsets(
-    consumer: Consumer, topic: str, stops: dict[int, int], count: int, since_ms: int | None
+    consumer: Consumer, topic: str, partitions: list[int], count: int, since_ms: int | None
 ) -> dict[int, int]:
-    lows = {
-        p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[0] for p in stops
-    }
     if since_ms is not None:
         found = consumer.offsets_for_times(
-            [TopicPartition(topic, p, since_ms) for p in stops], timeout=10
+            [TopicPartition(topic, p, since_ms) for p in partitions], timeout=10
         )
-        return {tp.partition: tp.offset if tp.offset >= 0 else stops[tp.partition] for tp in found}
-    available = sum(stops[p] - lows[p] for p in stops)
+        return {tp.partition: max(tp.offset, 0) for tp in found}
     starts: dict[int, int] = {}
-    for p, stop in stops.items():
-        share = (stop - lows[p]) / available if available else 0.0
-        # Read a little more than the proportional share; the newest ``count`` are kept.
-        starts[p] = max(lows[p], stop - int(count * share * 1.2) - 1)
+    for p in partitions:
+        low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+        # A little more than an even share; the newest ``count`` overall are kept.
+        starts[p] = max(low, high - int(count * 1.5 / len(partitions)) - 1)
     return starts

@@ -4,10 +4,10 @@ Status joins the weight registry (current version, its age, the newest version's
 the freshness of the online learner), the learner's signal stream (when it last reported)
 and the drift status hash (last drift alert, last fine-tune and its verdict).
 
-Rollback makes an earlier version current through ``WeightRegistry.set_current``, which
-announces it on the updates channel: serving swaps to it and the learner reloads and
-continues from it. Without a version it goes back to the version that was current before
-the last promotion or rollback (``previous_current``), else to the newest older snapshot.
+Rollback republishes an earlier version's weights as a new current snapshot, announced on
+the updates channel: serving swaps to it and the learner reloads and continues from it.
+Without a version it goes back to the version that was current before the last promotion
+or rollback (``previous_current``), else to the newest older snapshot.
 """
 
 from __future__ import annotations
@@ -44,7 +44,12 @@ def choose_rollback_target(
 
 
 def rollback_model(settings: Settings, client: redis.Redis, version: int | None) -> dict[str, Any]:
-    """Make ``version`` (or the automatic target) current; raise an alert; say what happened."""
+    """Serve ``version``'s weights again (default: the automatic target); raise an alert.
+
+    The weights are republished as a new snapshot (``source`` ``rollback:v<N>``) rather than
+    by moving the pointer back: followers (serving, the learner) only move forward, so a new
+    number is what every one of them picks up, and the history stays append-only.
+    """
     keys = RedisKeys(settings.redis.key_prefix)
     registry = WeightRegistry(settings, client)
     current = registry.current_version()
@@ -55,7 +60,14 @@ def rollback_model(settings: Settings, client: redis.Redis, version: int | None)
         version = choose_rollback_target(
             registry.versions(), current, int(previous) if previous else None
         )
-    registry.set_current(version)
+    if registry.info(version) is None:
+        raise KeyError(f"no model version {version}")
+    weights = registry.load(version)
+    if weights.version != version:
+        raise LookupError(f"version {version} does not load (the registry fell back)")
+    publication = registry.publish_snapshot(weights, source=f"rollback:v{version}")
+    if not publication.current:
+        raise RuntimeError(f"published v{publication.version} but it did not become current")
     record_finetune(client, keys, {"previous_current": str(current)})
     alert = make_alert(
         "rollback",
@@ -63,8 +75,8 @@ def rollback_model(settings: Settings, client: redis.Redis, version: int | None)
         float(current),
         float(version),
         0,
-        version,
-        message=f"model rolled back from v{current} to v{version}",
+        publication.version,
+        message=f"rolled back from v{current}: v{version} serves again as v{publication.version}",
     )
     producer = make_producer(settings.kafka, **{"linger.ms": 0})
     fanout = build_fanout(settings, client, producer, prometheus=False)
@@ -72,7 +84,12 @@ def rollback_model(settings: Settings, client: redis.Redis, version: int | None)
         fanout.send(alert)
     finally:
         fanout.close()
-    return {"rolled_back_from": current, "current_version": version, "alert_id": alert.alert_id}
+    return {
+        "rolled_back_from": current,
+        "restored_version": version,
+        "current_version": publication.version,
+        "alert_id": alert.alert_id,
+    }
 
 
 def model_status_report(settings: Settings, client: redis.Redis) -> dict[str, Any]:

@@ -257,6 +257,9 @@ class DriftSettings(BaseSettings):
     finetune_wait_examples: int = Field(
         4000, ge=0, description="Examples collected after a drift alert before its fine-tune."
     )
+    finetune_wait_s: float = Field(
+        300.0, ge=0, description="...or at most this long (the stream may be quiet)."
+    )
     finetune_lookback_s: float = Field(
         60.0, ge=0, description="Replay from this long before the alert (the change itself)."
     )
