@@ -5,6 +5,7 @@ are static checks: every manifest is parsed, and what it tells a container (its
 environment, command, ports, probes and volumes) is checked against the settings
 classes, the ``streamrec`` CLI, the serving routes and the Dockerfile. Everything
 the checks compare against is derived from the code, never from a second list.
+``tests/integration/test_compose_rehearsal.py`` runs the compose services for real.
 """
 
 from __future__ import annotations
