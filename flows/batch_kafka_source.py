@@ -17,6 +17,7 @@ from its last snapshot rather than skipping data.
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
@@ -58,7 +59,7 @@ class _BatchPartition(StatefulSourcePartition[SourceBatch, int]):
         else:
             self._caught_up = False
         self._offset = messages[-1].offset() + 1
-        return [SourceBatch(self._topic, self._partition, messages)]
+        return [SourceBatch(self._topic, self._partition, messages, time.time() * 1000.0)]
 
     def _drop_end_markers(self, messages: list) -> list:
         """Remove end-of-partition markers (noting whether we ended caught up); raise on errors."""

@@ -32,11 +32,16 @@ class SourceMessage(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class SourceBatch:
-    """Messages read in one poll of one topic partition, in offset order."""
+    """Messages read in one poll of one topic partition, in offset order.
+
+    ``read_ms`` is when the poll returned (epoch ms): freshness splits at it into the time
+    before the flow had the message and the time the flow took.
+    """
 
     topic: str
     partition: int
     messages: list[SourceMessage]
+    read_ms: float = 0.0
 
 
 @dataclass(slots=True)
@@ -44,7 +49,7 @@ class ShardInput:
     """The valid events and the dead letters of one source batch that belong to one shard.
 
     ``offsets`` and ``produce_ms`` run parallel to ``events`` (produce time is the Kafka
-    message timestamp, used to measure freshness).
+    message timestamp, used to measure freshness); ``read_ms`` is the source batch's.
     """
 
     topic: str
@@ -53,6 +58,7 @@ class ShardInput:
     offsets: list[int] = field(default_factory=list)
     produce_ms: list[int] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
+    read_ms: float = 0.0
 
 
 def shard_of(session_id: str, shards: int) -> int:
@@ -87,7 +93,7 @@ class EventRouter:
                 index = crc32(result.session_id.encode()) % shards
                 shard = by_shard.get(index)
                 if shard is None:
-                    shard = by_shard[index] = ShardInput(topic, partition)
+                    shard = by_shard[index] = ShardInput(topic, partition, read_ms=batch.read_ms)
                 shard.events.append(result)
                 shard.offsets.append(message.offset())
                 shard.produce_ms.append(message.timestamp()[1])
@@ -98,7 +104,7 @@ class EventRouter:
                 index = crc32(key) % shards
                 shard = by_shard.get(index)
                 if shard is None:
-                    shard = by_shard[index] = ShardInput(topic, partition)
+                    shard = by_shard[index] = ShardInput(topic, partition, read_ms=batch.read_ms)
                 shard.dead_letters.append(
                     DeadLetter(
                         raw, result.reason, result.detail, topic, partition, message.offset(), key

@@ -70,26 +70,27 @@ PublishItem = ShardOutput | PopularityUpdate
 
 @dataclass(slots=True)
 class FreshnessLog:
-    """Keeps every event's produce time and freshness (ms) for a benchmark.
+    """Keeps every event's produce, read and Redis-ack times (epoch ms) for a benchmark.
 
-    The flow itself only feeds the Prometheus histogram; a benchmark passes one of these
+    The flow itself only feeds the Prometheus histograms; a benchmark passes one of these
     to get exact percentiles and to leave out its warm-up.
     """
 
-    produce_ms: list[np.ndarray]
-    freshness_ms: list[np.ndarray]
+    batches: list[tuple[np.ndarray, np.ndarray, float]]
 
-    def add(self, produce_ms: np.ndarray, freshness_ms: np.ndarray) -> None:
-        self.produce_ms.append(produce_ms)
-        self.freshness_ms.append(freshness_ms)
+    def add(self, produce_ms: np.ndarray, read_ms: np.ndarray, ack_ms: float) -> None:
+        self.batches.append((produce_ms, read_ms, ack_ms))
 
-    def take(self) -> tuple[np.ndarray, np.ndarray]:
-        """(produce times, freshness) recorded so far, and forget them."""
-        produced, self.produce_ms = self.produce_ms, []
-        fresh, self.freshness_ms = self.freshness_ms, []
-        if not produced:
-            return np.zeros(0), np.zeros(0)
-        return np.concatenate(produced), np.concatenate(fresh)
+    def take(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(produce, read, ack) times of every event recorded so far, and forget them."""
+        taken, self.batches = self.batches, []
+        if not taken:
+            return np.zeros(0), np.zeros(0), np.zeros(0)
+        return (
+            np.concatenate([produced for produced, _, _ in taken]),
+            np.concatenate([read for _, read, _ in taken]),
+            np.concatenate([np.full(len(produced), ack) for produced, _, ack in taken]),
+        )
 
 
 class _Clients:
@@ -133,6 +134,7 @@ class _PublishPartition(StatefulSinkPartition[PublishItem, None]):
         header: list[bytes | str | int] = [self._ttl_s, len(FIELDS), *FIELDS]
         args = list(header)
         produce_ms: list[int] = []
+        read_ms: list[float] = []
         sessions = duplicates = late = evicted = commands = 0
         for value in values:
             if isinstance(value, PopularityUpdate):
@@ -146,6 +148,7 @@ class _PublishPartition(StatefulSinkPartition[PublishItem, None]):
                     self._clients.write_sessions(args=args, client=pipe)
                     args = list(header)
             produce_ms.extend(value.produce_ms)
+            read_ms.extend(value.read_ms)
             duplicates += value.duplicates
             late += value.late
             evicted += value.evicted
@@ -153,14 +156,16 @@ class _PublishPartition(StatefulSinkPartition[PublishItem, None]):
             self._clients.write_sessions(args=args, client=pipe)
         commands += 2 * sessions
         if commands:
-            self._clients.writer.submit(partial(self._execute, pipe, commands, produce_ms))
+            self._clients.writer.submit(partial(self._execute, pipe, commands, produce_ms, read_ms))
         self._produce(values)
         flow_metrics.SESSIONS_WRITTEN.inc(sessions)
         flow_metrics.DUPLICATES.inc(duplicates)
         flow_metrics.LATE_EVENTS.inc(late)
         flow_metrics.SESSIONS_EVICTED.inc(evicted)
 
-    def _execute(self, pipe: Any, commands: int, produce_ms: list[int]) -> None:
+    def _execute(
+        self, pipe: Any, commands: int, produce_ms: list[int], read_ms: list[float]
+    ) -> None:
         """On the writer thread: one round trip, then latency and freshness at the ack."""
         started = time.perf_counter()
         pipe.execute()
@@ -169,10 +174,11 @@ class _PublishPartition(StatefulSinkPartition[PublishItem, None]):
         if produce_ms:
             ack_ms = time.time() * 1000.0
             produced = np.asarray(produce_ms, dtype=np.float64)
-            freshness_ms = ack_ms - produced
-            flow_metrics.FRESHNESS.observe_many(freshness_ms / 1000.0)
+            read = np.asarray(read_ms, dtype=np.float64)
+            flow_metrics.FRESHNESS.observe_many((ack_ms - produced) / 1000.0)
+            flow_metrics.IN_FLOW.observe_many((ack_ms - read) / 1000.0)
             if self._log is not None:
-                self._log.add(produced, freshness_ms)
+                self._log.add(produced, read, ack_ms)
 
     def _queue_popularity(self, pipe: Any, update: PopularityUpdate) -> int:
         """Queue the ZADDs (and the rebuild) of ``update``; return how many commands."""

@@ -58,6 +58,8 @@ class ShardOutput:
     ``sessions`` holds only the sessions changed by this batch, each as its full hash.
     ``examples`` and ``dead_letters`` are ``(key, value)`` message bytes.
     ``popularity`` lists ``(item_id, ts_ms, weight)`` of the applied events.
+    ``produce_ms`` and ``read_ms`` hold, per input event, its Kafka produce time and when
+    the flow read it (for freshness).
     """
 
     sessions: dict[str, dict[str, bytes]] = field(default_factory=dict)
@@ -65,6 +67,7 @@ class ShardOutput:
     dead_letters: list[tuple[bytes, bytes]] = field(default_factory=list)
     popularity: list[tuple[str, int, float]] = field(default_factory=list)
     produce_ms: list[int] = field(default_factory=list)
+    read_ms: list[float] = field(default_factory=list)
     events: int = 0
     duplicates: int = 0
     late: int = 0
@@ -98,6 +101,7 @@ class FeatureShard:
             newest = NO_TS
             out.events += len(shard_input.events)
             out.produce_ms.extend(shard_input.produce_ms)
+            out.read_ms.extend([shard_input.read_ms] * len(shard_input.produce_ms))
             for letter in shard_input.dead_letters:
                 out.dead_letters.append((letter.key, encode_dead_letter(letter)))
             for event, offset in zip(shard_input.events, shard_input.offsets, strict=True):

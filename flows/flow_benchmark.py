@@ -207,7 +207,7 @@ def measure_freshness(settings: Settings, rate: float, seconds: float, work: Pat
     bench = _isolated(settings, f"{tag}b", False, work / "recovery-b")
     topics = Topics.from_settings(bench.kafka)
     ensure_topics(bench.kafka, topics.all())
-    log = FreshnessLog([], [])
+    log = FreshnessLog([])
     source = source_for(bench)
     flow = build_flow(bench, log, source)
     runner = threading.Thread(target=_run, args=(flow, bench), daemon=True)
@@ -233,8 +233,11 @@ def measure_freshness(settings: Settings, rate: float, seconds: float, work: Pat
         replayed = orjson.loads(done.stdout.strip().splitlines()[-1])
         source.stop.set()
         runner.join(120)
-        produced, freshness = log.take()
-        values = freshness[produced >= produced.min() + WARMUP_S * 1000]
+        produced, read, acked = log.take()
+        freshness = acked - produced
+        steady = produced >= produced.min() + WARMUP_S * 1000
+        values = freshness[steady]
+        in_flow = (acked - read)[steady]
         return {
             "freshness_events": int(values.size),
             "freshness_warmup_s": WARMUP_S,
@@ -244,6 +247,8 @@ def measure_freshness(settings: Settings, rate: float, seconds: float, work: Pat
             "freshness_p99_ms": round(float(np.percentile(values, 99)), 2),
             "freshness_max_ms": round(float(values.max()), 2),
             "freshness_p99_all_ms": round(float(np.percentile(freshness, 99)), 2),
+            "in_flow_p50_ms": round(float(np.percentile(in_flow, 50)), 2),
+            "in_flow_p99_ms": round(float(np.percentile(in_flow, 99)), 2),
         }
     finally:
         source.stop.set()

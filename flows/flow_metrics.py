@@ -86,4 +86,10 @@ FRESHNESS = BatchHistogram(
     "Produce time of an event to the acknowledged Redis write of its session.",
     FRESHNESS_BUCKETS_S,
 )
+IN_FLOW = BatchHistogram(
+    "streamrec_flow_in_flow_seconds",
+    "Time from the flow reading an event off Kafka to the acknowledged Redis write.",
+    FRESHNESS_BUCKETS_S,
+)
 REGISTRY.register(FRESHNESS)
+REGISTRY.register(IN_FLOW)

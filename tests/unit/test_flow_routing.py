@@ -39,11 +39,12 @@ def test_shard_of_is_stable_across_processes() -> None:
 def test_events_go_to_their_sessions_shard_in_offset_order() -> None:
     router = EventRouter(EventLimits(), shards=4)
     messages = [FakeMessage(click(f"s{n % 3}", n), f"s{n % 3}".encode(), n) for n in range(30)]
-    routed = router.route(SourceBatch("clicks", 1, messages))
+    routed = router.route(SourceBatch("clicks", 1, messages, read_ms=123.0))
     total = 0
     for key, shard in routed:
         assert {shard_of(e.session_id, 4) for e in shard.events} == {int(key[6:])}
         assert shard.offsets == sorted(shard.offsets)
+        assert shard.read_ms == 123.0
         assert shard.produce_ms == [1_700_000_000_000 + o for o in shard.offsets]
         total += len(shard.events)
     assert total == 30
