@@ -23,10 +23,11 @@ from dataclasses import dataclass, field
 
 from flows.dead_letter import encode_dead_letter
 from flows.event_routing import ShardInput
+from flows.example_builder import click_example, purchase_example
 from flows.session_features import encode_session_features
 from flows.session_state import NO_TS, SessionState
 from streamrec.settings import FlowSettings
-from streamrec.training_examples import TrainingExample, encode_example
+from streamrec.training_examples import encode_example
 
 SWEEPS_PER_TTL = 8
 
@@ -121,37 +122,15 @@ class FeatureShard:
                         ts, event.item_id, event.category, history_len, lateness_ms
                     )
                     if history:
-                        example = TrainingExample(
-                            example_id=event.event_id,
-                            session_id=session_id,
-                            history=history,
-                            target_item=event.item_id,
-                            ts=ts,
-                            kind="click",
-                            weight=1.0,
-                            bought=True if event.item_id in state.bought else None,
-                            category=event.category,
-                            source_topic=topic,
-                            source_partition=partition,
-                            source_offset=offset,
+                        example = click_example(
+                            event, history, event.item_id in state.bought, topic, partition, offset
                         )
                         examples.append((session_id.encode(), encode_example(example)))
                     popularity.append((event.item_id, ts, 1.0))
                 else:
                     history = state.apply_purchase(ts, event.item_id, history_len, lateness_ms)
-                    example = TrainingExample(
-                        example_id=event.event_id,
-                        session_id=session_id,
-                        history=history,
-                        target_item=event.item_id,
-                        ts=ts,
-                        kind="purchase",
-                        weight=purchase_weight,
-                        bought=True,
-                        category=event.category,
-                        source_topic=topic,
-                        source_partition=partition,
-                        source_offset=offset,
+                    example = purchase_example(
+                        event, history, purchase_weight, topic, partition, offset
                     )
                     examples.append((session_id.encode(), encode_example(example)))
                     popularity.append((event.item_id, ts, purchase_weight))
