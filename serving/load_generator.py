@@ -34,6 +34,7 @@ class LoadResult:
     """What one run measured; latencies in milliseconds, times in seconds since the start."""
 
     requests: int = 0
+    warmup_requests: int = 0
     errors: int = 0
     duration_s: float = 0.0
     rps: float = 0.0
@@ -123,8 +124,8 @@ async def drive(
 
     A warm-up period (not measured) runs first on the same connections' server.
     """
+    warm = _Tally(time.monotonic())
     if warmup_s > 0:
-        warm = _Tally(time.monotonic())
         stop = time.monotonic() + warmup_s
         await asyncio.gather(
             *(_connection(host, port, requests, warm, stop, timeout_s) for _ in range(concurrency))
@@ -135,7 +136,9 @@ async def drive(
         *(_connection(host, port, requests, tally, stop, timeout_s) for _ in range(concurrency))
     )
     elapsed = time.monotonic() - tally.started
-    return summarize(tally.latencies_ns, tally, elapsed)
+    result = summarize(tally.latencies_ns, tally, elapsed)
+    result.warmup_requests = len(warm.latencies_ns)
+    return result
 
 
 def summarize(latencies_ns: list[int], tally: _Tally, elapsed_s: float) -> LoadResult:

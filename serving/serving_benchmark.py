@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import random
+import resource
 import shutil
 import subprocess
 import sys
@@ -136,12 +137,40 @@ def delete_prefix(client: redis.Redis, prefix: str) -> None:
         client.delete(*keys[start : start + 2000])
 
 
+def process_tree_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) used so far by ``pid`` and its descendants (Linux)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    pending = [pid]
+    while pending:
+        current = pending.pop()
+        try:
+            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+            for task in Path(f"/proc/{current}/task").iterdir():
+                pending.extend(int(c) for c in (task / "children").read_text().split())
+        except (OSError, IndexError, ValueError):
+            continue
+    return total
+
+
 def run_load(
-    port: int, targets: list[str], concurrency: int, duration_s: float, workdir: Path
+    port: int,
+    targets: list[str],
+    concurrency: int,
+    duration_s: float,
+    workdir: Path,
+    server_pid: int | None = None,
 ) -> dict[str, Any]:
-    """Run the load generator in its own process; return its result."""
+    """Run the load generator in its own process; return its result.
+
+    Also measures the CPU the server (``server_pid`` and its workers) and the client spent
+    per request: unlike rps, that does not depend on what else shares the machine.
+    """
     path = workdir / f"targets-{uuid.uuid4().hex[:6]}.txt"
     path.write_text("\n".join(targets) + "\n")
+    server_cpu = process_tree_cpu_s(server_pid) if server_pid else 0.0
+    client_cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.monotonic()
     out = subprocess.run(
         [
@@ -165,7 +194,22 @@ def run_load(
     result = orjson.loads(out.stdout)
     # The generator measures from the end of its warm-up.
     result["measure_started_monotonic"] = started + LOAD_WARMUP_S
+    answered = max(1, result["requests"] + result["warmup_requests"])
+    client_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    client_s = (client_after.ru_utime - client_cpu.ru_utime) + (
+        client_after.ru_stime - client_cpu.ru_stime
+    )
+    result["client_cpu_ms_per_request"] = round(client_s * 1000 / answered, 3)
+    if server_pid:
+        server_s = process_tree_cpu_s(server_pid) - server_cpu
+        result["server_cpu_ms_per_request"] = round(server_s * 1000 / answered, 3)
     return result
+
+
+def cpu_bound_rps(load: dict[str, Any], cores: int = 2) -> float | None:
+    """The rps ``cores`` idle cores would sustain at the measured CPU cost per request."""
+    per_request_ms = load.get("server_cpu_ms_per_request", 0) + load["client_cpu_ms_per_request"]
+    return round(cores * 1000 / per_request_ms, 1) if per_request_ms else None
 
 
 def free_port() -> int:
@@ -270,7 +314,7 @@ def run_serving_benchmark(settings: Settings, config: BenchConfig) -> dict[str, 
             wait_ready(port, 60, workdir / "server.log")
             console.print(f"baseline: /healthz for {config.duration_s / 2:.0f}s...")
             baseline = run_load(
-                port, ["/healthz"], config.concurrency, config.duration_s / 2, workdir
+                port, ["/healthz"], config.concurrency, config.duration_s / 2, workdir, server.pid
             )
             console.print(f"/recommend for {config.duration_s:.0f}s with {config.swaps} swaps...")
             stop = threading.Event()
@@ -282,7 +326,9 @@ def run_serving_benchmark(settings: Settings, config: BenchConfig) -> dict[str, 
                 )
             )
             publisher.start()
-            load = run_load(port, targets, config.concurrency, config.duration_s, workdir)
+            load = run_load(
+                port, targets, config.concurrency, config.duration_s, workdir, server.pid
+            )
             stop.set()
             publisher.join()
             batch_size = mean_batch_size(port)
@@ -312,6 +358,10 @@ def run_serving_benchmark(settings: Settings, config: BenchConfig) -> dict[str, 
             "baseline_p99_ms": baseline["p99_ms"],
             "ratio": round(load["rps"] / baseline["rps"], 3) if baseline["rps"] else None,
             "mean_score_batch": batch_size,
+            "server_cpu_ms_per_request": load["server_cpu_ms_per_request"],
+            "client_cpu_ms_per_request": load["client_cpu_ms_per_request"],
+            "cpu_bound_rps_2_cores": cpu_bound_rps(load),
+            "baseline_cpu_bound_rps_2_cores": cpu_bound_rps(baseline),
             "impressions_to_kafka": kafka_ok,
             **large,
             "stack": "granian (ASGI) + starlette",
