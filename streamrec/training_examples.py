@@ -8,15 +8,17 @@ the example, so a learner or a fine-tune can say exactly what it has seen.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
 
-@dataclass(frozen=True, slots=True)
-class TrainingExample:
-    """A (session prefix -> next item) example."""
+class TrainingExample(NamedTuple):
+    """A (session prefix -> next item) example.
+
+    A NamedTuple (immutable, typed) rather than a frozen dataclass: the flow builds one per
+    click, and a NamedTuple costs a fraction as much to build.
+    """
 
     example_id: str
     session_id: str
@@ -34,18 +36,32 @@ class TrainingExample:
 
 def encode_example(example: TrainingExample) -> bytes:
     """The bytes that go on the ``training-examples`` topic."""
+    (
+        example_id,
+        session_id,
+        history,
+        target_item,
+        ts,
+        kind,
+        weight,
+        bought,
+        category,
+        source_topic,
+        source_partition,
+        source_offset,
+    ) = example
     return orjson.dumps(
         {
-            "example_id": example.example_id,
-            "session_id": example.session_id,
-            "history": list(example.history),
-            "target_item": example.target_item,
-            "ts": example.ts,
-            "kind": example.kind,
-            "weight": example.weight,
-            "bought": example.bought,
-            "category": example.category,
-            "source": [example.source_topic, example.source_partition, example.source_offset],
+            "example_id": example_id,
+            "session_id": session_id,
+            "history": history,
+            "target_item": target_item,
+            "ts": ts,
+            "kind": kind,
+            "weight": weight,
+            "bought": bought,
+            "category": category,
+            "source": (source_topic, source_partition, source_offset),
         }
     )
 
