@@ -68,7 +68,7 @@ def build_request(host: str, port: int, target: str, token: str = "") -> bytes:
     return f"GET {target} HTTP/1.1\r\nHost: {host}:{port}\r\n{auth}\r\n".encode()
 
 
-async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+async def read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
     head = await reader.readuntil(b"\r\n\r\n")
     status = int(head[9:12])
     length = 0
@@ -92,7 +92,7 @@ async def _connection(
             start = time.perf_counter_ns()
             try:
                 writer.write(request)
-                status, body = await asyncio.wait_for(_read_response(reader), timeout_s)
+                status, body = await asyncio.wait_for(read_response(reader), timeout_s)
             except (OSError, asyncio.IncompleteReadError, TimeoutError, ValueError) as exc:
                 tally.error(f"{type(exc).__name__}: {exc}")
                 writer.close()
