@@ -30,7 +30,6 @@ from online_models.alerts import make_alert
 from online_models.finetune_gate import GateVerdict, judge_candidate, split_replay
 from online_models.finetune_replay import read_replay
 from online_models.finetune_status import record_finetune, start_cooldown
-from online_models.finetune_training import hits_at_20, train_candidate
 from online_models.model_weights import ModelWeights
 from online_models.weight_registry import WeightRegistry
 from streamrec.kafka_clients import make_producer
@@ -108,6 +107,10 @@ def _finetune(
     finetune_id: str,
     started: float,
 ) -> FinetuneReport:
+    # torch is imported here, not at module level: the drift monitor imports this module
+    # to spawn the job and must not pay for torch itself.
+    from online_models.finetune_training import train_candidate
+
     topics = Topics.from_settings(settings.kafka)
     registry = WeightRegistry(settings, client)
     examples = read_replay(
@@ -161,6 +164,8 @@ def _judge(
     serving: ModelWeights,
     holdout: Sequence[TrainingExample],
 ) -> GateVerdict:
+    from online_models.finetune_training import hits_at_20
+
     drift = settings.drift
     return judge_candidate(
         candidate_hits=hits_at_20(candidate, holdout),
