@@ -15,6 +15,7 @@ offsets carry on, so no alert is raised twice for the same data).
 from __future__ import annotations
 
 import logging
+import math
 import multiprocessing
 import threading
 import time
@@ -179,7 +180,7 @@ class DriftLoop:
     def _housekeeping(self, consumer: Consumer) -> None:
         self._start_due_finetune()
         for name, level in self.monitor.levels().items():
-            if level == level:  # skip NaN: no observation yet
+            if not math.isnan(level):  # NaN: no observation yet
                 drift_metrics.SIGNAL_LEVEL.labels(name).set(level)
         save_signal_cursor(self.client, self.keys, self.cursor)
         if self.monitor.examples_seen:

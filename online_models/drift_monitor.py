@@ -75,9 +75,11 @@ class DriftMonitor:
 
     def on_learner_signal(self, signal: LearnerSignal) -> list[Alert]:
         self.model_version = signal.model_version
+        # The learner reports the lowest and highest source-event offset of the batch; the
+        # batch spans partitions, so the partition is unknown (-1).
         where = (
-            StreamOffset(self.topics.training_examples, -1, signal.first_offset),
-            StreamOffset(self.topics.training_examples, -1, signal.last_offset),
+            StreamOffset(self.topics.clicks, -1, signal.first_offset),
+            StreamOffset(self.topics.clicks, -1, signal.last_offset),
         )
         alerts: list[Alert] = []
         hit_rate = self.detectors.get("hit_rate")

@@ -142,6 +142,7 @@ def wait_for(condition: Callable[[], object], timeout_s: float, what: str) -> ob
     raise AssertionError(f"timed out waiting for {what}")
 
 
+@pytest.mark.timeout(600)  # a learner, a monitor and a training process share 2 CPUs
 def test_abrupt_drift_alerts_on_every_sink_and_a_finetune_is_promoted(
     settings: Settings,
     redis_client: redis.Redis,

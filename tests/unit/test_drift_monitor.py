@@ -42,7 +42,7 @@ def test_hit_rate_drop_raises_one_critical_alert_with_version_and_offsets() -> N
     (alert,) = [a for a in alerts if a.detector == "hit_rate"]
     assert alert.severity is Severity.CRITICAL and alert.model_version == 4
     assert 20_000 < alert.position <= 22_000
-    assert alert.offsets[0].topic == "p-training-examples"
+    assert alert.offsets[0].topic == "p-clicks" and alert.offsets[0].offset >= 20_000
     assert alert.level_before > 0.35 and alert.level_after < 0.3
     assert wants_finetune(alert, enabled=True) and not wants_finetune(alert, enabled=False)
 
