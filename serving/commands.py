@@ -34,7 +34,9 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
     def bench_serving(
         duration_s: Annotated[float, typer.Option(help="Measured seconds per run.")] = 20.0,
         concurrency: Annotated[int, typer.Option(help="Open connections of the client.")] = 8,
-        workers: Annotated[int, typer.Option(help="Server worker processes.")] = 2,
+        workers: Annotated[
+            int | None, typer.Option(help="Server worker processes (default: from config).")
+        ] = None,
         swaps: Annotated[int, typer.Option(help="Versions published during the run.")] = 12,
         large_items: Annotated[
             int, typer.Option(help="Synthetic catalog size (0 skips that run).")
@@ -47,12 +49,13 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         from serving.serving_benchmark import BenchConfig, run_serving_benchmark
         from streamrec.cli import print_json_line, settings_from_env
 
+        settings = settings_from_env()
         config = BenchConfig(
             duration_s=duration_s,
             concurrency=concurrency,
-            workers=workers,
+            workers=workers or settings.serving.workers,
             swaps=swaps,
             large_items=large_items,
             large_concurrency=large_concurrency,
         )
-        print_json_line(run_serving_benchmark(settings_from_env(), config))
+        print_json_line(run_serving_benchmark(settings, config))

@@ -60,7 +60,7 @@ SWAP_WINDOW_S = (-0.5, 2.0)  # errors this close to a publish count as failed du
 class BenchConfig:
     duration_s: float = 20.0
     concurrency: int = 8
-    workers: int = 2
+    workers: int = 1
     swaps: int = 12
     k: int = 20
     large_items: int = 1_000_000
