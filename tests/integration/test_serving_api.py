@@ -103,7 +103,7 @@ def served(
         "STREAMREC_SERVING_WORKERS": "1",
         "STREAMREC_SERVING_MAX_K": "50",
         "STREAMREC_SERVING_MAX_BODY_BYTES": "1024",
-        "STREAMREC_SERVING_POLL_INTERVAL_S": "0.5",
+        "STREAMREC_SERVING_POLL_INTERVAL_S": "1.5",
         "STREAMREC_SERVING_IMPRESSION_BATCH_MS": "10",
     }
     server = spawn_server(env, port, workdir / "server.log")
@@ -348,3 +348,19 @@ def test_impressions_arrive_on_kafka(served: Served) -> None:
         assert event["type"] == "impression" and event["session_id"] == "known"
         assert event["items"] == shown[request_id]
         assert isinstance(event["model_version"], int)
+
+
+def model_state(served: Served) -> tuple[int | None, str | None]:
+    body = served.client.get("/model").json()
+    return body["version"], body["source"]
+
+
+def test_versions_arrive_by_pubsub_and_by_polling_without_a_message(served: Served) -> None:
+    announced = publish_perturbed(served, 7)
+    wait_until(lambda: model_state(served)[0] == announced, "published version served")
+    assert model_state(served)[1] == "pubsub"
+    weights = served.registry.load(announced)
+    silent = served.registry.publish_snapshot(weights, source="test", make_current=False)
+    served.redis.set(served.keys.model_current, silent.version)  # pointer moved, no message
+    wait_until(lambda: model_state(served)[0] == silent.version, "polled version served")
+    assert model_state(served)[1] == "poll"
