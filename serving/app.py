@@ -134,7 +134,7 @@ class ServingState:
             queue_max=serving.impression_queue_max,
         )
         token = serving.auth_token.get_secret_value()
-        self.expected_auth = f"Bearer {token}".encode() if token else b""
+        self.expected_token = token.encode()
         self.openapi = orjson.dumps(openapi_document(serving))
 
     def start(self) -> None:
@@ -166,11 +166,11 @@ class RecommendHandlers:
         self.state = state
 
     def _denied(self, request: Request) -> Response | None:
-        expected = self.state.expected_auth
+        expected = self.state.expected_token
         if not expected:
             return None
-        given = request.headers.get("authorization", "").encode()
-        if hmac.compare_digest(given, expected):
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), expected):
             return None
         problem = RequestProblem(401, "unauthorized", "a valid bearer token is required")
         return _problem(problem, {"WWW-Authenticate": "Bearer"})

@@ -239,8 +239,11 @@ def test_requests_without_the_token_are_refused(served: Served) -> None:
             response = anonymous.get(path)
             assert response.status_code == 401
             assert response.headers["www-authenticate"] == "Bearer"
-        wrong = anonymous.get("/recommend?session_id=known", headers={"Authorization": "Bearer x"})
-        assert wrong.status_code == 401
+        for header in ("Bearer x", f"Basic {TOKEN}", TOKEN, f"Bearer {TOKEN}x"):
+            wrong = anonymous.get("/recommend?session_id=known", headers={"Authorization": header})
+            assert wrong.status_code == 401, header
+        lower = anonymous.get("/model", headers={"Authorization": f"bearer {TOKEN}"})
+        assert lower.status_code == 200, "the scheme is case-insensitive (RFC 7235)"
         assert anonymous.post("/recommend", json={"session_id": "known"}).status_code == 401
         for path in ("/healthz", "/readyz", "/metrics", "/openapi.json"):
             assert anonymous.get(path).status_code == 200, path
@@ -364,3 +367,10 @@ def test_versions_arrive_by_pubsub_and_by_polling_without_a_message(served: Serv
     served.redis.set(served.keys.model_current, silent.version)  # pointer moved, no message
     wait_until(lambda: model_state(served)[0] == silent.version, "polled version served")
     assert model_state(served)[1] == "poll"
+
+
+def test_an_unreadable_session_hash_falls_back_instead_of_failing(served: Served) -> None:
+    served.redis.hset(served.keys.session("garbled"), mapping={"items": "not json"})
+    response = served.client.get("/recommend", params={"session_id": "garbled", "k": 2})
+    assert response.status_code == 200
+    assert response.json()["fallback"] == "popular"
