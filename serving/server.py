@@ -5,6 +5,9 @@ docs/serving.md. Each worker imports ``serving.app:app_from_environment`` and bu
 own app from the environment (settings are read once per process), so every worker
 follows the registry and logs impressions on its own; the parent only supervises.
 
+A worker that dies (killed, out of memory) is respawned by the parent while the others
+keep serving; without that, granian would stop the whole server.
+
 Graceful shutdown: on SIGTERM or SIGINT granian stops accepting connections, lets the
 workers finish in-flight requests, then runs the app's lifespan shutdown, which stops the
 registry follower and flushes queued impressions to Kafka (up to ``shutdown_grace_s``).
@@ -44,6 +47,7 @@ def serve(settings: ServingSettings) -> None:
         http1_settings=HTTP1Settings(header_read_timeout=10_000),
         factory=True,
         log_access=False,
+        respawn_failed_workers=True,
         workers_kill_timeout=max(1, math.ceil(settings.shutdown_grace_s)),
     ).serve()
 
