@@ -18,7 +18,9 @@ How it measures (one process; the real learner step, detectors and fine-tune cod
   post-change examples is back within 10% of its level over the same number of examples
   before the change; once with online learning only, once with the first drift alert's
   fine-tune (replay since the alert minus the lookback, train, gate: the code of
-  ``streamrec finetune``) swapped in when it would have finished, in the stream's event time.
+  ``streamrec finetune``) swapped in when it would have finished, in the stream's event time;
+- with ``pipeline``, ``pipeline_*``: the abrupt scenario's examples through the broker, the
+  real ``Learner``, the ``streamrec drift`` loop and its fine-tune process (needs a broker).
 """
 
 from __future__ import annotations
@@ -221,7 +223,12 @@ def stationary_false_alarms(
 
 
 def run_drift_benchmark(
-    settings: Settings, stationary_examples: int, events: int, seeds: int, finetune: bool
+    settings: Settings,
+    stationary_examples: int,
+    events: int,
+    seeds: int,
+    finetune: bool,
+    pipeline: bool = False,
 ) -> dict[str, Any]:
     """Every figure of the benchmark as one flat dict (see the module docstring)."""
     history_len = settings.flow.history_len
@@ -263,4 +270,94 @@ def run_drift_benchmark(
         result["recovery_events"] = recovery_events(tuned, truth)
         result["recovery_window_examples"] = RECOVERY_WINDOW
         result.update(tuned.finetune)
+    if pipeline:
+        result.update(run_pipeline_benchmark(settings, events))
+    return result
+
+
+def run_pipeline_benchmark(
+    settings: Settings, events: int, timeout_s: float = 600.0
+) -> dict[str, Any]:
+    """The abrupt scenario through the broker, the real learner, monitor and fine-tune process.
+
+    Examples go to a fresh one-partition ``training-examples`` topic (the flow's output;
+    one partition keeps the learner's order equal to the event order, so an alert's position
+    maps back to an event), under a fresh topic and key prefix that is deleted afterwards.
+    """
+    import threading
+    import uuid
+
+    import redis
+
+    from online_models.alert_tail import latest_alerts
+    from online_models.drift_loop import run_drift_monitor
+    from online_models.finetune_status import read_status
+    from online_models.learner import Learner
+    from streamrec.kafka_clients import ensure_topics, make_producer
+    from streamrec.redis_keys import RedisKeys
+    from streamrec.topics import Topics
+    from streamrec.training_examples import encode_example
+
+    tag = uuid.uuid4().hex[:8]
+    config = settings.model_copy(
+        update={
+            "kafka": settings.kafka.model_copy(
+                update={"topic_prefix": f"bench-drift-{tag}-", "partitions": 1}
+            ),
+            "redis": settings.redis.model_copy(update={"key_prefix": f"bench-drift-{tag}"}),
+            "learner": settings.learner.model_copy(update={"metrics_port": 0}),
+            "drift": settings.drift.model_copy(update={"metrics_port": 0, "finetune_wait_s": 5.0}),
+        }
+    )
+    keys = RedisKeys(config.redis.key_prefix)
+    topics = Topics.from_settings(config.kafka)
+    ensure_topics(config.kafka, topics.all())
+    examples, truth = scenario_examples(
+        GeneratorConfig(Scenario.ABRUPT, events=events, seed=0), config.flow.history_len
+    )
+    producer = make_producer(config.kafka)
+    for example in examples:
+        producer.produce(topics.training_examples, encode_example(example))
+    producer.flush(30)
+    client = redis.Redis.from_url(config.redis.redis_url.get_secret_value())
+    stop = threading.Event()
+    learner = Learner(config, client)
+    learner.start()
+    threads = [
+        threading.Thread(target=learner.run, args=(stop,), daemon=True),
+        threading.Thread(target=run_drift_monitor, args=(config, stop), daemon=True),
+    ]
+    for thread in threads:
+        thread.start()
+    result: dict[str, Any] = {"pipeline_examples": len(examples)}
+    deadline = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline:
+            status = read_status(client, keys)
+            if status.get("finetune_verdict") not in (None, "running"):
+                break
+            time.sleep(0.5)
+        alerts = [a for _, a in latest_alerts(client, keys.alerts, 1000)]
+        start = truth.drift_start or 0
+        drift_alerts = [
+            (event_index_of(examples[a.position - 1]), a.detector)
+            for a in alerts
+            if a.detector in ("hit_rate", "loss", "category_share", "new_items")
+            and 0 < a.position <= len(examples)
+        ]
+        after = sorted(index for index, _ in drift_alerts if index >= start)
+        result["pipeline_detection_delay_events"] = after[0] - start if after else None
+        result["pipeline_alerts_before_change"] = sum(1 for i, _ in drift_alerts if i < start)
+        status = read_status(client, keys)
+        result["pipeline_finetune_verdict"] = status.get("finetune_verdict")
+        result["pipeline_finetune_s"] = float(status.get("finetune_duration_s", "nan"))
+        result["pipeline_finetune_promoted"] = status.get("finetune_verdict") == "promoted"
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(30)
+        learner.close()
+        stale = list(client.scan_iter(f"{config.redis.key_prefix}:*", count=1000))
+        if stale:
+            client.delete(*stale)
     return result

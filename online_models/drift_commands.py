@@ -161,11 +161,16 @@ def bench_drift(
     finetune: Annotated[
         bool, typer.Option(help="Run the recovery comparison with a drift fine-tune.")
     ] = True,
+    pipeline: Annotated[
+        bool, typer.Option(help="Also run the abrupt scenario through broker, learner, monitor.")
+    ] = False,
 ) -> None:
     """Detection delay, false alarms per million, recovery with/without a fine-tune."""
     from online_models.drift_benchmark import run_drift_benchmark
     from streamrec.cli import print_json_line, settings_from_env
 
     print_json_line(
-        run_drift_benchmark(settings_from_env(), stationary_examples, events, seeds, finetune)
+        run_drift_benchmark(
+            settings_from_env(), stationary_examples, events, seeds, finetune, pipeline
+        )
     )
