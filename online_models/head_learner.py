@@ -29,7 +29,6 @@ from online_models.session_model import SessionRecommender
 from streamrec.settings import LearnerSettings
 from streamrec.training_examples import TrainingExample
 
-
 NEW_ROW_SCALE = 0.5
 
 
@@ -159,16 +158,21 @@ class HeadLearner:
         added = model.add_rows(len(new_ids))
         self._grow_touched()
         self.touched[added.start : added.stop] = True
+        position = {
+            row: i
+            for i, e in enumerate(examples)
+            if (row := self.index.row(e.target_item)) >= start
+        }
+        if start == 0:
+            return
         with torch.no_grad():
-            known = model.item_table[:start]
-            norm = known.norm(dim=1).median() if start else torch.tensor(1.0)
-            for i, example in enumerate(examples):
-                row = self.index.row(example.target_item)
-                if row >= start:
-                    direction = sessions[i] / sessions[i].norm().clamp(min=1e-6)
-                    model.item_table[row] = direction * norm * NEW_ROW_SCALE
-            if start:
-                model.item_bias[added.start : added.stop] = model.item_bias[:start].median()
+            model.item_bias[added.start : added.stop] = model.item_bias[:start].median()
+            if position:
+                norm = model.item_table[:start].norm(dim=1).median()
+                rows = torch.tensor(list(position), device=self.device)
+                chosen = sessions[torch.tensor(list(position.values()), device=self.device)]
+                directions = torch.nn.functional.normalize(chosen, dim=1)
+                model.item_table[rows] = directions * norm * NEW_ROW_SCALE
 
     def _candidates(self, targets: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
         """Sorted unique rows in the loss: targets, history items and shared random negatives.

@@ -109,7 +109,7 @@ class Learner:
         self._assign()
         log_event(
             logger, "learner_started", version=self.head.base_version if self.head else None,
-            positions=self.positions, device=str(self.device),
+            positions={str(p): o for p, o in self.positions.items()}, device=str(self.device),
         )  # fmt: skip
 
     def _assign(self) -> None:
@@ -239,7 +239,7 @@ class Learner:
             "examples": len(examples),
             "hits_at_20": outcome.ranking.hits,
             "mrr_sum": outcome.ranking.reciprocal_rank_sum,
-            "mean_loss": outcome.loss if outcome.loss == outcome.loss else "nan",
+            "mean_loss": outcome.loss,
             "first_offset": min(offsets),
             "last_offset": max(offsets),
             "event_ts_ms": max(e.ts for e in examples),

@@ -32,19 +32,25 @@ class RankingTotals:
         return self.reciprocal_rank_sum / self.examples if self.examples else 0.0
 
 
-def target_ranks(scores: torch.Tensor, target_rows: torch.Tensor) -> torch.Tensor:
-    """0-based rank of each target among all scored items; -1 rows (unknown) get MISS_RANK.
+def target_ranks(
+    scores: torch.Tensor, target_rows: torch.Tensor, cutoff: int = CUTOFF
+) -> torch.Tensor:
+    """0-based rank of each target when it is within ``cutoff``, else ``MISS_RANK``.
 
-    Ties count against the target (an item scored equal to it is ranked before it), so a
-    constant model never looks good.
+    Only the top ``cutoff + 1`` scores are looked at (HR and MRR at the cutoff need no
+    more, and a full comparison pass over a large catalog costs several times more).
+    Ties count against the target, so a constant model never looks good; targets the
+    model does not know (row -1) are misses.
     """
     if scores.shape[1] == 0:
         return torch.full_like(target_rows, MISS_RANK)
     known = target_rows >= 0
-    safe = target_rows.clamp(min=0)
-    target_scores = scores.gather(1, safe.unsqueeze(1))
-    ranks = (scores >= target_scores).sum(dim=1) - 1
-    return torch.where(known, ranks, torch.full_like(ranks, MISS_RANK))
+    target_scores = scores.gather(1, target_rows.clamp(min=0).unsqueeze(1))
+    top = torch.topk(scores, min(cutoff + 1, scores.shape[1]), dim=1, sorted=False).values
+    at_or_above = (top >= target_scores).sum(dim=1)
+    ranks = at_or_above - 1
+    inside = known & (at_or_above <= cutoff)
+    return torch.where(inside, ranks, torch.full_like(ranks, MISS_RANK))
 
 
 def ranking_totals(ranks: torch.Tensor, cutoff: int = CUTOFF) -> RankingTotals:

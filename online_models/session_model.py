@@ -135,11 +135,11 @@ class SessionRecommender(nn.Module):
     def add_repeat_bonus(
         self, scores: torch.Tensor, columns: torch.Tensor, mask: torch.Tensor
     ) -> torch.Tensor:
-        """``scores`` plus each history position's bonus at that item's column."""
+        """Add each history position's bonus at that item's column of ``scores`` (in place)."""
         if scores.shape[1] == 0:
             return scores
         bonus = self.repeat_bonus.to(scores.dtype).expand_as(columns) * mask.to(scores.dtype)
-        return scores.scatter_add(1, columns, bonus)
+        return scores.scatter_add_(1, columns, bonus)  # in place: the matrix can be large
 
     def dense_tensors(self) -> dict[str, np.ndarray]:
         """Every parameter except the item rows, as numpy arrays keyed by weight name."""

@@ -126,9 +126,7 @@ def test_a_nan_batch_is_skipped_counted_and_alerted(
         learn_until(learner, 64)
         assert learner.head is not None
         before = learner.head.weights()
-        poisoned = [
-            TrainingExample(**{**_fields(e), "weight": math.nan}) for e in make_examples(8, seed=1)
-        ]
+        poisoned = [e._replace(weight=math.nan) for e in make_examples(8, seed=1)]
         outcome = learner.learn(poisoned)
         assert outcome.skipped == "non_finite_loss"
         assert learner.skipped == 1
@@ -143,10 +141,6 @@ def test_a_nan_batch_is_skipped_counted_and_alerted(
     assert len(alerts) == 1
     alert = orjson.loads(alerts[0].value())
     assert alert["detector"] == "learner_guard" and alert["signal"] == "non_finite_loss"
-
-
-def _fields(example: TrainingExample) -> dict[str, object]:
-    return {name: getattr(example, name) for name in example.__slots__}
 
 
 def test_an_externally_promoted_version_is_adopted(
