@@ -307,6 +307,8 @@ class Learner:
             return publication
         self.head.mark_published(publication.version)
         self.versions_since_snapshot = 0 if snapshot else self.versions_since_snapshot + 1
+        if snapshot:
+            self.registry.prune(self.settings.model.keep_snapshots)
         self.consumer.commit(
             offsets=[TopicPartition(topic, p, o) for p, o in self.positions.items()],
             asynchronous=False,

@@ -189,6 +189,39 @@ class WeightRegistry:
         pipe.execute()
         log_event(logger, "model_version_current", version=version)
 
+    def prune(self, keep_snapshots: int) -> list[int]:
+        """Delete versions older than the ``keep_snapshots``-th newest snapshot.
+
+        The current version's chain is always kept (it may be old after a rollback).
+        Metadata goes first, then the blob, so a reader never finds metadata without a
+        blob it could have loaded a moment ago. Returns the deleted version numbers.
+        """
+        numbers = [int(n) for n in self.client.zrevrange(self.keys.model_versions, 0, -1)]
+        snapshots: list[int] = []
+        for number in numbers:
+            info = self.info(number)
+            if info is not None and info.kind == "snapshot":
+                snapshots.append(number)
+                if len(snapshots) == keep_snapshots:
+                    break
+        if len(snapshots) < keep_snapshots:
+            return []
+        oldest_kept = snapshots[-1]
+        current = self.current_version()
+        protected = set()
+        if current is not None:
+            protected = {i.version for i in self._chain(current)}
+        doomed = [n for n in numbers if n < oldest_kept and n not in protected]
+        for number in doomed:
+            info = self.info(number)
+            pipe = self.client.pipeline()
+            pipe.zrem(self.keys.model_versions, str(number))
+            pipe.delete(self.keys.model_version(number))
+            pipe.execute()
+            if info is not None:
+                (self.store_dir / info.file).unlink(missing_ok=True)
+        return doomed
+
     def _allocate_version(self) -> int:
         return int(self.client.incr(self.keys.model_sequence))
 

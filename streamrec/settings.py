@@ -127,6 +127,9 @@ class ModelSettings(BaseSettings):
     scorer_dtype: str = Field(
         "auto", description="float32 | bfloat16 | auto (bfloat16 from 262144 items)."
     )
+    keep_snapshots: int = Field(
+        3, ge=1, description="Registry keeps versions from the Nth newest snapshot on."
+    )
 
 
 class TrainSettings(BaseSettings):

@@ -28,7 +28,7 @@ def small_settings(settings: Settings, **learner: object) -> Settings:
     """Tiny model, frequent publishing: many versions from few examples."""
     model = ModelSettings(
         hidden_size=16, num_layers=1, num_heads=2, max_seq_len=5, initial_items=16,
-        store_dir=settings.model.store_dir,
+        store_dir=settings.model.store_dir, keep_snapshots=1000,
     )  # fmt: skip
     options = {
         "batch_size": 32, "batch_ms": 20, "publish_every_steps": 2, "publish_every_s": 60.0,

@@ -131,3 +131,21 @@ def test_non_finite_weights_are_never_published(
     with pytest.raises(ValueError):
         registry.publish_snapshot(weights, source="test")
     assert registry.current_version() is None
+
+
+def test_prune_keeps_the_newest_snapshots_chains_and_the_current_one(
+    settings: Settings, redis_client: redis.Redis
+) -> None:
+    registry = WeightRegistry(settings, redis_client)
+    small = _small(settings)
+    first = registry.publish_snapshot(random_weights(3, small), source="t").version
+    old_delta = registry.publish_delta(_delta_on(first, 3, 1.0, []), source="t").version
+    second = registry.publish_snapshot(random_weights(3, small), source="t").version
+    third = registry.publish_snapshot(random_weights(3, small), source="t").version
+    registry.set_current(old_delta)  # a rollback to an old version protects its chain
+    assert registry.prune(keep_snapshots=2) == []
+    registry.set_current(third)
+    assert sorted(registry.prune(keep_snapshots=2)) == [first, old_delta]
+    assert [i.version for i in registry.versions()] == [second, third]
+    assert not (settings.model.store_dir / f"v{first:010d}.snapshot.safetensors").exists()
+    assert registry.load().version == third
