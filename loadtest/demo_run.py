@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import sys
 import time
@@ -157,6 +158,7 @@ def _cleanup(settings: Settings, run_dir: Path) -> None:
 
 def run_demo(plan: DemoPlan = DemoPlan()) -> int:
     """Run the main job end to end; 0 when the loop ran and the report was written."""
+    signal.signal(signal.SIGTERM, _interrupt)
     run = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     base = load_settings()
     env = isolate_run(run, base.state_dir)
@@ -198,6 +200,11 @@ def run_demo(plan: DemoPlan = DemoPlan()) -> int:
     finally:
         services_down(settings)
         _cleanup(settings, run_dir)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    """SIGTERM unwinds like Ctrl-C, so the run still stops what it started and cleans up."""
+    raise KeyboardInterrupt
 
 
 def _summarize_hr(record: RunRecord) -> None:

@@ -6,6 +6,7 @@ so the embedded broker and a real Apache Kafka cluster are used the same way.
 
 from __future__ import annotations
 
+import socket
 import time
 from typing import Any
 
@@ -47,13 +48,28 @@ def make_consumer(settings: KafkaSettings, group_id: str, **overrides: Any) -> C
 
 
 def broker_answers(settings: KafkaSettings, timeout_s: float = 2.0) -> bool:
-    """Whether the configured bootstrap servers answer a metadata request."""
+    """Whether the configured bootstrap servers answer a metadata request.
+
+    A quick TCP check comes first, so probing an address where nothing listens does not
+    make librdkafka log a connection error every few milliseconds.
+    """
+    if not any(_port_open(server) for server in settings.bootstrap_servers.split(",")):
+        return False
     admin = AdminClient(settings.client_config())
     try:
         admin.list_topics(timeout=timeout_s)
     except KafkaException:
         return False
     return True
+
+
+def _port_open(server: str) -> bool:
+    host, _, port = server.strip().rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=0.5):
+            return True
+    except (OSError, ValueError):
+        return False
 
 
 def ensure_topics(
