@@ -202,8 +202,8 @@ class _PublishPartition(StatefulSinkPartition[PublishItem, None]):
         for value in values:
             if isinstance(value, PopularityUpdate):
                 continue
-            for key, payload in value.examples:
-                _produce_one(producer, self._examples_topic, key, payload)
+            for key, payload, source_ms in value.examples:
+                _produce_one(producer, self._examples_topic, key, payload, source_ms)
             for key, payload in value.dead_letters:
                 _produce_one(producer, self._dlq_topic, key, payload)
             examples += len(value.examples)
@@ -227,10 +227,13 @@ class _PublishPartition(StatefulSinkPartition[PublishItem, None]):
         self.snapshot()
 
 
-def _produce_one(producer: Producer, topic: str, key: bytes, payload: bytes) -> None:
+def _produce_one(
+    producer: Producer, topic: str, key: bytes, payload: bytes, timestamp_ms: int = 0
+) -> None:
+    """Produce, waiting for queue space; ``timestamp_ms`` 0 lets the producer stamp it."""
     while True:
         try:
-            producer.produce(topic, payload, key)
+            producer.produce(topic, payload, key, timestamp=timestamp_ms)
             return
         except BufferError:
             producer.poll(0.05)

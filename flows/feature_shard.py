@@ -57,14 +57,16 @@ class ShardOutput:
     """What one ``apply`` produced: writes for Redis, messages for Kafka, counts for metrics.
 
     ``sessions`` holds only the sessions changed by this batch, each as its full hash.
-    ``examples`` and ``dead_letters`` are ``(key, value)`` message bytes.
+    ``dead_letters`` are ``(key, value)`` message bytes; ``examples`` are ``(key, value,
+    timestamp_ms)`` where the timestamp is the source event's own Kafka timestamp, so the
+    learner can measure event-to-weights latency from the moment the click was produced.
     ``popularity`` lists ``(item_id, ts_ms, weight)`` of the applied events.
     ``produce_ms`` and ``read_ms`` hold, per input event, its Kafka produce time and when
     the flow read it (for freshness).
     """
 
     sessions: dict[str, dict[str, bytes]] = field(default_factory=dict)
-    examples: list[tuple[bytes, bytes]] = field(default_factory=list)
+    examples: list[tuple[bytes, bytes, int]] = field(default_factory=list)
     dead_letters: list[tuple[bytes, bytes]] = field(default_factory=list)
     popularity: list[tuple[str, int, float]] = field(default_factory=list)
     produce_ms: list[int] = field(default_factory=list)
@@ -105,7 +107,9 @@ class FeatureShard:
             out.read_ms.extend([shard_input.read_ms] * len(shard_input.produce_ms))
             for letter in shard_input.dead_letters:
                 out.dead_letters.append((letter.key, encode_dead_letter(letter)))
-            for event, offset in zip(shard_input.events, shard_input.offsets, strict=True):
+            for event, offset, produced_ms in zip(
+                shard_input.events, shard_input.offsets, shard_input.produce_ms, strict=True
+            ):
                 session_id = event.session_id
                 state = sessions.get(session_id)
                 if state is None:
@@ -125,14 +129,14 @@ class FeatureShard:
                         example = click_example(
                             event, history, event.item_id in state.bought, topic, partition, offset
                         )
-                        examples.append((session_id.encode(), encode_example(example)))
+                        examples.append((session_id.encode(), encode_example(example), produced_ms))
                     popularity.append((event.item_id, ts, 1.0))
                 else:
                     history = state.apply_purchase(ts, event.item_id, history_len, lateness_ms)
                     example = purchase_example(
                         event, history, purchase_weight, topic, partition, offset
                     )
-                    examples.append((session_id.encode(), encode_example(example)))
+                    examples.append((session_id.encode(), encode_example(example), produced_ms))
                     popularity.append((event.item_id, ts, purchase_weight))
                 late += state.late - late_before
                 changed[session_id] = state

@@ -91,7 +91,7 @@ def run_shard(
         offsets = list(range(start, start + len(part)))
         out = shard.apply([ShardInput("t", 0, part, offsets, [0] * len(part))])
         hashes.update(out.sessions)
-        examples.extend(value for _, value in out.examples)
+        examples.extend(value for _, value, _ in out.examples)
     decoded = {
         sid: decode_session_features({k.encode(): v for k, v in fields.items()})
         for sid, fields in hashes.items()
@@ -164,12 +164,14 @@ def test_a_topic_read_far_ahead_does_not_evict_sessions_still_receiving_events(
     clicks = [e for e in events if e.type == "click"]
     shard = FeatureShard(config)
     hashes: dict[str, dict[str, bytes]] = {}
-    out = shard.apply([ShardInput("purchases", 0, purchases, list(range(len(purchases))), [])])
+    out = shard.apply(
+        [ShardInput("purchases", 0, purchases, list(range(len(purchases))), [0] * len(purchases))]
+    )
     hashes.update(out.sessions)
     evicted = out.evicted
     for start in range(0, len(clicks), 1000):
         part = clicks[start : start + 1000]
-        out = shard.apply([ShardInput("clicks", 0, part, list(range(len(part))), [])])
+        out = shard.apply([ShardInput("clicks", 0, part, list(range(len(part))), [0] * len(part))])
         hashes.update(out.sessions)
         evicted += out.evicted
     features = {
