@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import orjson
 import redis
+import torch
 from confluent_kafka import Consumer, Message, Producer, TopicPartition
 from prometheus_client import CollectorRegistry
 
@@ -77,6 +78,10 @@ class Learner:
         self.topics = Topics.from_settings(settings.kafka)
         self.metrics = LearnerMetrics.create(metrics_registry or CollectorRegistry())
         self.device = pick_device(settings.learner.device)
+        if settings.learner.torch_threads:
+            # The learner shares the CPU with the flow and serving: torch's default of one
+            # thread per core made steps 10x slower here under contention (docs/model.md).
+            torch.set_num_threads(settings.learner.torch_threads)
         self.consumer: Consumer | None = None
         self.producer: Producer | None = None
         self.head: HeadLearner | None = None

@@ -57,6 +57,8 @@ def run_learner_benchmark(
             "learner": settings.learner.model_copy(update={"metrics_port": 0}),
         }
     )
+    if settings.learner.torch_threads:
+        torch.set_num_threads(settings.learner.torch_threads)
     limits = EventLimits.from_settings(settings.events)
     events = only_events(read_recorded(settings.data_dir, limits))
     examples = list(examples_from_events(events, settings.train.history_len))[:n_examples]

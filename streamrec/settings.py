@@ -159,7 +159,7 @@ class LearnerSettings(BaseSettings):
     row_lr: float = Field(1e-2, ge=0, description="Learning rate of item rows (0 = lr).")
     grad_clip: float = Field(1.0, gt=0)
     publish_every_steps: int = Field(20, ge=1, description="Publish after K steps (K).")
-    publish_every_s: float = Field(1.0, gt=0, description="...or after S seconds (S).")
+    publish_every_s: float = Field(0.5, gt=0, description="...or after S seconds (S).")
     snapshot_every: int = Field(50, ge=1, description="Full snapshot every M versions (M).")
     consumer_group: str = "streamrec-learner"
     metrics_port: int = Field(9102, ge=0)
@@ -167,6 +167,9 @@ class LearnerSettings(BaseSettings):
         2048, ge=0, description="Shared random negatives per step (0 = full softmax)."
     )
     device: str = Field("auto", description="auto | cpu | cuda.")
+    torch_threads: int = Field(
+        1, ge=0, description="CPU threads for torch (0 = torch default); 1 on a shared box."
+    )
     signals_maxlen: int = Field(20000, ge=100, description="Length cap of the signals stream.")
 
 
