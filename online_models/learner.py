@@ -325,6 +325,11 @@ class Learner:
         self.metrics.versions.labels(kind).inc()
         self.metrics.publish_seconds.observe(elapsed)
         self.metrics.model_version.set(publication.version)
+        current_ms = time.time() * 1000
+        observe = self.metrics.event_to_weights_seconds.observe
+        for produced_ms in self.pending_produce_ms:
+            if produced_ms > 0:
+                observe(max(0.0, current_ms - produced_ms) / 1000)
         record = PublishRecord(
             publication.version, kind, True, elapsed, publication.size_bytes, time.time(),
             self.pending_produce_ms,

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 STEP_BUCKETS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
+EVENT_TO_WEIGHTS_BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -18,6 +19,7 @@ class LearnerMetrics:
     decode_errors: Counter
     step_seconds: Histogram
     publish_seconds: Histogram
+    event_to_weights_seconds: Histogram
     model_version: Gauge
     hit_rate: Gauge
     mrr: Gauge
@@ -50,6 +52,12 @@ class LearnerMetrics:
                 f"{prefix}publish_seconds",
                 "Time to publish a version.",
                 buckets=STEP_BUCKETS,
+                registry=registry,
+            ),  # fmt: skip
+            event_to_weights_seconds=Histogram(
+                f"{prefix}event_to_weights_seconds",
+                "Source event produced to Kafka -> the version holding it current.",
+                buckets=EVENT_TO_WEIGHTS_BUCKETS,
                 registry=registry,
             ),  # fmt: skip
             model_version=Gauge(
