@@ -39,7 +39,7 @@ FLOW_REJECTS = "streamrec_flow_rejects_total"
 FLOW_FRESHNESS = "streamrec_flow_freshness_seconds"
 LEARNER_EXAMPLES = "streamrec_learner_examples_total"
 LEARNER_EVENT_TO_WEIGHTS = "streamrec_learner_event_to_weights_seconds"
-LEARNER_VERSION = "streamrec_learner_published_version"
+LEARNER_VERSION = "streamrec_learner_model_version"
 
 
 @dataclass(frozen=True, slots=True)
@@ -297,7 +297,7 @@ def _alerts(
     for _, fields in client.xrange(keys.alerts)[skip:]:
         decoded = {k.decode(): v.decode() for k, v in fields.items()}
         alert = orjson.loads(decoded["alert"]) if "alert" in decoded else decoded
-        detected = float(alert.get("detected_at", alert.get("ts", started)))
+        detected = float(alert.get("detected_at_ms", started * 1000)) / 1000
         alert["t_s"] = round(max(0.0, detected - started), 2)
         alerts.append(alert)
     return alerts
