@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import redis
@@ -43,6 +44,9 @@ from streamrec.redis_keys import RedisKeys
 from streamrec.settings import Settings, load_settings
 from streamrec.topics import Topics
 from streamrec.training_examples import TrainingExample, decode_example
+
+if TYPE_CHECKING:
+    from online_models.model_weights import ModelWeights
 
 console = Console(stderr=True)
 HR_WINDOW = 2000
@@ -103,15 +107,19 @@ def _examples(settings: Settings) -> Iterator[TrainingExample]:
         consumer.close()
 
 
-def static_hr_series(settings: Settings, version: int) -> Series:
-    """Windowed HR@20 of the frozen first model over this run's training examples."""
-    from online_models.session_scorer import SessionScorer
+def load_version(settings: Settings, version: int) -> ModelWeights:
+    """Weights of ``version``, held in memory (the registry may prune it during the run)."""
     from online_models.weight_registry import WeightRegistry
 
     client = redis.Redis.from_url(settings.redis.redis_url.get_secret_value())
-    scorer = SessionScorer.from_weights(
-        WeightRegistry(settings, client).load(version), settings.model
-    )
+    return WeightRegistry(settings, client).load(version)
+
+
+def static_hr_series(settings: Settings, weights: ModelWeights) -> Series:
+    """Windowed HR@20 of the frozen first model over this run's training examples."""
+    from online_models.session_scorer import SessionScorer
+
+    scorer = SessionScorer.from_weights(weights, settings.model)
     examples = sorted(_examples(settings), key=lambda e: e.ts)
     hits = np.zeros(len(examples), dtype=bool)
     for start in range(0, len(examples), 512):
@@ -177,6 +185,7 @@ def run_demo(plan: DemoPlan = DemoPlan()) -> int:
         trained = train_first_model(plan.warmup_until, plan.train_epochs)
         first_version = int(trained["version"])
         console.print(f"first model: version {first_version}, validation {trained['metrics']}")
+        static_weights = load_version(settings, first_version)
         with running_loop(settings, run_dir / "logs") as supervisor:
             console.print("loop running: flow, learner, drift monitor, serving; replaying ...")
             load = LoadPlan(
@@ -190,7 +199,7 @@ def run_demo(plan: DemoPlan = DemoPlan()) -> int:
             record.summary["process restarts"] = str(supervisor.restarts)
         record.hr_at_20 = {
             "online": online_hr_series(settings),
-            "static": static_hr_series(settings, first_version),
+            "static": static_hr_series(settings, static_weights),
         }
         _summarize_hr(record)
         record.summary["wall time s"] = round(time.monotonic() - started, 1)

@@ -151,7 +151,7 @@ def consumer_lag(settings: Settings, topic: str, group: str) -> int:
         lag = 0
         for part in committed:
             high = consumer.get_watermark_offsets(part, timeout=10)[1]
-            lag += high - max(part.offset, 0)
+            lag += max(0, high - max(part.offset, 0))
         return lag
     finally:
         consumer.close()
