@@ -8,6 +8,8 @@ from typing import Annotated
 
 import typer
 
+DEFAULT_SLO_FILE = Path(__file__).with_name("default_slo.yaml")
+
 
 def register(app: typer.Typer, bench: typer.Typer) -> None:
     """Add ``demo`` and ``loadtest`` to the CLI."""
@@ -43,7 +45,7 @@ def loadtest(
     limit: Annotated[int | None, typer.Option(help="Stop after this many events.")] = None,
     since: Annotated[str | None, typer.Option(help="Skip events before this ISO time.")] = None,
     shop_rate: Annotated[float, typer.Option(help="Serving requests per second.")] = 40.0,
-    slo: Annotated[Path | None, typer.Option(help="SLO file (YAML).")] = None,
+    slo: Annotated[Path, typer.Option(help="SLO file (YAML).")] = DEFAULT_SLO_FILE,
     report_dir: Annotated[Path, typer.Option(help="Where reports go.")] = Path("reports"),
     start_loop: Annotated[
         bool,
