@@ -127,6 +127,10 @@ class _PublishPartition(StatefulSinkPartition[PublishItem, None]):
         self._examples_topic = topics.training_examples
         self._dlq_topic = topics.events_dlq
         self._log = log
+        # Item categories already written by this process: a category is written when it is
+        # first seen or changes, not on every click (HSET is idempotent, so a restart that
+        # forgets this only writes them once more).
+        self._categories_written: dict[str, str] = {}
 
     def write_batch(self, values: list[PublishItem]) -> None:
         pipe = self._clients.redis.pipeline(transaction=False)
@@ -147,6 +151,7 @@ class _PublishPartition(StatefulSinkPartition[PublishItem, None]):
                 if sessions % SESSIONS_PER_SCRIPT == 0:
                     self._clients.write_sessions(args=args, client=pipe)
                     args = list(header)
+            commands += self._queue_categories(pipe, value.item_categories)
             produce_ms.extend(value.produce_ms)
             read_ms.extend(value.read_ms)
             duplicates += value.duplicates
@@ -179,6 +184,18 @@ class _PublishPartition(StatefulSinkPartition[PublishItem, None]):
             flow_metrics.IN_FLOW.observe_many((ack_ms - read) / 1000.0)
             if self._log is not None:
                 self._log.add(produced, read, ack_ms)
+
+    def _queue_categories(self, pipe: Any, categories: dict[str, str]) -> int:
+        """Queue HSETs of item -> category for new or changed pairs; return how many."""
+        written = self._categories_written
+        changed = {item: cat for item, cat in categories.items() if written.get(item) != cat}
+        if not changed:
+            return 0
+        written.update(changed)
+        pairs = list(changed.items())
+        for start in range(0, len(pairs), ZADD_CHUNK):
+            pipe.hset(self._keys.item_categories, mapping=dict(pairs[start : start + ZADD_CHUNK]))
+        return (len(pairs) + ZADD_CHUNK - 1) // ZADD_CHUNK
 
     def _queue_popularity(self, pipe: Any, update: PopularityUpdate) -> int:
         """Queue the ZADDs (and the rebuild) of ``update``; return how many commands."""

@@ -60,7 +60,9 @@ class ShardOutput:
     ``dead_letters`` are ``(key, value)`` message bytes; ``examples`` are ``(key, value,
     timestamp_ms)`` where the timestamp is the source event's own Kafka timestamp, so the
     learner can measure event-to-weights latency from the moment the click was produced.
-    ``popularity`` lists ``(item_id, ts_ms, weight)`` of the applied events.
+    ``popularity`` lists ``(item_id, ts_ms, weight)`` of the applied events;
+    ``item_categories`` maps clicked items to the category their click carried (serving's
+    category filter reads it).
     ``produce_ms`` and ``read_ms`` hold, per input event, its Kafka produce time and when
     the flow read it (for freshness).
     """
@@ -69,6 +71,7 @@ class ShardOutput:
     examples: list[tuple[bytes, bytes, int]] = field(default_factory=list)
     dead_letters: list[tuple[bytes, bytes]] = field(default_factory=list)
     popularity: list[tuple[str, int, float]] = field(default_factory=list)
+    item_categories: dict[str, str] = field(default_factory=dict)
     produce_ms: list[int] = field(default_factory=list)
     read_ms: list[float] = field(default_factory=list)
     events: int = 0
@@ -97,6 +100,7 @@ class FeatureShard:
         out = ShardOutput()
         examples = out.examples
         popularity = out.popularity
+        item_categories = out.item_categories
         changed: dict[str, SessionState] = {}
         duplicates = late = 0
         for shard_input in inputs:
@@ -131,6 +135,8 @@ class FeatureShard:
                         )
                         examples.append((session_id.encode(), encode_example(example), produced_ms))
                     popularity.append((event.item_id, ts, 1.0))
+                    if event.category:
+                        item_categories[event.item_id] = event.category
                 else:
                     history = state.apply_purchase(ts, event.item_id, history_len, lateness_ms)
                     example = purchase_example(

@@ -212,6 +212,10 @@ def test_features_match_reference_and_duplicates_and_bad_events_change_nothing(
     run_flow_in_process(clean)
     clean_state = read_state(clean)
     assert decoded(clean_state) == reference_features(events)
+    client = redis.Redis.from_url(clean.redis.redis_url.get_secret_value())
+    categories = client.hgetall(RedisKeys(clean.redis.key_prefix).item_categories)
+    clicked = {e.item_id: e.category for e in events if e.type == "click" and e.category}
+    assert {k.decode(): v.decode() for k, v in categories.items()}.keys() == clicked.keys()
 
     noisy = flow_settings(settings, "noisy")
     topics = Topics.from_settings(noisy.kafka)
