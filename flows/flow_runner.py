@@ -48,6 +48,14 @@ def ensure_recovery_dir(path: Path, partitions: int) -> bool:
             shutil.rmtree(scratch)
 
 
+def metrics_port(base: int, process_id: int | None, addresses: list[str] | None) -> int:
+    """The Prometheus port of this process: ``base``, plus the process id only when all
+    cluster processes share one host (there they would otherwise collide); on separate
+    hosts or pods every process keeps ``base``, so scrape configs stay uniform."""
+    hosts = {address.rpartition(":")[0] for address in addresses or []}
+    return base + (process_id or 0) if len(hosts) == 1 and len(addresses or []) > 1 else base
+
+
 def run_flow(
     settings: Settings,
     *,
@@ -64,8 +72,8 @@ def run_flow(
         recovery = RecoveryConfig(flow_settings.recovery_dir)
         log_event(logger, "flow_recovery", dir=str(flow_settings.recovery_dir), created=created)
     if flow_settings.metrics_port:
-        port = flow_settings.metrics_port + (process_id or 0)
-        start_http_server(port, addr="127.0.0.1")
+        port = metrics_port(flow_settings.metrics_port, process_id, addresses)
+        start_http_server(port)
         log_event(logger, "flow_metrics", port=port)
     log_event(
         logger,
