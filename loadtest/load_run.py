@@ -28,6 +28,7 @@ from loadtest.prometheus_scrape import Scrape, bucket_delta, histogram_quantile,
 from loadtest.run_report import RunRecord, Series
 from loadtest.traffic_replay import ReplayReport, replay
 from streamrec.events import Event, EventLimits
+from streamrec.kafka_clients import topic_size
 from streamrec.loop_processes import MetricsEndpoints
 from streamrec.recorded_events import Record, read_recorded
 from streamrec.redis_keys import RedisKeys
@@ -202,7 +203,7 @@ def run_load(
     alerts_before = client.xlen(keys.alerts)
     first_flow = scrape(endpoints.flow) if endpoints.flow else None
     produced_before = first_flow.value(FLOW_EVENTS_IN) if first_flow else 0.0
-    dlq_before = _topic_size(settings, topics.events_dlq)
+    dlq_before = topic_size(settings.kafka, topics.events_dlq)
     sampler = MetricsSampler(endpoints.as_dict())
     sampler.start()
     shop = start_shop(plan.shop_rate)
@@ -222,7 +223,7 @@ def run_load(
     _wait_drained(settings, endpoints, produced_before, report.produced, plan.drain_timeout_s)
     shop_result = stop_shop(shop)
     samples = sampler.stop()
-    dlq = _topic_size(settings, topics.events_dlq) - dlq_before
+    dlq = topic_size(settings.kafka, topics.events_dlq) - dlq_before
     lag = consumer_lag(settings, topics.training_examples, settings.learner.consumer_group)
     flow_consumed = last_value(samples, "flow", FLOW_EVENTS_IN) - produced_before
     flow_lag = max(0.0, report.produced - flow_consumed) if not math.isnan(flow_consumed) else 0
@@ -276,18 +277,6 @@ def _gauge_series(samples: _Samples, endpoint: str, name: str) -> Series:
         for t, s in zip(samples.times, samples.scrapes.get(endpoint, []), strict=False)
         if s is not None
     ]
-
-
-def _topic_size(settings: Settings, topic: str) -> int:
-    consumer = Consumer(settings.kafka.client_config() | {"group.id": "streamrec-loadtest"})
-    try:
-        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-        return sum(
-            consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
-            for p in partitions
-        )
-    finally:
-        consumer.close()
 
 
 def _alerts(

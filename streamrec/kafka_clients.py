@@ -10,7 +10,7 @@ import socket
 import time
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaException, Producer
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from streamrec.settings import KafkaSettings
@@ -103,3 +103,16 @@ def ensure_topics(
         if time.monotonic() > deadline:
             raise TimeoutError(f"topics not visible after {timeout_s}s: {names}")
         time.sleep(0.05)
+
+
+def topic_size(settings: KafkaSettings, topic: str) -> int:
+    """Messages ever written to ``topic``: the sum of its partitions' high watermarks."""
+    consumer = Consumer(settings.client_config() | {"group.id": "streamrec-topic-size"})
+    try:
+        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        return sum(
+            consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+            for p in partitions
+        )
+    finally:
+        consumer.close()

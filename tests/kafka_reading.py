@@ -36,16 +36,3 @@ def read_topic(
     finally:
         consumer.close()
     return messages
-
-
-def topic_size(kafka: KafkaSettings, topic: str) -> int:
-    """Messages currently on ``topic`` (sum of high watermarks)."""
-    consumer = Consumer(kafka.client_config() | {"group.id": "test-size"})
-    try:
-        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-        return sum(
-            consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
-            for p in partitions
-        )
-    finally:
-        consumer.close()
