@@ -18,8 +18,9 @@ is far beyond any producer retry.
 
 from __future__ import annotations
 
-import pickle
 from dataclasses import dataclass, field
+
+import orjson
 
 from flows.dead_letter import encode_dead_letter
 from flows.event_routing import ShardInput
@@ -86,7 +87,7 @@ class FeatureShard:
     def __init__(self, config: FeatureConfig) -> None:
         self.config = config
         self.sessions: dict[str, SessionState] = {}
-        self.pickled: dict[str, bytes] = {}
+        self.encoded: dict[str, bytes] = {}
         self.dirty: set[str] = set()
         self.source_watermarks: dict[tuple[str, int], int] = {}
         self.next_sweep_ms = NO_TS
@@ -174,7 +175,7 @@ class FeatureShard:
         idle = [sid for sid, state in self.sessions.items() if state.last_ts < horizon]
         for session_id in idle:
             del self.sessions[session_id]
-            self.pickled.pop(session_id, None)
+            self.encoded.pop(session_id, None)
             self.dirty.discard(session_id)
         self.next_sweep_ms = watermark + ttl_ms // SWEEPS_PER_TTL
         return len(idle)
@@ -182,16 +183,20 @@ class FeatureShard:
     def snapshot(self) -> bytes:
         """An immutable copy of the state (bytes, so later updates cannot leak in).
 
-        Sessions are pickled one by one and the bytes kept, so a snapshot re-pickles only
+        Sessions are encoded (JSON) one by one and the bytes kept, so a snapshot re-encodes only
         the sessions changed since the previous one: its cost follows the traffic of one
         snapshot interval, not the size of the state (a week of sessions).
         """
-        sessions, pickled = self.sessions, self.pickled
+        sessions, encoded = self.sessions, self.encoded
         for session_id in self.dirty:
-            pickled[session_id] = pickle.dumps(sessions[session_id], pickle.HIGHEST_PROTOCOL)
+            encoded[session_id] = sessions[session_id].to_json()
         self.dirty.clear()
-        return pickle.dumps(
-            (pickled, self.source_watermarks, self.next_sweep_ms), pickle.HIGHEST_PROTOCOL
+        return orjson.dumps(
+            {
+                "sessions": {sid: orjson.Fragment(raw) for sid, raw in encoded.items()},
+                "watermarks": [[t, p, ts] for (t, p), ts in self.source_watermarks.items()],
+                "next_sweep_ms": self.next_sweep_ms,
+            }
         )
 
     @classmethod
@@ -199,6 +204,11 @@ class FeatureShard:
         """A shard from a ``snapshot`` (or empty when None)."""
         shard = cls(config)
         if snapshot is not None:
-            shard.pickled, shard.source_watermarks, shard.next_sweep_ms = pickle.loads(snapshot)
-            shard.sessions = {sid: pickle.loads(raw) for sid, raw in shard.pickled.items()}
+            data = orjson.loads(snapshot)
+            shard.encoded = {sid: orjson.dumps(raw) for sid, raw in data["sessions"].items()}
+            shard.sessions = {
+                sid: SessionState.from_json(raw) for sid, raw in shard.encoded.items()
+            }
+            shard.source_watermarks = {(t, p): ts for t, p, ts in data["watermarks"]}
+            shard.next_sweep_ms = data["next_sweep_ms"]
         return shard

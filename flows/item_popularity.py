@@ -15,8 +15,9 @@ half is forgotten (items that had no event for many half-lives).
 from __future__ import annotations
 
 import math
-import pickle
 from dataclasses import dataclass
+
+import orjson
 
 REBASE_HALF_LIVES = 64
 
@@ -70,7 +71,7 @@ class ItemPopularity:
 
     def snapshot(self) -> bytes:
         """An immutable copy of the state, for Bytewax recovery."""
-        return pickle.dumps((self.ref_ms, self.scores), pickle.HIGHEST_PROTOCOL)
+        return orjson.dumps([self.ref_ms, self.scores])
 
     @classmethod
     def restore(
@@ -79,7 +80,7 @@ class ItemPopularity:
         """A popularity from a ``snapshot`` (or empty when None)."""
         popularity = cls(half_life_ms, state_items)
         if snapshot is not None:
-            popularity.ref_ms, popularity.scores = pickle.loads(snapshot)
+            popularity.ref_ms, popularity.scores = orjson.loads(snapshot)
         return popularity
 
     def _rebase(self, new_ref: int) -> None:

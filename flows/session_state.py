@@ -15,13 +15,15 @@ from __future__ import annotations
 
 from bisect import bisect_right
 
+import orjson
+
 from flows.session_features import SessionFeatures
 
 NO_TS = -1
 
 
 class SessionState:
-    """Mutable features of one session (plain data, pickled into Bytewax snapshots)."""
+    """Mutable features of one session (plain data, saved as JSON in Bytewax snapshots)."""
 
     __slots__ = (
         "seen",
@@ -54,12 +56,11 @@ class SessionState:
         self.last_purchase_ts = NO_TS
         self.late = 0
 
-    def __reduce__(self) -> tuple:
-        """Pickle as one flat tuple: snapshots pickle every session of a shard."""
-        return (
-            _restore,
-            (
-                self.seen,
+    def to_json(self) -> bytes:
+        """The state as JSON (one flat array), for Bytewax snapshots; no pickle involved."""
+        return orjson.dumps(
+            [
+                list(self.seen),
                 self.item_ts,
                 self.items,
                 self.clicks,
@@ -72,8 +73,30 @@ class SessionState:
                 self.last_click_ts,
                 self.last_purchase_ts,
                 self.late,
-            ),
+            ]
         )
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> SessionState:
+        """Inverse of ``to_json``."""
+        state = cls.__new__(cls)
+        (
+            seen,
+            state.item_ts,
+            state.items,
+            state.clicks,
+            state.purchases,
+            state.bought,
+            state.categories,
+            state.first_ts,
+            state.last_ts,
+            state.prev_ts,
+            state.last_click_ts,
+            state.last_purchase_ts,
+            state.late,
+        ) = orjson.loads(raw)
+        state.seen = set(seen)
+        return state
 
     def record(self, event_id: str) -> bool:
         """Remember ``event_id``; False when it was seen before (a duplicate)."""
@@ -157,23 +180,3 @@ class SessionState:
             gap_ms=self.last_ts - self.prev_ts if self.prev_ts != NO_TS else 0,
             late=self.late,
         )
-
-
-def _restore(*values: object) -> SessionState:
-    state = SessionState.__new__(SessionState)
-    (
-        state.seen,
-        state.item_ts,
-        state.items,
-        state.clicks,
-        state.purchases,
-        state.bought,
-        state.categories,
-        state.first_ts,
-        state.last_ts,
-        state.prev_ts,
-        state.last_click_ts,
-        state.last_purchase_ts,
-        state.late,
-    ) = values
-    return state

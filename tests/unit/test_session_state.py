@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import pickle
-
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -87,10 +85,10 @@ def test_interleaving_of_the_two_topics_does_not_change_features(
     assert run(picks).features() == run(clicks_first).features()
 
 
-def test_state_survives_a_pickle_round_trip() -> None:
+def test_state_survives_a_json_round_trip() -> None:
     state = SessionState()
     click(state, "e1", 1000, "a")
     state.apply_purchase(1200, "a", N, LATE_MS)
-    restored = pickle.loads(pickle.dumps(state))
+    restored = SessionState.from_json(state.to_json())
     assert restored.features() == state.features()
     assert not restored.record("e1")
