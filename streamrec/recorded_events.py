@@ -10,10 +10,10 @@ from __future__ import annotations
 import gzip
 import hashlib
 import heapq
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from streamrec.events import (
     Event,
@@ -62,63 +62,51 @@ def find_file(directory: Path, stem: str) -> Path:
     raise FileNotFoundError(f"neither {stem} nor {stem}.gz in {directory}")
 
 
-def _yoochoose_clicks(path: Path, limits: EventLimits, salt: str) -> Iterator[tuple[int, Record]]:
+def _click_fields(parts: list[str]) -> dict[str, Any] | Rejection:
+    session_id, ts, item_id, category = parts
+    return {"session_id": session_id, "ts": ts, "item_id": item_id, "category": category or None}
+
+
+def _buy_fields(parts: list[str]) -> dict[str, Any] | Rejection:
+    session_id, ts, item_id, price, quantity = parts
+    try:
+        price_value, quantity_value = float(price), int(quantity)
+    except ValueError:
+        return Rejection(RejectReason.WRONG_TYPE, "price/quantity")
+    return {
+        "session_id": session_id,
+        "ts": ts,
+        "item_id": item_id,
+        "price": price_value,
+        "quantity": quantity_value,
+    }
+
+
+def _yoochoose_file(
+    path: Path,
+    kind: str,
+    columns: int,
+    to_fields: Callable[[list[str]], dict[str, Any] | Rejection],
+    limits: EventLimits,
+    salt: str,
+) -> Iterator[tuple[int, Record]]:
+    """One YooChoose CSV file as (ts, record) pairs; rejected lines carry ts 0."""
     with open_text(path) as lines:
         for line_no, line in enumerate(lines, 1):
             line = line.rstrip("\r\n")
             if not line:
                 continue
             parts = line.split(",")
-            if len(parts) != 4:
-                yield 0, _reject(path, line_no, RejectReason.MALFORMED_JSON, "expected 4 columns")
+            if len(parts) != columns:
+                detail = f"expected {columns} columns"
+                yield 0, _reject(path, line_no, RejectReason.MALFORMED_JSON, detail)
                 continue
-            session_id, ts, item_id, category = parts
-            record = _build(
-                path,
-                line_no,
-                limits,
-                {
-                    "event_id": stable_event_id("click", line_no, line, salt),
-                    "type": "click",
-                    "session_id": session_id,
-                    "ts": ts,
-                    "item_id": item_id,
-                    "category": category or None,
-                },
-            )
-            yield (record.ts if isinstance(record, Event) else 0), record
-
-
-def _yoochoose_buys(path: Path, limits: EventLimits, salt: str) -> Iterator[tuple[int, Record]]:
-    with open_text(path) as lines:
-        for line_no, line in enumerate(lines, 1):
-            line = line.rstrip("\r\n")
-            if not line:
+            fields = to_fields(parts)
+            if isinstance(fields, Rejection):
+                yield 0, LineRejection(path.name, line_no, fields)
                 continue
-            parts = line.split(",")
-            if len(parts) != 5:
-                yield 0, _reject(path, line_no, RejectReason.MALFORMED_JSON, "expected 5 columns")
-                continue
-            session_id, ts, item_id, price, quantity = parts
-            try:
-                price_value, quantity_value = float(price), int(quantity)
-            except ValueError:
-                yield 0, _reject(path, line_no, RejectReason.WRONG_TYPE, "price/quantity")
-                continue
-            record = _build(
-                path,
-                line_no,
-                limits,
-                {
-                    "event_id": stable_event_id("purchase", line_no, line, salt),
-                    "type": "purchase",
-                    "session_id": session_id,
-                    "ts": ts,
-                    "item_id": item_id,
-                    "price": price_value,
-                    "quantity": quantity_value,
-                },
-            )
+            obj = {"event_id": stable_event_id(kind, line_no, line, salt), "type": kind} | fields
+            record = _build(path, line_no, limits, obj)
             yield (record.ts if isinstance(record, Event) else 0), record
 
 
@@ -145,8 +133,12 @@ def read_yoochoose(
     Rejected lines are yielded where they are met (they carry no usable time).
     On equal timestamps clicks come before buys, as a shopper clicks before buying.
     """
-    clicks = _yoochoose_clicks(find_file(directory, CLICKS_FILE), limits, salt)
-    buys = _yoochoose_buys(find_file(directory, BUYS_FILE), limits, salt)
+    clicks = _yoochoose_file(
+        find_file(directory, CLICKS_FILE), "click", 4, _click_fields, limits, salt
+    )
+    buys = _yoochoose_file(
+        find_file(directory, BUYS_FILE), "purchase", 5, _buy_fields, limits, salt
+    )
     for _, record in heapq.merge(clicks, buys, key=lambda pair: pair[0]):
         yield record
 
