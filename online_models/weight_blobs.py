@@ -76,16 +76,24 @@ def encode_snapshot(weights: ModelWeights) -> bytes:
     return save_tensors(tensors, metadata=meta)
 
 
-def decode_snapshot(blob: bytes) -> ModelWeights:
+def _read_blob(blob: bytes, kind: str) -> tuple[dict[str, str], dict[str, np.ndarray], list[str]]:
+    """Metadata, tensors and item ids of a blob of ``kind``; ``BlobFormatError`` otherwise."""
     meta = read_header_metadata(blob)
-    if meta.get("kind") != "snapshot":
-        raise BlobFormatError(f"expected a snapshot, got {meta.get('kind')!r}")
+    if meta.get("kind") != kind:
+        raise BlobFormatError(f"expected a {kind}, got {meta.get('kind')!r}")
     try:
         tensors = dict(load_tensors(blob))
-        ids = _decode_ids(tensors)
-        shape = ModelShape(**json.loads(meta["shape"]))
+        return meta, tensors, _decode_ids(tensors)
     except Exception as exc:  # safetensors raises its own error types
-        raise BlobFormatError(f"unreadable snapshot: {exc}") from exc
+        raise BlobFormatError(f"unreadable {kind}: {exc}") from exc
+
+
+def decode_snapshot(blob: bytes) -> ModelWeights:
+    meta, tensors, ids = _read_blob(blob, "snapshot")
+    try:
+        shape = ModelShape(**json.loads(meta["shape"]))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise BlobFormatError(f"unreadable snapshot shape: {exc}") from exc
     parent = int(meta["parent"]) if meta.get("parent") else None
     return ModelWeights(int(meta["version"]), shape, ids, tensors, parent=parent)
 
@@ -108,16 +116,12 @@ def encode_delta(delta: WeightDelta) -> bytes:
 
 
 def decode_delta(blob: bytes) -> WeightDelta:
-    meta = read_header_metadata(blob)
-    if meta.get("kind") != "delta":
-        raise BlobFormatError(f"expected a delta, got {meta.get('kind')!r}")
+    meta, tensors, ids = _read_blob(blob, "delta")
     try:
-        tensors = dict(load_tensors(blob))
-        ids = _decode_ids(tensors)
         rows = tensors.pop(_ROWS)
         row_values = {name: tensors.pop(_ROW_PREFIX + name) for name in ROW_TENSORS}
-    except Exception as exc:
-        raise BlobFormatError(f"unreadable delta: {exc}") from exc
+    except KeyError as exc:
+        raise BlobFormatError(f"unreadable delta: missing {exc}") from exc
     dense = {
         name[len(_DENSE_PREFIX) :]: value
         for name, value in tensors.items()
