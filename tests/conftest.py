@@ -38,6 +38,18 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def tiny_model(settings: Settings, **overrides: object) -> ModelSettings:
+    """A model small enough for fast tests, stored in the test's own model directory."""
+    sizes: dict[str, object] = {
+        "hidden_size": 16,
+        "num_layers": 1,
+        "num_heads": 2,
+        "max_seq_len": 5,
+        "store_dir": settings.model.store_dir,
+    }
+    return ModelSettings(**(sizes | overrides))
+
+
 @pytest.fixture(scope="session")
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real tansu broker on a free port for the whole test session."""

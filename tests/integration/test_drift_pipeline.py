@@ -33,12 +33,12 @@ from streamrec.redis_keys import RedisKeys
 from streamrec.settings import (
     DriftSettings,
     LearnerSettings,
-    ModelSettings,
     Settings,
     TrainSettings,
 )
 from streamrec.topics import Topics
 from streamrec.training_examples import TrainingExample, encode_example
+from tests.conftest import tiny_model
 from tests.kafka_reading import read_topic
 
 pytestmark = pytest.mark.integration
@@ -80,10 +80,7 @@ def drift_settings(settings: Settings, webhook_url: str) -> Settings:
     """A tiny model and short warm-ups so a whole drift cycle fits in a test."""
     return settings.model_copy(
         update={
-            "model": ModelSettings(
-                hidden_size=16, num_layers=1, num_heads=2, max_seq_len=5, initial_items=16,
-                store_dir=settings.model.store_dir,
-            ),
+            "model": tiny_model(settings, initial_items=16),
             "learner": LearnerSettings(
                 batch_size=64, batch_ms=20, publish_every_steps=5, publish_every_s=60.0,
                 snapshot_every=1000, sampled_negatives=0, metrics_port=0, lr=0.003,

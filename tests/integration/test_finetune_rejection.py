@@ -14,9 +14,10 @@ from online_models.model_weights import random_weights
 from online_models.weight_registry import WeightRegistry
 from streamrec.kafka_clients import make_producer
 from streamrec.redis_keys import RedisKeys
-from streamrec.settings import DriftSettings, ModelSettings, Settings, TrainSettings
+from streamrec.settings import DriftSettings, Settings, TrainSettings
 from streamrec.topics import Topics
 from streamrec.training_examples import TrainingExample, encode_example
+from tests.conftest import tiny_model
 
 pytestmark = pytest.mark.integration
 
@@ -44,10 +45,7 @@ def test_a_finetune_that_cannot_beat_serving_is_rejected_and_serving_stays(
 ) -> None:
     config = settings.model_copy(
         update={
-            "model": ModelSettings(
-                hidden_size=16, num_layers=1, num_heads=2, max_seq_len=5,
-                store_dir=settings.model.store_dir,
-            ),
+            "model": tiny_model(settings),
             "train": TrainSettings(epochs=2, batch_size=128),
             "drift": DriftSettings(
                 finetune_margin=0.05, replay_examples=1200, finetune_min_holdout=100,

@@ -16,9 +16,10 @@ from online_models.model_weights import ModelWeights, random_weights
 from online_models.weight_registry import WeightRegistry
 from streamrec.kafka_clients import make_producer
 from streamrec.redis_keys import RedisKeys
-from streamrec.settings import LearnerSettings, ModelSettings, Settings
+from streamrec.settings import LearnerSettings, Settings
 from streamrec.topics import Topics
 from streamrec.training_examples import TrainingExample, encode_example
+from tests.conftest import tiny_model
 from tests.kafka_reading import read_topic
 
 pytestmark = pytest.mark.integration
@@ -26,10 +27,7 @@ pytestmark = pytest.mark.integration
 
 def small_settings(settings: Settings, **learner: object) -> Settings:
     """Tiny model, frequent publishing: many versions from few examples."""
-    model = ModelSettings(
-        hidden_size=16, num_layers=1, num_heads=2, max_seq_len=5, initial_items=16,
-        store_dir=settings.model.store_dir, keep_snapshots=1000,
-    )  # fmt: skip
+    model = tiny_model(settings, initial_items=16, keep_snapshots=1000)
     options = {
         "batch_size": 32, "batch_ms": 20, "publish_every_steps": 2, "publish_every_s": 60.0,
         "snapshot_every": 3, "sampled_negatives": 8, "metrics_port": 0, "lr": 0.01,

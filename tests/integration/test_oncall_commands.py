@@ -23,7 +23,8 @@ from starlette.testclient import TestClient
 from online_models.model_weights import ModelWeights, random_weights
 from online_models.weight_registry import WeightRegistry
 from serving.app import create_app
-from streamrec.settings import ModelSettings, ServingSettings, Settings
+from streamrec.settings import ServingSettings, Settings
+from tests.conftest import tiny_model
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -60,10 +61,7 @@ def test_rollback_restores_the_previous_version_and_serving_follows(
 ) -> None:
     config = settings.model_copy(
         update={
-            "model": ModelSettings(
-                hidden_size=16, num_layers=1, num_heads=2, max_seq_len=5,
-                store_dir=settings.model.store_dir,
-            ),
+            "model": tiny_model(settings),
             "serving": ServingSettings(poll_interval_s=30.0),  # pub/sub must do it
         }
     )  # fmt: skip
