@@ -2,7 +2,9 @@
 
 Built once per model version (``SessionScorer.from_weights``); the item matrix is kept
 as one contiguous float32 tensor and each call does one encoder pass plus one
-matrix-vector product. The scorer is read-only after construction, so one instance can
+matrix-vector product. On CPU the encoder runs as a traced TorchScript graph
+(``traced_backbone``: about 4x less time per call, shared by every version with the same
+backbone). The scorer is read-only after construction, so one instance can
 be shared by threads and swapped atomically when a new version arrives.
 """
 
@@ -15,7 +17,8 @@ import torch
 
 from online_models.item_index import ItemIndex
 from online_models.model_weights import ModelWeights
-from online_models.session_model import SessionRecommender
+from online_models.session_model import SessionRecommender, bucket_lengths
+from online_models.traced_backbone import traced_backbone
 from streamrec.settings import ModelSettings
 
 BF16_MIN_ITEMS = 262_144
@@ -30,6 +33,9 @@ class SessionScorer:
         self.version = version
         self.index = index
         self._model = model.eval().requires_grad_(False)
+        if model.item_table.device.type == "cpu":
+            lengths = bucket_lengths(model.shape.max_seq_len)
+            model.backbone_call = traced_backbone(model.backbone, lengths)
         n = model.n_items
         # Scoring a large catalog is memory-bound: bfloat16 halves the bytes read per call.
         use_bf16 = table_dtype == "bfloat16" or (table_dtype == "auto" and n >= BF16_MIN_ITEMS)
@@ -67,7 +73,7 @@ class SessionScorer:
         queries, rows, mask = self._queries(histories)
         with torch.inference_mode():
             scores = torch.addmm(self._bias, queries.to(self._table.dtype), self._table.T)
-            return self._model.add_repeat_bonus(scores.float(), rows, mask).numpy()
+            return self._model.add_repeat_bonus(scores.float(), rows, mask, lift=True).numpy()
 
     def top_k(
         self, history: Sequence[str], k: int, exclude: Sequence[str] = ()
@@ -87,4 +93,4 @@ class SessionScorer:
         queries, rows, mask = self._queries([history])
         with torch.inference_mode():
             scores = torch.addmv(self._bias, self._table, queries[0].to(self._table.dtype))
-            return self._model.add_repeat_bonus(scores.float()[None], rows, mask)[0]
+            return self._model.add_repeat_bonus(scores.float()[None], rows, mask, lift=True)[0]

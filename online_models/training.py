@@ -151,7 +151,7 @@ def _loss(
     sessions = model.session_vectors(rows_t, mask_t)
     targets = torch.tensor([index.row(e.target_item) for e in examples], device=device)
     weights = torch.tensor([e.weight for e in examples], dtype=torch.float32, device=device)
-    logits = model.scores(sessions, rows_t, mask_t)
+    logits = model.scores(sessions, rows_t, mask_t, lift=False)
     losses = torch.nn.functional.cross_entropy(logits, targets, reduction="none")
     return (losses * weights).sum() / weights.sum()
 
@@ -182,6 +182,6 @@ def rank_examples(
             rows_t, mask_t = torch.from_numpy(rows).to(device), torch.from_numpy(mask).to(device)
             sessions = model.session_vectors(rows_t, mask_t)
             targets = torch.tensor([index.row(e.target_item) for e in chunk], device=device)
-            scores = model.scores(sessions, rows_t, mask_t)
+            scores = model.scores(sessions, rows_t, mask_t, lift=True)
             ranks.append(target_ranks(scores, targets).cpu().numpy())
     return np.concatenate(ranks) if ranks else np.zeros(0, dtype=np.int64)

@@ -116,7 +116,7 @@ class ModelSettings(BaseSettings):
     num_layers: int = Field(2, ge=1)
     num_heads: int = Field(2, ge=1)
     max_seq_len: int = Field(20, ge=2)
-    dropout: float = Field(0.1, ge=0, lt=1)
+    dropout: float = Field(0.2, ge=0, lt=1)
     initial_items: int = Field(1024, ge=16, description="Initial rows of the item table.")
     store_dir: Path = Path(".streamrec/models")
     catalog_path: Path | None = Field(None, description="Item text catalog for cold start.")
@@ -137,8 +137,8 @@ class TrainSettings(BaseSettings):
 
     model_config = _group("STREAMREC_TRAIN_")
 
-    epochs: int = Field(8, ge=1)
-    batch_size: int = Field(256, ge=1)
+    epochs: int = Field(12, ge=1, description="Cap; early stopping usually ends sooner.")
+    batch_size: int = Field(128, ge=1)
     lr: float = Field(3e-3, gt=0)
     patience: int = Field(2, ge=0)
     validation_fraction: float = Field(0.1, gt=0, lt=1)
@@ -155,8 +155,9 @@ class LearnerSettings(BaseSettings):
 
     batch_size: int = Field(256, ge=1, description="Max examples per micro-batch (B).")
     batch_ms: int = Field(100, ge=1, description="Max wait to fill a micro-batch (T).")
-    lr: float = Field(1e-3, gt=0)
-    row_lr: float = Field(1e-2, ge=0, description="Learning rate of item rows (0 = lr).")
+    lr: float = Field(3e-3, gt=0, description="Adam learning rate of the dense head.")
+    row_lr: float = Field(2.0, gt=0, description="SGD step size of item rows and biases.")
+    steps_per_batch: int = Field(2, ge=1, description="Head steps on each micro-batch.")
     grad_clip: float = Field(1.0, gt=0)
     publish_every_steps: int = Field(20, ge=1, description="Publish after K steps (K).")
     publish_every_s: float = Field(0.5, gt=0, description="...or after S seconds (S).")
@@ -164,7 +165,7 @@ class LearnerSettings(BaseSettings):
     consumer_group: str = "streamrec-learner"
     metrics_port: int = Field(9102, ge=0)
     sampled_negatives: int = Field(
-        2048, ge=0, description="Shared random negatives per step (0 = full softmax)."
+        4096, ge=0, description="Shared random negatives per step (0 = full softmax)."
     )
     device: str = Field("auto", description="auto | cpu | cuda.")
     torch_threads: int = Field(

@@ -77,13 +77,19 @@ def webhook() -> Iterator[WebhookReceiver]:
 
 
 def drift_settings(settings: Settings, webhook_url: str) -> Settings:
-    """A tiny model and short warm-ups so a whole drift cycle fits in a test."""
+    """A tiny model and short warm-ups so a whole drift cycle fits in a test.
+
+    The head learns slowly (one small step per batch): the drift must outrun it, which is
+    the case a full fine-tune is for; the default learner follows this synthetic shift on
+    its own and the gate then rightly rejects the fine-tune.
+    """
     return settings.model_copy(
         update={
             "model": tiny_model(settings, initial_items=16),
             "learner": LearnerSettings(
                 batch_size=64, batch_ms=20, publish_every_steps=5, publish_every_s=60.0,
                 snapshot_every=1000, sampled_negatives=0, metrics_port=0, lr=0.003,
+                row_lr=0.05, steps_per_batch=1,
             ),
             "train": TrainSettings(epochs=6, batch_size=64, lr=0.01, patience=2),
             "drift": DriftSettings(

@@ -302,6 +302,7 @@ def test_no_request_fails_while_versions_are_swapped(served: Served) -> None:
     for thread in threads:
         thread.start()
     try:
+        wait_until(lambda: all(seen), "every client has an answer before the swaps")
         published = [publish_perturbed(served, seed) for seed in range(5)]
         wait_until(lambda: serving_version(served) == published[-1], "last version served")
         wait_until(lambda: seen[0][-1:] == published[-1:], "clients see it")

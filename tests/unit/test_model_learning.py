@@ -86,6 +86,46 @@ def test_non_finite_loss_skips_the_step_and_changes_nothing() -> None:
         np.testing.assert_array_equal(after.tensors[name], value)
 
 
+def test_history_rows_get_gradients_through_the_frozen_encoder() -> None:
+    learner = HeadLearner.from_weights(random_weights(0, SMALL), LearnerSettings(), CPU)
+    examples = chain_examples(64)
+    learner.learn(examples)  # every item has a row now
+    rows, mask = learner._histories(examples)
+    forward = learner._forward(rows, mask)
+    targets = torch.tensor([learner.index.row(e.target_item) for e in examples])
+    before = learner.model.item_table.detach()[forward.inputs].clone()
+    _, skipped = learner._step(forward, rows, mask, targets, torch.ones(len(examples)))
+    assert skipped == ""
+    assert forward.input_rows.grad is not None and forward.input_rows.grad.abs().sum() > 0
+    assert not torch.equal(learner.model.item_table.detach()[forward.inputs], before)
+    assert all(p.grad is None for p in learner.model.backbone.parameters())
+
+
+def test_online_steps_leave_targets_that_repeat_a_session_item_out_of_the_loss() -> None:
+    learner = HeadLearner.from_weights(random_weights(0, SMALL), LearnerSettings(), CPU)
+    learner.learn(chain_examples(64))
+    before = learner.weights()
+    repeats = [TrainingExample(f"r{n}", f"s{n}", ("i1", "i2"), "i1", n) for n in range(8)]
+    outcome = learner.learn(repeats)
+    assert outcome.ranks.max() < 2  # the session's items rank first
+    for name, value in before.tensors.items():
+        np.testing.assert_array_equal(learner.weights().tensors[name], value, err_msg=name)
+    learner.learn([*repeats, TrainingExample("x", "s", ("i1", "i2"), "i3", 9)])
+    assert not np.array_equal(
+        learner.weights().tensors["head.item_table"], before.tensors["head.item_table"]
+    )
+
+
+def test_a_batch_of_purchases_without_history_steps_without_input_rows() -> None:
+    learner = HeadLearner.from_weights(random_weights(0, SMALL), LearnerSettings(), CPU)
+    learner.learn(chain_examples(64))
+    before = learner.weights().tensors["head.projection.bias"].copy()
+    bought = [TrainingExample(f"b{n}", f"s{n}", (), f"i{n}", n, "purchase", 5.0) for n in range(4)]
+    outcome = learner.learn(bought)
+    assert outcome.skipped == "" and math.isfinite(outcome.loss) and outcome.loss > 0
+    assert not np.array_equal(learner.weights().tensors["head.projection.bias"], before)
+
+
 def test_a_new_target_item_is_ranked_well_right_after_its_first_appearance() -> None:
     learner = HeadLearner.from_weights(
         random_weights(0, SMALL), LearnerSettings(sampled_negatives=0), CPU

@@ -18,8 +18,20 @@ def test_scores_are_float32_and_aligned_with_item_ids() -> None:
     scorer = SessionScorer.from_weights(weights, SMALL)
     scores = scorer.score(["item-1", "item-2", "unknown"])
     assert scores.dtype == np.float32 and scores.shape == (50,)
-    assert scorer.item_ids[int(np.argmax(scores))] == "item-7"
+    ranked = [scorer.item_ids[row] for row in np.argsort(-scores)[:3]]
+    # The session's own items come first (lifted), then the best of the rest.
+    assert set(ranked[:2]) == {"item-1", "item-2"} and ranked[2] == "item-7"
     assert scorer.version == weights.version
+
+
+def test_session_items_rank_first_in_the_model_order_among_themselves() -> None:
+    weights = random_weights(50, SMALL)
+    weights.tensors[ITEM_BIAS][3] = 5.0  # item-3 beats item-4 on the model's own score
+    scorer = SessionScorer.from_weights(weights, SMALL)
+    ids, _ = scorer.top_k(["item-4", "item-3"], 3)
+    assert ids[:2] == ["item-3", "item-4"]
+    ids, _ = scorer.top_k(["item-4", "item-3", "item-4"], 3)
+    assert ids[0] == "item-4"  # clicked twice: lifted twice
 
 
 def test_batch_scores_match_single_scores_and_unknown_items_are_ignored() -> None:
