@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from transformers import BertConfig, BertModel
 
+from online_models.last_position_encoder import last_position_state
 from online_models.model_weights import ITEM_BIAS, ITEM_TABLE, ModelShape, ModelWeights
 
 PROJECTION_PREFIX = "head.projection."
@@ -35,16 +36,8 @@ def bucket_lengths(full: int) -> tuple[int, ...]:
     return (*(b for b in LENGTH_BUCKETS if b < full), full)
 
 
+# (item vectors, padding mask, positions) -> the last position's state, B x H.
 BackboneCall = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-def last_hidden(
-    backbone: BertModel, embeds: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor
-) -> torch.Tensor:
-    """The backbone's last hidden states for item vectors, padding mask and positions."""
-    return backbone(
-        inputs_embeds=embeds, attention_mask=mask, position_ids=positions
-    ).last_hidden_state
 
 
 def backbone_config(shape: ModelShape, dropout: float = 0.0) -> BertConfig:
@@ -80,7 +73,7 @@ class SessionRecommender(nn.Module):
         self.repeat_bonus = nn.Parameter(torch.zeros(shape.max_seq_len))
         self.n_items = 0
         # What runs the backbone in ``encode``; serving swaps in a traced copy.
-        self.backbone_call: BackboneCall = partial(last_hidden, self.backbone)
+        self.backbone_call: BackboneCall = partial(last_position_state, self.backbone)
         self._init_scale = 1.0 / shape.hidden_size**0.5
         self._generator = torch.Generator().manual_seed(seed)
 
@@ -144,7 +137,7 @@ class SessionRecommender(nn.Module):
             state = self.backbone_call(
                 embeds, mask[members, -high:], positions.expand(members.numel(), high)
             )
-            out = out.index_copy(0, members, state[:, -1].to(out.dtype))
+            out = out.index_copy(0, members, state.to(out.dtype))
         return out
 
     def session_vectors(self, rows: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

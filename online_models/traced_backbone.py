@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from transformers import BertModel
 
-from online_models.session_model import last_hidden
+from online_models.last_position_encoder import last_position_state
 from streamrec.structured_log import log_event
 
 logger = logging.getLogger(__name__)
@@ -34,7 +34,7 @@ CACHED_BACKBONES = 2
 TOLERANCE = 1e-5
 
 
-class _LastHidden(nn.Module):
+class _LastPosition(nn.Module):
     """The backbone as a plain function of tensors (what tracing needs)."""
 
     def __init__(self, backbone: BertModel) -> None:
@@ -44,14 +44,14 @@ class _LastHidden(nn.Module):
     def forward(
         self, embeds: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor
     ) -> torch.Tensor:
-        return last_hidden(self.backbone, embeds, mask, positions)
+        return last_position_state(self.backbone, embeds, mask, positions)
 
 
 class TracedBackbone:
     """Calls the traced graph for the input's length, the eager backbone otherwise."""
 
     def __init__(self, backbone: BertModel, lengths: tuple[int, ...]) -> None:
-        self._eager = _LastHidden(backbone).eval()
+        self._eager = _LastPosition(backbone).eval()
         self._graphs: dict[int, torch.jit.ScriptModule] = {}
         for length in lengths:
             graph = _trace(self._eager, length)
@@ -81,7 +81,7 @@ def _probe(length: int, hidden: int) -> tuple[torch.Tensor, torch.Tensor, torch.
     return embeds, mask, positions
 
 
-def _trace(eager: _LastHidden, length: int) -> torch.jit.ScriptModule | None:
+def _trace(eager: _LastPosition, length: int) -> torch.jit.ScriptModule | None:
     hidden = eager.backbone.config.hidden_size
     example = _probe(length, hidden)
     try:
