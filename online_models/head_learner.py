@@ -100,10 +100,10 @@ class HeadLearner:
     def learn(self, examples: Sequence[TrainingExample]) -> BatchOutcome:
         """Score the batch with the current weights, then take the head steps on it.
 
-        The first step reuses the scoring pass (one encoder pass per batch instead of two:
-        the encoder is most of a step's cost), so its histories leave out items that were
-        new in this batch; later steps (``steps_per_batch`` > 1) encode them again with
-        every item in.
+        The first step reuses the scoring pass (one encoder forward per batch saved: with
+        its backward, the encoder is about a quarter of a batch), so its histories leave
+        out items that were new in this batch; later steps (``steps_per_batch`` > 1) encode
+        them again with every item in.
         """
         started = time.perf_counter()
         model, index, device = self.model, self.index, self.device
@@ -113,6 +113,7 @@ class HeadLearner:
         with torch.no_grad():  # float32: the lift must not eat the scores' low bits
             scores = model.scores(forward.sessions.detach(), rows, mask, lift=True)
             ranks = target_ranks(scores, known)
+        histories_grow = any(item not in index for e in examples for item in e.history)
         new_ids = index.add_all(
             item for e in examples for item in (*e.history, e.target_item) if item not in index
         )
@@ -125,7 +126,9 @@ class HeadLearner:
         )
         for number in range(self.settings.steps_per_batch):
             if number:
-                rows, mask = self._histories(examples)
+                if histories_grow:  # encoded again only when they hold a new item
+                    rows, mask = self._histories(examples)
+                    histories_grow = False
                 forward = self._forward(rows, mask)
             outcome.loss, outcome.skipped = self._step(forward, rows, mask, targets, weights)
             if outcome.skipped:
