@@ -3,7 +3,7 @@
 Built once per model version (``SessionScorer.from_weights``); the item matrix is kept
 as one contiguous float32 tensor and each call does one encoder pass plus one
 matrix-vector product. On CPU the encoder runs as a traced TorchScript graph
-(``traced_backbone``: about 4x less time per call, shared by every version with the same
+(``traced_backbone``: about half the time per call, shared by every version with the same
 backbone). The scorer is read-only after construction, so one instance can
 be shared by threads and swapped atomically when a new version arrives.
 """
