@@ -17,7 +17,7 @@ from bisect import bisect_right
 
 import orjson
 
-from flows.session_features import SessionFeatures
+from streamrec.session_features import SessionFeatures
 
 NO_TS = -1
 

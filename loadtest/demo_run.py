@@ -46,7 +46,7 @@ from streamrec.topics import Topics
 from streamrec.training_examples import TrainingExample, decode_example
 
 if TYPE_CHECKING:
-    from online_models.model_weights import ModelWeights
+    from online_models.model.weights import ModelWeights
 
 console = Console(stderr=True)
 HR_WINDOW = 2000
@@ -109,7 +109,7 @@ def _examples(settings: Settings) -> Iterator[TrainingExample]:
 
 def load_version(settings: Settings, version: int) -> ModelWeights:
     """Weights of ``version``, held in memory (the registry may prune it during the run)."""
-    from online_models.weight_registry import WeightRegistry
+    from online_models.registry.weight_registry import WeightRegistry
 
     client = redis.Redis.from_url(settings.redis.redis_url.get_secret_value())
     return WeightRegistry(settings, client).load(version)
@@ -117,7 +117,7 @@ def load_version(settings: Settings, version: int) -> ModelWeights:
 
 def static_hr_series(settings: Settings, weights: ModelWeights) -> Series:
     """Windowed HR@20 of the frozen first model over this run's training examples."""
-    from online_models.session_scorer import SessionScorer
+    from online_models.model.scorer import SessionScorer
 
     scorer = SessionScorer.from_weights(weights, settings.model)
     examples = sorted(_examples(settings), key=lambda e: e.ts)

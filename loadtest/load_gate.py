@@ -66,7 +66,7 @@ def run_load_gate(
 
 
 def _registry_empty(settings: Settings) -> bool:
-    from online_models.weight_registry import WeightRegistry
+    from online_models.registry.weight_registry import WeightRegistry
 
     client = redis.Redis.from_url(settings.redis.redis_url.get_secret_value())
     return WeightRegistry(settings, client).current_version() is None

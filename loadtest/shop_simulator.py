@@ -28,7 +28,7 @@ import numpy as np
 import orjson
 from confluent_kafka import OFFSET_END, TopicPartition
 
-from serving.load_generator import build_request, read_response
+from loadtest.http_load import build_request, read_response
 from streamrec.kafka_clients import make_consumer
 from streamrec.settings import load_settings
 from streamrec.topics import Topics

@@ -35,10 +35,10 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from flows.session_features import SessionFeatures, decode_session_features
 from serving.hot_swap import ModelFollower, ModelHolder, Scorer, VersionSource
 from serving.impression_log import ImpressionLog
 from serving.item_categories import read_item_categories
+from serving.metrics import ServingMetrics
 from serving.openapi import openapi_document
 from serving.recommend_request import (
     RecommendRequest,
@@ -55,8 +55,8 @@ from serving.recommender import (
     recommend_popular,
 )
 from serving.score_batcher import ScoreBatcher
-from serving.service_metrics import ServingMetrics
 from streamrec.redis_keys import RedisKeys
+from streamrec.session_features import SessionFeatures, decode_session_features
 from streamrec.settings import Settings, load_settings
 from streamrec.structured_log import configure_logging, log_event
 from streamrec.topics import Topics
@@ -384,8 +384,8 @@ def create_app(
     if registry is None or build_scorer is None:
         import torch
 
-        from online_models.session_scorer import SessionScorer
-        from online_models.weight_registry import WeightLoadError, WeightRegistry
+        from online_models.model.scorer import SessionScorer
+        from online_models.registry.weight_registry import WeightLoadError, WeightRegistry
 
         # One scoring thread per worker: workers, not threads, use the cores.
         torch.set_num_threads(settings.model.scorer_threads or 1)
@@ -408,7 +408,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         state.start()
-        log_event(logger, "serving_started", port=settings.serving.port)
+        log_event(logger, "serving_worker_started")
         yield
         await state.stop()
 

@@ -27,7 +27,7 @@ import numpy as np
 import redis
 
 from serving.item_categories import CategoryIndex
-from serving.service_metrics import ServingMetrics
+from serving.metrics import ServingMetrics
 from streamrec.structured_log import log_event
 
 logger = logging.getLogger(__name__)

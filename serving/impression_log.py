@@ -20,7 +20,7 @@ from typing import Any
 
 from confluent_kafka import KafkaError, Producer
 
-from serving.service_metrics import ServingMetrics
+from serving.metrics import ServingMetrics
 from streamrec.events import Event, encode_event
 from streamrec.structured_log import log_event
 

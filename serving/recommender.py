@@ -13,10 +13,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from flows.session_features import SessionFeatures
 from serving.hot_swap import ModelSnapshot
 from serving.recommend_request import RecommendRequest
 from serving.top_k import top_k
+from streamrec.session_features import SessionFeatures
 
 POPULAR = "popular"
 CATEGORY_POPULAR_DEPTH = 1000

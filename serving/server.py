@@ -15,6 +15,7 @@ registry follower and flushes queued impressions to Kafka (up to ``shutdown_grac
 
 from __future__ import annotations
 
+import logging
 import math
 import signal
 import subprocess
@@ -24,6 +25,9 @@ import urllib.request
 from pathlib import Path
 
 from streamrec.settings import ServingSettings
+from streamrec.structured_log import log_event
+
+logger = logging.getLogger(__name__)
 
 APP_FACTORY = "serving.app:app_from_environment"
 
@@ -34,6 +38,7 @@ def serve(settings: ServingSettings) -> None:
     from granian.http import HTTP1Settings
     from granian.server import Server
 
+    log_event(logger, "serving_started", port=settings.port, workers=settings.workers)
     Server(
         APP_FACTORY,
         address=settings.host,
@@ -64,7 +69,7 @@ def spawn_server(
     child_env = env | {"STREAMREC_SERVING_PORT": str(port)}
     log = open(log_path, "ab") if log_path else None  # noqa: SIM115 - the child keeps it
     process = subprocess.Popen(
-        [sys.executable, "-m", "streamrec.cli", "serve"],
+        [sys.executable, "-m", "cli", "serve"],
         env=child_env,
         stdout=subprocess.DEVNULL,
         stderr=log,

@@ -39,7 +39,7 @@ class ProcessSpec:
 
 def streamrec_command(*args: str) -> tuple[str, ...]:
     """The command line running a ``streamrec`` subcommand with this interpreter."""
-    return (sys.executable, "-m", "streamrec.cli", *args)
+    return (sys.executable, "-m", "cli", *args)
 
 
 @dataclass(slots=True)

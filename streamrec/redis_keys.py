@@ -1,7 +1,7 @@
 """The Redis key layout: every key streamrec reads or writes is built here.
 
 All keys start with the configured ``key_prefix`` so deployments and tests can share a
-server. The fields of the session hash are defined by ``flows/session_features.py``.
+server. The fields of the session hash are defined by ``streamrec/session_features.py``.
 Layout (``{p}`` is the prefix, ``{sid}`` a session id):
 
 | key | type | written by | holds |

@@ -244,7 +244,7 @@ class DriftSettings(BaseSettings):
     )
     detectors: str = Field(
         "hit_rate,loss,category_share,new_items,session_length,ctr",
-        description="Comma-separated detectors to run (see online_models/drift_detectors.py).",
+        description="Comma-separated detectors to run (see online_models/drift/detectors.py).",
     )
     warmup_examples: int = Field(1000, ge=0)
     min_alert_spacing: int = Field(5000, ge=0, description="Examples between two alerts.")

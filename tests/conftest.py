@@ -29,7 +29,8 @@ from streamrec.settings import (
 )
 from streamrec.topics import Topics
 
-SAMPLE_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "yoochoose-sample"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SAMPLE_DIR = REPO_ROOT.parent / "shared" / "data" / "yoochoose-sample"
 
 
 def free_port() -> int:

@@ -1,7 +1,7 @@
 """The drift monitor killed and restarted: no alert twice, no signal skipped, dead webhook ok.
 
 The learner is simulated by writing its signal records straight into the Redis stream
-(the fields ``online_models.learner`` writes), so the test is about the monitor alone.
+(the fields ``online_models.learner.loop`` writes), so the test is about the monitor alone.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import redis
 
-from online_models.alert_tail import latest_alerts
-from online_models.drift_loop import DriftLoop
-from online_models.finetune_status import read_status
+from online_models.alerts.tail import latest_alerts
+from online_models.drift.loop import DriftLoop
+from online_models.finetune.status import read_status
 from streamrec.redis_keys import RedisKeys
 from streamrec.settings import DriftSettings, Settings
 from tests.conftest import free_port

@@ -25,7 +25,7 @@ from tests.integration.test_feature_flow import (
     read_state,
     run_flow_in_process,
 )
-from tests.unit.test_flow_reference import reference_features, sample_events
+from tests.unit.flows.test_shard import reference_features, sample_events
 
 pytestmark = pytest.mark.faults
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from online_models.weight_registry import WeightRegistry
+from online_models.registry.weight_registry import WeightRegistry
 from streamrec.settings import Settings
 from tests.integration.test_learner import make_examples, produce, small_settings
 
@@ -45,7 +45,7 @@ def learner_env(settings: Settings) -> dict[str, str]:
 
 def start_learner(settings: Settings, log: Path, *extra: str) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "streamrec.cli", "learn", *extra],
+        [sys.executable, "-m", "cli", "learn", *extra],
         env=learner_env(settings),
         stdout=subprocess.DEVNULL,
         stderr=log.open("ab"),

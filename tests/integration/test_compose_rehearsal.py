@@ -113,7 +113,7 @@ class Rehearsal:
             return f"127.0.0.1:{self.hosts[host]}" if host in self.hosts else match.group(0)
 
         rest = [re.sub(r"([\w-]+):(\d+)", to_loopback, arg) for arg in argv[1:]]
-        return [sys.executable, "-m", "streamrec.cli", *rest]
+        return [sys.executable, "-m", "cli", *rest]
 
     def start(self, service: str) -> subprocess.Popen:
         log = open(self.root / f"{service}.log", "ab")  # noqa: SIM115 - the child keeps it
@@ -180,7 +180,7 @@ def test_the_compose_services_run_the_loop(
             return "\n".join(f"--- {s}\n{rehearsal.log_tail(s)}" for s in LONG_RUNNING)
 
         replay = subprocess.run(
-            [sys.executable, "-m", "streamrec.cli", "replay", "--limit", "3000"],
+            [sys.executable, "-m", "cli", "replay", "--limit", "3000"],
             env=env,
             capture_output=True,
             timeout=120,

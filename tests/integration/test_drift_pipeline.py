@@ -1,7 +1,7 @@
 """Drift end to end on the real broker and Redis: learner -> monitor -> alerts -> fine-tune.
 
 The abrupt scenario's training examples go on the topic; the real online learner
-(``online_models.learner.Learner``) learns from them and writes its signal stream; the drift
+(``online_models.learner.loop.Learner``) learns from them and writes its signal stream; the drift
 monitor (``DriftLoop``) reads it and the examples, alerts on every sink, and spawns the
 fine-tune process, whose candidate is promoted and adopted by the learner.
 """
@@ -19,14 +19,14 @@ import pytest
 import redis
 
 from loadtest.synthetic_traffic import GeneratorConfig, Scenario, generate
-from online_models import drift_metrics
-from online_models.alert_tail import latest_alerts
-from online_models.alerts import decode_alert
-from online_models.drift_loop import run_drift_monitor
-from online_models.finetune_status import read_status
-from online_models.history_examples import examples_from_events
-from online_models.learner import Learner
-from online_models.weight_registry import WeightRegistry
+from online_models.alerts.tail import latest_alerts
+from online_models.drift import metrics as drift_metrics
+from online_models.drift.loop import run_drift_monitor
+from online_models.finetune.status import read_status
+from online_models.learner.loop import Learner
+from online_models.offline.history_examples import examples_from_events
+from online_models.registry.weight_registry import WeightRegistry
+from streamrec.alerts import decode_alert
 from streamrec.events import Event, parse_event
 from streamrec.kafka_clients import make_producer
 from streamrec.redis_keys import RedisKeys

@@ -21,21 +21,21 @@ from bytewax.recovery import RecoveryConfig
 from bytewax.testing import run_main
 from confluent_kafka import Consumer, TopicPartition
 
+from flows.dataflow import build_flow
 from flows.dead_letter import decode_dead_letter
-from flows.feature_flow import build_flow
-from flows.feature_shard import FeatureConfig
-from flows.flow_runner import ensure_recovery_dir
-from flows.session_features import SessionFeatures, decode_session_features
+from flows.runner import ensure_recovery_dir
+from flows.shard import FeatureConfig
 from loadtest.traffic_replay import replay
 from streamrec.events import Event, RejectReason, encode_event
 from streamrec.kafka_clients import ensure_topics, make_producer
 from streamrec.redis_keys import RedisKeys
+from streamrec.session_features import SessionFeatures, decode_session_features
 from streamrec.settings import Settings
 from streamrec.topics import Topics
 from streamrec.training_examples import decode_example
 from tests.conftest import free_port
 from tests.kafka_reading import read_topic
-from tests.unit.test_flow_reference import reference_features, run_shard, sample_events
+from tests.unit.flows.test_shard import reference_features, run_shard, sample_events
 
 pytestmark = pytest.mark.integration
 
@@ -106,7 +106,7 @@ def flow_process(settings: Settings, *args: str, log: Path | None = None) -> sub
     """Start ``streamrec flow ARGS`` with these settings."""
     out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115 - child keeps it
     return subprocess.Popen(
-        [sys.executable, "-m", "streamrec.cli", "flow", *args],
+        [sys.executable, "-m", "cli", "flow", *args],
         env=flow_env(settings),
         stdout=out,
         stderr=out,

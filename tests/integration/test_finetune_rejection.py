@@ -7,11 +7,11 @@ import random
 import pytest
 import redis
 
-from online_models.alert_tail import latest_alerts
-from online_models.finetune_job import FinetuneRequest, run_finetune
-from online_models.finetune_status import read_status
-from online_models.model_weights import random_weights
-from online_models.weight_registry import WeightRegistry
+from online_models.alerts.tail import latest_alerts
+from online_models.finetune.job import FinetuneRequest, run_finetune
+from online_models.finetune.status import read_status
+from online_models.model.recommender import random_weights
+from online_models.registry.weight_registry import WeightRegistry
 from streamrec.kafka_clients import make_producer
 from streamrec.redis_keys import RedisKeys
 from streamrec.settings import DriftSettings, Settings, TrainSettings

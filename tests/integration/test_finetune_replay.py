@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from online_models.finetune_replay import read_replay
+from online_models.finetune.replay import read_replay
 from streamrec.kafka_clients import make_producer
 from streamrec.settings import Settings
 from streamrec.topics import Topics

@@ -11,9 +11,10 @@ import orjson
 import pytest
 import redis
 
-from online_models.learner import Learner, PublishRecord
-from online_models.model_weights import ModelWeights, random_weights
-from online_models.weight_registry import WeightRegistry
+from online_models.learner.loop import Learner, PublishRecord
+from online_models.model.recommender import random_weights
+from online_models.model.weights import ModelWeights
+from online_models.registry.weight_registry import WeightRegistry
 from streamrec.kafka_clients import make_producer
 from streamrec.redis_keys import RedisKeys
 from streamrec.settings import LearnerSettings, Settings

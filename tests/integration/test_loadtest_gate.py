@@ -39,7 +39,7 @@ def test_loadtest_fails_when_an_slo_is_impossible_and_passes_the_others(
         [
             sys.executable,
             "-m",
-            "streamrec.cli",
+            "cli",
             "loadtest",
             str(settings.data_dir),
             "--start-loop",

@@ -16,7 +16,7 @@ from tests.conftest import free_port
 
 def run_cli(*args: str, env: dict[str, str]) -> dict:
     out = subprocess.run(
-        [sys.executable, "-m", "streamrec.cli", *args],
+        [sys.executable, "-m", "cli", *args],
         env=env,
         check=True,
         capture_output=True,

@@ -20,8 +20,9 @@ import pytest
 import redis
 from starlette.testclient import TestClient
 
-from online_models.model_weights import ModelWeights, random_weights
-from online_models.weight_registry import WeightRegistry
+from online_models.model.recommender import random_weights
+from online_models.model.weights import ModelWeights
+from online_models.registry.weight_registry import WeightRegistry
 from serving.app import create_app
 from streamrec.settings import ServingSettings, Settings
 from tests.conftest import tiny_model
@@ -41,7 +42,7 @@ def streamrec(settings: Settings, *args: str) -> subprocess.CompletedProcess[str
         "STREAMREC_LOG_LEVEL": "WARNING",
     }
     return subprocess.run(
-        [sys.executable, "-m", "streamrec.cli", *args],
+        [sys.executable, "-m", "cli", *args],
         capture_output=True, text=True, env=env, cwd=ROOT, timeout=60,
     )  # fmt: skip
 

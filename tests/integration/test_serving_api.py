@@ -20,10 +20,10 @@ import orjson
 import pytest
 import redis
 
-from flows.session_features import SessionFeatures, encode_session_features
-from online_models.model_weights import ITEM_TABLE, ModelWeights, random_weights
-from online_models.session_scorer import SessionScorer
-from online_models.weight_registry import WeightRegistry
+from online_models.model.recommender import random_weights
+from online_models.model.scorer import SessionScorer
+from online_models.model.weights import ITEM_TABLE, ModelWeights
+from online_models.registry.weight_registry import WeightRegistry
 from serving.openapi import (
     ErrorResponse,
     HealthResponse,
@@ -35,6 +35,7 @@ from serving.openapi import (
 from serving.server import spawn_server, stop_server
 from streamrec.kafka_clients import ensure_topics
 from streamrec.redis_keys import RedisKeys
+from streamrec.session_features import SessionFeatures, encode_session_features
 from streamrec.settings import (
     KafkaSettings,
     ModelSettings,

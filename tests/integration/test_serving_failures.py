@@ -12,8 +12,8 @@ from starlette.testclient import TestClient
 
 from serving.app import create_app
 from streamrec.settings import RedisSettings, ServingSettings, Settings
-from tests.unit.test_hot_swap import ITEMS, FakeRegistry, FakeScorer
-from tests.unit.test_serving_openapi import NullProducer
+from tests.unit.serving.test_hot_swap import ITEMS, FakeRegistry, FakeScorer
+from tests.unit.serving.test_openapi import NullProducer
 
 
 @pytest.fixture

@@ -12,8 +12,8 @@ import httpx
 import pytest
 import redis
 
-from online_models.model_weights import random_weights
-from online_models.weight_registry import WeightRegistry
+from online_models.model.recommender import random_weights
+from online_models.registry.weight_registry import WeightRegistry
 from serving.server import spawn_server, stop_server
 from streamrec.settings import ModelSettings, RedisSettings, Settings
 from tests.conftest import free_port

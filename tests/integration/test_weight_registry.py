@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import redis
 
-from online_models.model_weights import ITEM_BIAS, ITEM_TABLE, WeightDelta, random_weights
-from online_models.weight_registry import WeightLoadError, WeightRegistry
+from online_models.model.recommender import random_weights
+from online_models.model.weights import ITEM_BIAS, ITEM_TABLE, WeightDelta
+from online_models.registry.weight_registry import WeightLoadError, WeightRegistry
 from streamrec.redis_keys import RedisKeys
 from streamrec.settings import ModelSettings, Settings
 

@@ -1,0 +1,41 @@
+"""The ``streamrec`` command: every command group registered in one place."""
+
+from __future__ import annotations
+
+import typer
+
+from cli import (
+    alerts,
+    bench,
+    drift,
+    flow,
+    learning,
+    loadtest,
+    loop,
+    model,
+    services,
+    serving,
+    traffic,
+)
+
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    help="The streamrec command line: one entry point for every stage of the loop.",
+)
+# Top-level commands, by the stage they run.
+for commands in (loop, traffic, flow, learning, drift, serving, loadtest):
+    app.add_typer(commands.app)
+# Sub-command groups: ``streamrec services up``, ``streamrec bench flow``, ...
+app.add_typer(services.app, name="services")
+app.add_typer(alerts.app, name="alerts")
+app.add_typer(model.app, name="model")
+app.add_typer(bench.app, name="bench")
+
+
+def main() -> None:
+    app(prog_name="streamrec")
+
+
+if __name__ == "__main__":
+    main()

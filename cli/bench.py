@@ -1,0 +1,112 @@
+"""``streamrec bench events|flow|learner|serving|drift``: benchmarks, each one JSON line.
+
+The benchmarks themselves live in ``loadtest/bench/``; where one reports a ratio, it runs
+its baseline in the same process run.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from cli.output import print_json_line, settings_from_env
+
+app = typer.Typer(no_args_is_help=True, help="Benchmarks: each prints one JSON line.")
+
+
+@app.command("events")
+def bench_events(
+    rounds: Annotated[int, typer.Option(help="Timed passes over the sample.")] = 5,
+) -> None:
+    """Parse+validate cost per event on the sample's events (median of rounds)."""
+    from loadtest.bench.events import run_event_benchmark
+    from streamrec.settings import load_settings
+
+    print_json_line(run_event_benchmark(load_settings(), rounds))
+
+
+@app.command("flow")
+def bench_flow(
+    events: Annotated[int, typer.Option(help="Events to replay through the flow.")] = 500_000,
+    freshness_s: Annotated[
+        float, typer.Option(help="Length of the half-throughput freshness phase.")
+    ] = 8.0,
+    rounds: Annotated[int, typer.Option(help="Timed runs of ceiling and flow (median).")] = 3,
+    freshness_rate: Annotated[
+        float | None,
+        typer.Option(help="Events/s of the freshness phase (default: half the throughput)."),
+    ] = None,
+) -> None:
+    """End-to-end flow throughput vs. its source ceiling, then freshness at half rate."""
+    from loadtest.bench.flow import run_flow_benchmark
+
+    print_json_line(
+        run_flow_benchmark(settings_from_env(), events, freshness_s, rounds, freshness_rate)
+    )
+
+
+@app.command("learner")
+def bench_learner(
+    examples: Annotated[int, typer.Option(help="Examples through the head step.")] = 60_000,
+    seconds: Annotated[float, typer.Option(help="Event-to-weights run length.")] = 20.0,
+    rate: Annotated[float, typer.Option(help="Examples/s produced in that run.")] = 2000.0,
+) -> None:
+    """Head-update throughput, publish cost and event-to-weights latency (one JSON line)."""
+    from loadtest.bench.learner import run_learner_benchmark
+
+    print_json_line(run_learner_benchmark(settings_from_env(), examples, seconds, rate))
+
+
+@app.command("serving")
+def bench_serving(
+    duration_s: Annotated[float, typer.Option(help="Measured seconds per run.")] = 20.0,
+    concurrency: Annotated[int, typer.Option(help="Open connections of the client.")] = 8,
+    workers: Annotated[
+        int | None, typer.Option(help="Server worker processes (default: from config).")
+    ] = None,
+    swaps: Annotated[int, typer.Option(help="Versions published during the run.")] = 12,
+    large_items: Annotated[
+        int, typer.Option(help="Synthetic catalog size (0 skips that run).")
+    ] = 1_000_000,
+    large_concurrency: Annotated[
+        int, typer.Option(help="Connections for the large-catalog run.")
+    ] = 2,
+) -> None:
+    """Latency and throughput of /recommend with hot swaps; prints one JSON line."""
+    from loadtest.bench.serving import BenchConfig, run_serving_benchmark
+
+    settings = settings_from_env()
+    config = BenchConfig(
+        duration_s=duration_s,
+        concurrency=concurrency,
+        workers=workers or settings.serving.workers,
+        swaps=swaps,
+        large_items=large_items,
+        large_concurrency=large_concurrency,
+    )
+    print_json_line(run_serving_benchmark(settings, config))
+
+
+@app.command("drift")
+def bench_drift(
+    stationary_examples: Annotated[
+        int, typer.Option(help="Examples in the stationary false-alarm run (>= 1M for the target).")
+    ] = 1_000_000,
+    events: Annotated[int, typer.Option(help="Events per abrupt/gradual scenario.")] = 40_000,
+    seeds: Annotated[int, typer.Option(help="Seeds per scenario (medians reported).")] = 3,
+    finetune: Annotated[
+        bool, typer.Option(help="Run the recovery comparison with a drift fine-tune.")
+    ] = True,
+    pipeline: Annotated[
+        bool, typer.Option(help="Also run the abrupt scenario through broker, learner, monitor.")
+    ] = False,
+) -> None:
+    """Detection delay, false alarms per million, recovery with/without a fine-tune."""
+    from loadtest.bench.drift import run_drift_benchmark
+
+    print_json_line(
+        run_drift_benchmark(
+            settings_from_env(), stationary_examples, events, seeds, finetune, pipeline
+        )
+    )

@@ -1,0 +1,26 @@
+"""What every command shares: settings from the environment and one-JSON-line output."""
+
+from __future__ import annotations
+
+import sys
+
+import orjson
+from rich.console import Console
+
+from streamrec.settings import Settings, load_settings
+from streamrec.structured_log import configure_logging
+
+console = Console(stderr=True)
+
+
+def settings_from_env() -> Settings:
+    """Settings for a command, with logging configured from them."""
+    settings = load_settings()
+    configure_logging(settings.log_level)
+    return settings
+
+
+def print_json_line(data: object) -> None:
+    """Benchmarks and ``--json`` outputs: exactly one JSON line on stdout."""
+    sys.stdout.write(orjson.dumps(data).decode() + "\n")
+    sys.stdout.flush()

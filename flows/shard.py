@@ -1,0 +1,214 @@
+"""The state of one shard of sessions: applies events, yields what to write and to emit.
+
+``FeatureShard.apply`` is the whole feature logic of the flow, free of Kafka, Redis and
+Bytewax: it deduplicates, orders, updates the sessions, builds training examples and
+popularity events, and returns the *absolute* hash of every session it changed, so
+writing the output twice (a replay after a crash) leaves the same Redis state.
+
+Idle sessions leave the state once event time has moved ``session_ttl`` past their last
+event (Redis expires their hash on its own clock). Event time here is the *slowest* input
+partition's newest event (a watermark per topic partition, then the minimum): the
+purchases stream is sparse and, in a backlog, read far ahead of the clicks, so the newest
+event overall would evict sessions whose clicks are still to come. Nothing is evicted
+before every input topic has been seen. An input partition that stops receiving events
+holds eviction back (memory grows; features stay right). A
+duplicate of an evicted session's event would start a new session; at a 7-day TTL that
+is far beyond any producer retry.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import orjson
+
+from flows.dead_letter import encode_dead_letter
+from flows.event_routing import ShardInput
+from flows.example_builder import click_example, purchase_example
+from flows.session_state import NO_TS, SessionState
+from streamrec.session_features import encode_session_features
+from streamrec.settings import FlowSettings
+from streamrec.training_examples import encode_example
+
+SWEEPS_PER_TTL = 8
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureConfig:
+    """The knobs of the feature logic, resolved once from ``FlowSettings``."""
+
+    history_len: int = 50
+    lateness_ms: int = 5000
+    session_ttl_ms: int = 7 * 86_400_000
+    purchase_weight: float = 5.0
+    input_topics: int = 2
+
+    @classmethod
+    def from_settings(cls, settings: FlowSettings) -> FeatureConfig:
+        return cls(
+            history_len=settings.history_len,
+            lateness_ms=int(settings.lateness_s * 1000),
+            session_ttl_ms=settings.session_ttl_s * 1000,
+            purchase_weight=settings.purchase_weight,
+        )
+
+
+@dataclass(slots=True)
+class ShardOutput:
+    """What one ``apply`` produced: writes for Redis, messages for Kafka, counts for metrics.
+
+    ``sessions`` holds only the sessions changed by this batch, each as its full hash.
+    ``dead_letters`` are ``(key, value)`` message bytes; ``examples`` are ``(key, value,
+    timestamp_ms)`` where the timestamp is the source event's own Kafka timestamp, so the
+    learner can measure event-to-weights latency from the moment the click was produced.
+    ``popularity`` lists ``(item_id, ts_ms, weight)`` of the applied events;
+    ``item_categories`` maps clicked items to the category their click carried (serving's
+    category filter reads it).
+    ``produce_ms`` and ``read_ms`` hold, per input event, its Kafka produce time and when
+    the flow read it (for freshness).
+    """
+
+    sessions: dict[str, dict[str, bytes]] = field(default_factory=dict)
+    examples: list[tuple[bytes, bytes, int]] = field(default_factory=list)
+    dead_letters: list[tuple[bytes, bytes]] = field(default_factory=list)
+    popularity: list[tuple[str, int, float]] = field(default_factory=list)
+    item_categories: dict[str, str] = field(default_factory=dict)
+    produce_ms: list[int] = field(default_factory=list)
+    read_ms: list[float] = field(default_factory=list)
+    events: int = 0
+    duplicates: int = 0
+    late: int = 0
+    evicted: int = 0
+
+
+class FeatureShard:
+    """Sessions of one shard, keyed by session id."""
+
+    def __init__(self, config: FeatureConfig) -> None:
+        self.config = config
+        self.sessions: dict[str, SessionState] = {}
+        self.encoded: dict[str, bytes] = {}
+        self.dirty: set[str] = set()
+        self.source_watermarks: dict[tuple[str, int], int] = {}
+        self.next_sweep_ms = NO_TS
+
+    def apply(self, inputs: list[ShardInput]) -> ShardOutput:
+        """Apply the inputs in order; return the changed sessions and what to emit."""
+        config = self.config
+        history_len, lateness_ms = config.history_len, config.lateness_ms
+        purchase_weight = config.purchase_weight
+        sessions = self.sessions
+        out = ShardOutput()
+        examples = out.examples
+        popularity = out.popularity
+        item_categories = out.item_categories
+        changed: dict[str, SessionState] = {}
+        duplicates = late = 0
+        for shard_input in inputs:
+            topic, partition = shard_input.topic, shard_input.partition
+            newest = NO_TS
+            out.events += len(shard_input.events)
+            out.produce_ms.extend(shard_input.produce_ms)
+            out.read_ms.extend([shard_input.read_ms] * len(shard_input.produce_ms))
+            for letter in shard_input.dead_letters:
+                out.dead_letters.append((letter.key, encode_dead_letter(letter)))
+            for event, offset, produced_ms in zip(
+                shard_input.events, shard_input.offsets, shard_input.produce_ms, strict=True
+            ):
+                session_id = event.session_id
+                state = sessions.get(session_id)
+                if state is None:
+                    state = sessions[session_id] = SessionState()
+                if not state.record(event.event_id):
+                    duplicates += 1
+                    continue
+                ts = event.ts
+                if ts > newest:
+                    newest = ts
+                late_before = state.late
+                if event.type == "click":
+                    history = state.apply_click(
+                        ts, event.item_id, event.category, history_len, lateness_ms
+                    )
+                    if history:
+                        example = click_example(
+                            event, history, event.item_id in state.bought, topic, partition, offset
+                        )
+                        examples.append((session_id.encode(), encode_example(example), produced_ms))
+                    popularity.append((event.item_id, ts, 1.0))
+                    if event.category:
+                        item_categories[event.item_id] = event.category
+                else:
+                    history = state.apply_purchase(ts, event.item_id, history_len, lateness_ms)
+                    example = purchase_example(
+                        event, history, purchase_weight, topic, partition, offset
+                    )
+                    examples.append((session_id.encode(), encode_example(example), produced_ms))
+                    popularity.append((event.item_id, ts, purchase_weight))
+                late += state.late - late_before
+                changed[session_id] = state
+            source = (topic, partition)
+            if newest > self.source_watermarks.get(source, NO_TS):
+                self.source_watermarks[source] = newest
+        out.duplicates, out.late = duplicates, late
+        self.dirty.update(changed)
+        out.sessions = {
+            session_id: encode_session_features(state.features())
+            for session_id, state in changed.items()
+        }
+        watermark = self.watermark_ms()
+        if watermark != NO_TS and watermark >= self.next_sweep_ms:
+            out.evicted = self._evict_idle(watermark)
+        return out
+
+    def watermark_ms(self) -> int:
+        """Event time every input partition of this shard has reached (NO_TS before all
+        ``input_topics`` have been seen)."""
+        if len({topic for topic, _ in self.source_watermarks}) < self.config.input_topics:
+            return NO_TS
+        return min(self.source_watermarks.values())
+
+    def _evict_idle(self, watermark: int) -> int:
+        """Forget sessions idle for a TTL of event time; schedule the next sweep."""
+        ttl_ms = self.config.session_ttl_ms
+        horizon = watermark - ttl_ms
+        idle = [sid for sid, state in self.sessions.items() if state.last_ts < horizon]
+        for session_id in idle:
+            del self.sessions[session_id]
+            self.encoded.pop(session_id, None)
+            self.dirty.discard(session_id)
+        self.next_sweep_ms = watermark + ttl_ms // SWEEPS_PER_TTL
+        return len(idle)
+
+    def snapshot(self) -> bytes:
+        """An immutable copy of the state (bytes, so later updates cannot leak in).
+
+        Sessions are encoded (JSON) one by one and the bytes kept, so a snapshot re-encodes only
+        the sessions changed since the previous one: its cost follows the traffic of one
+        snapshot interval, not the size of the state (a week of sessions).
+        """
+        sessions, encoded = self.sessions, self.encoded
+        for session_id in self.dirty:
+            encoded[session_id] = sessions[session_id].to_json()
+        self.dirty.clear()
+        return orjson.dumps(
+            {
+                "sessions": {sid: orjson.Fragment(raw) for sid, raw in encoded.items()},
+                "watermarks": [[t, p, ts] for (t, p), ts in self.source_watermarks.items()],
+                "next_sweep_ms": self.next_sweep_ms,
+            }
+        )
+
+    @classmethod
+    def restore(cls, config: FeatureConfig, snapshot: bytes | None) -> FeatureShard:
+        """A shard from a ``snapshot`` (or empty when None)."""
+        shard = cls(config)
+        if snapshot is not None:
+            data = orjson.loads(snapshot)
+            shard.encoded = {sid: orjson.dumps(raw) for sid, raw in data["sessions"].items()}
+            shard.sessions = {
+                sid: SessionState.from_json(raw) for sid, raw in shard.encoded.items()
+            }
+            shard.source_watermarks = {(t, p): ts for t, p, ts in data["watermarks"]}
+            shard.next_sweep_ms = data["next_sweep_ms"]
+        return shard

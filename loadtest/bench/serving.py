@@ -1,0 +1,469 @@
+"""``streamrec bench serving``: /recommend under load, with hot swaps, against a baseline.
+
+What runs, all in one command:
+
+1. The sample's sessions are replayed through the flow's own feature code
+   (``flows.session_state``) and written to Redis as the flow would (session hashes,
+   popularity zset, item categories), under a private key prefix.
+2. A real model (``online_models``' architecture and scorer; random weights, since the
+   cost of scoring does not depend on the values) over the sample's items is published
+   to a private weight registry, and ``streamrec serve`` is started with ``workers``
+   processes.
+3. A separate load-generator process (``loadtest.http_load``) drives ``/healthz``
+   (the baseline: a trivial endpoint on the same stack) and then ``/recommend`` top-20 for
+   the sample's sessions at a fixed concurrency, while this process publishes ``swaps``
+   new versions at even intervals.
+4. The same is repeated briefly with a synthetic 1,000,000-item catalog at low
+   concurrency to give ``p99_ms_1m_items``.
+
+Everything it wrote (Redis keys, weight files) is removed at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+import redis
+from rich.console import Console
+
+from flows.session_state import SessionState
+from serving.server import spawn_server, stop_server
+from streamrec.events import Event, EventLimits
+from streamrec.kafka_clients import broker_answers, ensure_topics
+from streamrec.recorded_events import read_recorded
+from streamrec.redis_keys import RedisKeys
+from streamrec.session_features import encode_session_features
+from streamrec.settings import Settings
+from streamrec.topics import Topics
+
+console = Console(stderr=True)
+LOAD_WARMUP_S = 1.0
+SWAP_WINDOW_S = (-0.5, 2.0)  # errors this close to a publish count as failed during a swap
+
+
+@dataclass(frozen=True, slots=True)
+class BenchConfig:
+    duration_s: float = 20.0
+    concurrency: int = 8
+    workers: int = 1
+    swaps: int = 12
+    k: int = 20
+    large_items: int = 1_000_000
+    large_concurrency: int = 2
+    large_duration_s: float = 10.0
+    large_sessions: int = 2000
+
+
+@dataclass(frozen=True, slots=True)
+class SampleData:
+    """What the sample gives the benchmark besides session hashes: catalog, popularity."""
+
+    item_ids: list[str]
+    categories: dict[str, str]
+    popularity: Counter[str]
+
+
+def load_sample(settings: Settings) -> tuple[SampleData, list[tuple[str, dict[str, bytes]]]]:
+    """Replay the sample through the flow's session state; return data and session hashes."""
+    states: dict[str, SessionState] = {}
+    categories: dict[str, str] = {}
+    popularity: Counter[str] = Counter()
+    item_order: dict[str, None] = {}
+    history_len = settings.flow.history_len
+    lateness_ms = int(settings.flow.lateness_s * 1000)
+    for record in read_recorded(settings.data_dir, EventLimits.from_settings(settings.events)):
+        if not isinstance(record, Event):
+            continue
+        state = states.setdefault(record.session_id, SessionState())
+        if not state.record(record.event_id):
+            continue
+        if record.type == "click":
+            state.apply_click(record.ts, record.item_id, record.category, history_len, lateness_ms)
+            item_order.setdefault(record.item_id, None)
+            popularity[record.item_id] += 1
+            if record.category:
+                categories[record.item_id] = record.category
+        elif record.type == "purchase":
+            state.apply_purchase(record.ts, record.item_id, history_len, lateness_ms)
+    hashes = [
+        (sid, encode_session_features(state.features()))
+        for sid, state in states.items()
+        if state.items
+    ]
+    data = SampleData(list(item_order), categories, popularity)
+    return data, hashes
+
+
+def write_features(
+    client: redis.Redis,
+    keys: RedisKeys,
+    hashes: list[tuple[str, dict[str, bytes]]],
+    categories: dict[str, str],
+    popularity: Counter[str],
+) -> None:
+    """Write what the flow would have written, in pipelined chunks."""
+    pipe = client.pipeline(transaction=False)
+    for count, (session_id, fields) in enumerate(hashes, 1):
+        pipe.hset(keys.session(session_id), mapping=fields)
+        if count % 2000 == 0:
+            pipe.execute()
+    items = list(categories.items())
+    for start in range(0, len(items), 5000):
+        pipe.hset(keys.item_categories, mapping=dict(items[start : start + 5000]))
+    top = dict(popularity.most_common(5000))
+    if top:
+        pipe.zadd(keys.popular, {item: float(count) for item, count in top.items()})
+    pipe.execute()
+
+
+def delete_prefix(client: redis.Redis, prefix: str) -> None:
+    keys = list(client.scan_iter(f"{prefix}:*", count=2000))
+    for start in range(0, len(keys), 2000):
+        client.delete(*keys[start : start + 2000])
+
+
+def process_tree_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) used so far by ``pid`` and its descendants (Linux)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    pending = [pid]
+    while pending:
+        current = pending.pop()
+        try:
+            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+            for task in Path(f"/proc/{current}/task").iterdir():
+                pending.extend(int(c) for c in (task / "children").read_text().split())
+        except (OSError, IndexError, ValueError):
+            continue
+    return total
+
+
+def run_load(
+    port: int,
+    targets: list[str],
+    concurrency: int,
+    duration_s: float,
+    workdir: Path,
+    server_pid: int | None = None,
+) -> dict[str, Any]:
+    """Run the load generator in its own process; return its result.
+
+    Also measures the CPU the server (``server_pid`` and its workers) and the client spent
+    per request: unlike rps, that does not depend on what else shares the machine.
+    """
+    path = workdir / f"targets-{uuid.uuid4().hex[:6]}.txt"
+    path.write_text("\n".join(targets) + "\n")
+    server_cpu = process_tree_cpu_s(server_pid) if server_pid else 0.0
+    client_cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.monotonic()
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "loadtest.http_load",
+            "--port",
+            str(port),
+            "--targets",
+            str(path),
+            "--concurrency",
+            str(concurrency),
+            "--duration-s",
+            str(duration_s),
+            "--warmup-s",
+            str(LOAD_WARMUP_S),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    result = orjson.loads(out.stdout)
+    # The generator measures from the end of its warm-up.
+    result["measure_started_monotonic"] = started + LOAD_WARMUP_S
+    answered = max(1, result["requests"] + result["warmup_requests"])
+    client_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    client_s = (client_after.ru_utime - client_cpu.ru_utime) + (
+        client_after.ru_stime - client_cpu.ru_stime
+    )
+    result["client_cpu_ms_per_request"] = round(client_s * 1000 / answered, 3)
+    if server_pid:
+        server_s = process_tree_cpu_s(server_pid) - server_cpu
+        result["server_cpu_ms_per_request"] = round(server_s * 1000 / answered, 3)
+    return result
+
+
+def cpu_bound_rps(load: dict[str, Any], cores: int = 2) -> float | None:
+    """The rps ``cores`` idle cores would sustain at the measured CPU cost per request."""
+    per_request_ms = load.get("server_cpu_ms_per_request", 0) + load["client_cpu_ms_per_request"]
+    return round(cores * 1000 / per_request_ms, 1) if per_request_ms else None
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def publish_swaps(
+    settings: Settings,
+    base: Any,
+    count: int,
+    every_s: float,
+    stop: threading.Event,
+    delay_s: float = LOAD_WARMUP_S + 0.5,
+) -> list[float]:
+    """Publish ``count`` perturbed versions of ``base`` at ``delay_s + i * every_s``.
+
+    The schedule is absolute (publishing takes time), and starts after the load
+    generator's warm-up so every publish falls inside the measured window.
+    """
+    from online_models.model.weights import ITEM_TABLE
+    from online_models.registry.weight_registry import WeightRegistry
+
+    registry = WeightRegistry(
+        settings, redis.Redis.from_url(settings.redis.redis_url.get_secret_value())
+    )
+    rng = np.random.default_rng(1)
+    published: list[float] = []
+    start = time.monotonic() + delay_s
+    for number in range(1, count + 1):
+        if stop.wait(max(0.0, start + number * every_s - time.monotonic())):
+            break
+        tensors = dict(base.tensors)
+        noise = rng.standard_normal(tensors[ITEM_TABLE].shape).astype(np.float32) * 0.01
+        tensors[ITEM_TABLE] = tensors[ITEM_TABLE] + noise
+        registry.publish_snapshot(replace(base, tensors=tensors), source="bench")
+        published.append(time.monotonic())
+    return published
+
+
+def failed_during_swaps(load: dict[str, Any], publish_times: list[float]) -> int:
+    start = load["measure_started_monotonic"]
+    before, after = SWAP_WINDOW_S
+    return sum(
+        1
+        for t in load["error_times_s"]
+        if any(p + before <= start + t <= p + after for p in publish_times)
+    )
+
+
+def _serve_env(settings: Settings, workers: int) -> dict[str, str]:
+    return os.environ | {
+        "STREAMREC_KEY_PREFIX": settings.redis.key_prefix,
+        "STREAMREC_TOPIC_PREFIX": settings.kafka.topic_prefix,
+        "STREAMREC_MODEL_STORE_DIR": str(settings.model.store_dir),
+        "STREAMREC_SERVING_WORKERS": str(workers),
+        "STREAMREC_SERVING_AUTH_TOKEN": "",
+        "STREAMREC_LOG_LEVEL": "WARNING",
+    }
+
+
+def run_serving_benchmark(settings: Settings, config: BenchConfig) -> dict[str, Any]:
+    """Run the whole benchmark (see module docstring); return the JSON line's fields."""
+    from online_models.model.recommender import random_weights
+    from online_models.registry.weight_registry import WeightRegistry
+
+    tag = uuid.uuid4().hex[:8]
+    workdir = Path(tempfile.mkdtemp(prefix="streamrec-bench-serving-"))
+    settings = settings.model_copy(
+        update={
+            "redis": settings.redis.model_copy(update={"key_prefix": f"bench-serving-{tag}"}),
+            "kafka": settings.kafka.model_copy(update={"topic_prefix": f"bench-{tag}-"}),
+            "model": settings.model.model_copy(update={"store_dir": workdir / "models"}),
+        }
+    )
+    client = redis.Redis.from_url(settings.redis.redis_url.get_secret_value())
+    keys = RedisKeys(settings.redis.key_prefix)
+    kafka_ok = broker_answers(settings.kafka)
+    if kafka_ok:
+        ensure_topics(settings.kafka, Topics.from_settings(settings.kafka).all())
+    else:
+        console.print("[yellow]no Kafka broker answers: impressions stay queued (dropped)")
+    try:
+        console.print("loading the sample's sessions through the flow's feature code...")
+        sample, hashes = load_sample(settings)
+        write_features(client, keys, hashes, sample.categories, sample.popularity)
+        registry = WeightRegistry(settings, client)
+        base = replace(
+            random_weights(len(sample.item_ids), settings.model), item_ids=sample.item_ids
+        )
+        registry.publish_snapshot(base, source="bench")
+        rng = random.Random(7)
+        sessions = [sid for sid, _ in hashes]
+        rng.shuffle(sessions)
+        targets = [f"/recommend?session_id={sid}&k={config.k}" for sid in sessions]
+        port = free_port()
+        server = spawn_server(_serve_env(settings, config.workers), port, workdir / "server.log")
+        try:
+            wait_ready(port, 60, workdir / "server.log")
+            console.print(f"baseline: /healthz for {config.duration_s / 2:.0f}s...")
+            baseline = run_load(
+                port, ["/healthz"], config.concurrency, config.duration_s / 2, workdir, server.pid
+            )
+            console.print(f"/recommend for {config.duration_s:.0f}s with {config.swaps} swaps...")
+            stop = threading.Event()
+            publish_times: list[float] = []
+            every_s = config.duration_s / (config.swaps + 1)
+            publisher = threading.Thread(
+                target=lambda: publish_times.extend(
+                    publish_swaps(settings, base, config.swaps, every_s, stop)
+                )
+            )
+            publisher.start()
+            load = run_load(
+                port, targets, config.concurrency, config.duration_s, workdir, server.pid
+            )
+            stop.set()
+            publisher.join()
+            batch_size = mean_batch_size(port)
+        finally:
+            stop_server(server)
+        large = (
+            run_large_catalog(settings, config, client, keys, workdir) if config.large_items else {}
+        )
+        return {
+            "items": len(sample.item_ids),
+            "sessions": len(hashes),
+            "k": config.k,
+            "workers": config.workers,
+            "concurrency": config.concurrency,
+            "duration_s": config.duration_s,
+            "rps": load["rps"],
+            "p50_ms": load["p50_ms"],
+            "p90_ms": load["p90_ms"],
+            "p99_ms": load["p99_ms"],
+            "max_ms": load["max_ms"],
+            "requests": load["requests"],
+            "errors": load["errors"],
+            "swaps": len(publish_times),
+            "versions_seen_by_clients": len(load["version_first_seen_s"]),
+            "failed_during_swap": failed_during_swaps(load, publish_times),
+            "baseline_rps": baseline["rps"],
+            "baseline_p99_ms": baseline["p99_ms"],
+            "ratio": round(load["rps"] / baseline["rps"], 3) if baseline["rps"] else None,
+            "mean_score_batch": batch_size,
+            "server_cpu_ms_per_request": load["server_cpu_ms_per_request"],
+            "client_cpu_ms_per_request": load["client_cpu_ms_per_request"],
+            "cpu_bound_rps_2_cores": cpu_bound_rps(load),
+            "baseline_cpu_bound_rps_2_cores": cpu_bound_rps(baseline),
+            "impressions_to_kafka": kafka_ok,
+            **large,
+            "stack": "granian (ASGI) + starlette",
+            "cpus": os.cpu_count(),
+            "error_samples": load["error_samples"][:3],
+        }
+    finally:
+        delete_prefix(client, settings.redis.key_prefix)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def run_large_catalog(
+    settings: Settings, config: BenchConfig, client: redis.Redis, keys: RedisKeys, workdir: Path
+) -> dict[str, Any]:
+    """p99 of top-20 over a synthetic catalog of ``large_items`` items."""
+    from online_models.model.recommender import random_weights
+    from online_models.registry.weight_registry import WeightRegistry
+
+    console.print(f"synthetic catalog of {config.large_items:,} items...")
+    large_settings = settings.model_copy(
+        update={
+            "redis": settings.redis.model_copy(
+                update={"key_prefix": settings.redis.key_prefix + "-1m"}
+            ),
+            "model": settings.model.model_copy(update={"store_dir": workdir / "models-1m"}),
+        }
+    )
+    large_keys = RedisKeys(large_settings.redis.key_prefix)
+    try:
+        weights = random_weights(config.large_items, settings.model, seed=3)
+        WeightRegistry(large_settings, client).publish_snapshot(weights, source="bench")
+        rng = np.random.default_rng(5)
+        pipe = client.pipeline(transaction=False)
+        targets = []
+        for number in range(config.large_sessions):
+            clicks = rng.integers(0, config.large_items, size=int(rng.integers(1, 10)))
+            state = SessionState()
+            for offset, row in enumerate(clicks.tolist()):
+                state.apply_click(offset, f"item-{row}", None, settings.flow.history_len, 0)
+            pipe.hset(
+                large_keys.session(f"l{number}"), mapping=encode_session_features(state.features())
+            )
+            targets.append(f"/recommend?session_id=l{number}&k={config.k}")
+        pipe.execute()
+        port = free_port()
+        server = spawn_server(
+            _serve_env(large_settings, config.workers), port, workdir / "server-1m.log", 180
+        )
+        try:
+            wait_ready(port, 180, workdir / "server-1m.log")
+            load = run_load(
+                port, targets, config.large_concurrency, config.large_duration_s, workdir
+            )
+        finally:
+            stop_server(server)
+        return {
+            "items_1m": config.large_items,
+            "concurrency_1m_items": config.large_concurrency,
+            "rps_1m_items": load["rps"],
+            "p50_ms_1m_items": load["p50_ms"],
+            "p99_ms_1m_items": load["p99_ms"],
+            "errors_1m_items": load["errors"],
+        }
+    finally:
+        delete_prefix(client, large_keys.prefix)
+
+
+def mean_batch_size(port: int) -> float | None:
+    """Mean sessions per model call, from one worker's /metrics."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    values = {}
+    for line in text.splitlines():
+        if line.startswith("streamrec_serving_score_batch_size_"):
+            name, _, value = line.partition(" ")
+            values[name] = float(value)
+    count = values.get("streamrec_serving_score_batch_size_count", 0.0)
+    total = values.get("streamrec_serving_score_batch_size_sum", 0.0)
+    return round(total / count, 2) if count else None
+
+
+def wait_ready(port: int, timeout_s: float, log_path: Path) -> None:
+    """Poll ``/readyz`` until a model is loaded and Redis answers, for every worker.
+
+    On timeout the end of the server's log goes to stderr (the workdir is removed after).
+    """
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + timeout_s
+    in_a_row = 0
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2):
+                in_a_row += 1
+                if in_a_row >= 10:  # several answers: every worker has its model
+                    return
+        except (urllib.error.URLError, OSError):
+            in_a_row = 0
+            time.sleep(0.2)
+    tail = log_path.read_text(errors="replace")[-3000:] if log_path.exists() else ""
+    console.print(f"server log (end):\n{tail}", markup=False)
+    raise TimeoutError(f"server on port {port} not ready after {timeout_s}s")

@@ -1,0 +1,238 @@
+"""``streamrec drift``: the drift monitor process (I/O around ``DriftMonitor``).
+
+Reads the learner's signal stream (Redis, from the cursor kept in the drift status hash),
+the training examples, impressions and clicks (Kafka, consumer group
+``DriftSettings.consumer_group``), sends alerts through every sink and starts a fine-tune
+in its own process when a triggering alert arrives and the fine-tune lock is free. The lock
+(``RedisKeys.finetune_lock``) is held for the run's timeout and then for the cooldown, so
+alerts during a fine-tune or right after it never start another (no fine-tune storms).
+
+It never blocks the learner: it only reads what the learner writes. Detector state is kept
+in memory; after a restart the detectors warm up again (the signal cursor and consumer
+offsets carry on, so no alert is raised twice for the same data).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import multiprocessing
+import threading
+import time
+from multiprocessing.process import BaseProcess
+
+import redis
+from confluent_kafka import Consumer
+
+from online_models.alerts.sinks import AlertFanout, PrometheusAlertSink, build_fanout
+from online_models.drift import metrics as drift_metrics
+from online_models.drift.monitor import DriftMonitor, wants_finetune
+from online_models.drift.signals import LearnerSignal
+from online_models.finetune.job import FinetuneRequest, run_finetune_process
+from online_models.finetune.status import (
+    acquire_finetune_lock,
+    read_status,
+    record_drift,
+    save_signal_cursor,
+)
+from streamrec.alerts import Alert, decode_alert
+from streamrec.events import Event, EventLimits, parse_event
+from streamrec.kafka_clients import make_consumer, make_producer
+from streamrec.redis_keys import RedisKeys
+from streamrec.settings import Settings
+from streamrec.structured_log import log_event
+from streamrec.topics import Topics
+from streamrec.training_examples import decode_example
+
+logger = logging.getLogger("streamrec.drift")
+
+HOUSEKEEPING_S = 1.0
+
+
+class DriftLoop:
+    """One monitor process; ``run`` until ``stop`` is set."""
+
+    def __init__(self, settings: Settings, client: redis.Redis) -> None:
+        self.settings = settings
+        self.client = client
+        self.keys = RedisKeys(settings.redis.key_prefix)
+        self.topics = Topics.from_settings(settings.kafka)
+        self.monitor = DriftMonitor(settings)
+        self.limits = EventLimits.from_settings(settings.events)
+        self.fanout: AlertFanout = build_fanout(
+            settings, client, make_producer(settings.kafka, **{"linger.ms": 0})
+        )
+        self.cursor = read_status(client, self.keys).get("signals_cursor", "0-0")
+        self.finetune: BaseProcess | None = None
+        self.pending: tuple[Alert, int, float] | None = None
+        self.alerts_sent = 0
+        self._last_finetune_id = read_status(client, self.keys).get("finetune_id", "")
+        newest = client.xrevrange(self.keys.alerts, count=1)
+        self._alerts_cursor = newest[0][0].decode() if newest else "0-0"
+        self._prometheus = PrometheusAlertSink()
+
+    def run(self, stop: threading.Event) -> None:
+        consumer = make_consumer(self.settings.kafka, self.settings.drift.consumer_group)
+        consumer.subscribe(
+            [self.topics.training_examples, self.topics.impressions, self.topics.clicks]
+        )
+        log_event(logger, "drift_monitor_started", detectors=list(self.monitor.detectors))
+        next_housekeeping = 0.0
+        try:
+            while not stop.is_set():
+                self._read_signals()
+                self._read_bus(consumer)
+                if time.monotonic() >= next_housekeeping:
+                    self._housekeeping(consumer)
+                    next_housekeeping = time.monotonic() + HOUSEKEEPING_S
+        finally:
+            self._housekeeping(consumer)
+            consumer.close()
+            self.fanout.close()
+            log_event(logger, "drift_monitor_stopped", alerts=self.alerts_sent)
+
+    def _read_signals(self) -> None:
+        reply = self.client.xread({self.keys.learner_signals: self.cursor}, count=500, block=20)
+        for _, entries in reply or []:
+            for entry_id, fields in entries:
+                self.cursor = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+                try:
+                    signal = LearnerSignal.from_fields(fields)
+                except ValueError as exc:
+                    log_event(logger, "bad_learner_signal", logging.WARNING, error=str(exc))
+                    continue
+                drift_metrics.LAST_SIGNAL.set(time.time())
+                drift_metrics.OBSERVATIONS.labels("hit_rate").inc(signal.examples)
+                self._raise(self.monitor.on_learner_signal(signal))
+
+    def _read_bus(self, consumer: Consumer) -> None:
+        for message in consumer.consume(2000, 0.05):
+            if message.error() is not None:
+                continue
+            topic = message.topic()
+            if topic == self.topics.training_examples:
+                try:
+                    example = decode_example(message.value())
+                except ValueError:
+                    continue
+                alerts = self.monitor.on_example(example, message.partition(), message.offset())
+                self._raise(alerts)
+                continue
+            event = parse_event(message.value(), self.limits)
+            if not isinstance(event, Event):
+                continue
+            if event.type == "impression" and event.request_id:
+                self._raise(
+                    self.monitor.on_impression(
+                        event.request_id, event.items, message.partition(), message.offset()
+                    )
+                )
+            elif event.type == "click":
+                self._raise(self.monitor.on_click(event.request_id, event.item_id))
+
+    def _raise(self, alerts: list[Alert]) -> None:
+        for alert in alerts:
+            self.fanout.send(alert)
+            self.alerts_sent += 1
+            record_drift(self.client, self.keys, alert)
+            if wants_finetune(alert, self.settings.drift.finetune_enabled):
+                self._schedule_finetune(alert)
+
+    def _schedule_finetune(self, alert: Alert) -> None:
+        """Take the lock now; start once enough post-drift examples arrived (or time passed)."""
+        if self.pending is not None or (self.finetune is not None and self.finetune.is_alive()):
+            return
+        drift = self.settings.drift
+        if not acquire_finetune_lock(self.client, self.keys, drift.finetune_timeout_s):
+            log_event(logger, "finetune_skipped_cooldown", alert_id=alert.alert_id)
+            return
+        self.pending = (alert, self.monitor.examples_seen, time.monotonic())
+        log_event(
+            logger,
+            "finetune_scheduled",
+            alert_id=alert.alert_id,
+            wait_examples=drift.finetune_wait_examples,
+        )
+
+    def _start_due_finetune(self) -> None:
+        if self.pending is None:
+            return
+        alert, seen_at_alert, alert_at = self.pending
+        drift = self.settings.drift
+        collected = self.monitor.examples_seen - seen_at_alert >= drift.finetune_wait_examples
+        if not collected and time.monotonic() - alert_at < drift.finetune_wait_s:
+            return
+        self.pending = None
+        request = FinetuneRequest(
+            trigger=alert.alert_id,
+            replay_examples=drift.replay_examples,
+            since_ms=alert.detected_at_ms - int(drift.finetune_lookback_s * 1000),
+        )
+        # spawn: a fresh interpreter, no forked Kafka/Redis clients or threads.
+        context = multiprocessing.get_context("spawn")
+        self.finetune = context.Process(
+            target=run_finetune_process, args=(self.settings, request), name="finetune"
+        )
+        self.finetune.start()
+        drift_metrics.FINETUNE_RUNNING.set(1)
+        log_event(logger, "finetune_started", alert_id=alert.alert_id, pid=self.finetune.pid)
+
+    def _housekeeping(self, consumer: Consumer) -> None:
+        self._start_due_finetune()
+        for name, level in self.monitor.levels().items():
+            if not math.isnan(level):  # NaN: no observation yet
+                drift_metrics.SIGNAL_LEVEL.labels(name).set(level)
+        save_signal_cursor(self.client, self.keys, self.cursor)
+        if self.monitor.examples_seen:
+            try:
+                consumer.commit(asynchronous=True)
+            except Exception as exc:  # nothing consumed since the last commit
+                log_event(logger, "commit_skipped", logging.DEBUG, error=repr(exc))
+        if self.finetune is not None and not self.finetune.is_alive():
+            self.finetune.join()
+            log_event(logger, "finetune_exited", exitcode=self.finetune.exitcode)
+            self.finetune = None
+            drift_metrics.FINETUNE_RUNNING.set(0)
+        self._export_finetune_result()
+        self._count_other_alerts()
+
+    def _count_other_alerts(self) -> None:
+        """Count in Prometheus the alerts other processes (fine-tune, rollback) raised."""
+        reply = self.client.xread({self.keys.alerts: self._alerts_cursor}, count=1000)
+        for _, entries in reply or []:
+            for entry_id, fields in entries:
+                self._alerts_cursor = entry_id.decode()
+                try:
+                    alert = decode_alert(fields[b"alert"])
+                except (KeyError, ValueError):
+                    continue
+                if alert.detector not in self.monitor.detectors:
+                    self._prometheus.send(alert, fields[b"alert"])
+
+    def _export_finetune_result(self) -> None:
+        """Turn a finished fine-tune (ours or a manual one) into metrics, once."""
+        status = read_status(self.client, self.keys)
+        finetune_id = status.get("finetune_id", "")
+        if not finetune_id or finetune_id == self._last_finetune_id:
+            return
+        if status.get("finetune_verdict", "running") == "running":
+            return
+        self._last_finetune_id = finetune_id
+        drift_metrics.FINETUNE_RUNS.labels(status["finetune_verdict"]).inc()
+        drift_metrics.FINETUNE_DURATION.set(float(status.get("finetune_duration_s", "nan")))
+        drift_metrics.FINETUNE_LAST.set(float(status.get("finetune_finished_ms", "0")) / 1000)
+        for model in ("candidate", "serving"):
+            value = status.get(f"finetune_{model}_hr")
+            if value:
+                drift_metrics.FINETUNE_HIT_RATE.labels(model).set(float(value))
+
+
+def run_drift_monitor(settings: Settings, stop: threading.Event) -> DriftLoop:
+    """Run the monitor until ``stop`` is set; returns the loop (for its counters)."""
+    client = redis.Redis.from_url(
+        settings.redis.redis_url.get_secret_value(),
+        socket_timeout=max(settings.redis.redis_timeout_s, 1.0),
+    )
+    loop = DriftLoop(settings, client)
+    loop.run(stop)
+    return loop

@@ -1,0 +1,220 @@
+"""One full fine-tune: replay, train, judge, promote or reject, and say so.
+
+Runs in its own process (started by the drift monitor, or ``streamrec finetune``):
+
+1. read the last ``replay_examples`` training examples back from Kafka (``finetune_replay``);
+2. split them in time: older part to train, most recent part held out (``finetune_gate``);
+3. train backbone and head from the serving weights with the same code as
+   ``streamrec train`` (``train_candidate``);
+4. score the candidate and the *then* serving model (the learner kept updating it) on the
+   held-out examples and let the gate decide;
+5. promoted: publish the candidate as a snapshot and make it current (the learner reloads
+   it and continues from there); rejected: leave serving alone and raise an alert saying why.
+
+The outcome goes to the drift status hash and, as an alert, to every sink; the lock is
+then re-armed for the cooldown whatever happened.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import redis
+
+from online_models.alerts.sinks import build_fanout
+from online_models.finetune.gate import GateVerdict, judge_candidate, split_replay
+from online_models.finetune.replay import read_replay
+from online_models.finetune.status import record_finetune, start_cooldown
+from online_models.model.weights import ModelWeights
+from online_models.registry.weight_registry import WeightRegistry
+from streamrec.alerts import make_alert
+from streamrec.kafka_clients import make_producer
+from streamrec.redis_keys import RedisKeys
+from streamrec.settings import Settings
+from streamrec.structured_log import configure_logging, log_event
+from streamrec.topics import Topics
+from streamrec.training_examples import TrainingExample
+
+logger = logging.getLogger("streamrec.finetune")
+
+
+@dataclass(frozen=True, slots=True)
+class FinetuneRequest:
+    """Why a fine-tune runs (an alert id or ``manual``) and what it replays."""
+
+    trigger: str
+    replay_examples: int
+    since_ms: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FinetuneReport:
+    finetune_id: str
+    trigger: str
+    verdict: str  # promoted | rejected | failed
+    reason: str
+    serving_version: int | None
+    candidate_version: int | None
+    candidate_hr: float
+    serving_hr: float
+    train_examples: int
+    holdout_examples: int
+    duration_s: float
+
+
+def run_finetune(
+    settings: Settings, client: redis.Redis, request: FinetuneRequest
+) -> FinetuneReport:
+    """Run one fine-tune to its verdict (see the module docstring); never leaves the lock held."""
+    keys = RedisKeys(settings.redis.key_prefix)
+    finetune_id = uuid.uuid4().hex[:12]
+    started = time.monotonic()
+    record_finetune(
+        client,
+        keys,
+        {
+            "finetune_id": finetune_id,
+            "finetune_trigger": request.trigger,
+            "finetune_started_ms": str(int(time.time() * 1000)),
+            "finetune_verdict": "running",
+        },
+    )
+    log_event(logger, "finetune_started", finetune_id=finetune_id, trigger=request.trigger)
+    try:
+        report = _finetune(settings, client, request, finetune_id, started)
+    except Exception as exc:
+        log_event(
+            logger, "finetune_failed", logging.ERROR, finetune_id=finetune_id, error=repr(exc)
+        )
+        report = FinetuneReport(
+            finetune_id, request.trigger, "failed", repr(exc)[:500], None, None,
+            float("nan"), float("nan"), 0, 0, time.monotonic() - started,
+        )  # fmt: skip
+    finally:
+        start_cooldown(client, keys, settings.drift.finetune_cooldown_s)
+    _announce(settings, client, report)
+    return report
+
+
+def _finetune(
+    settings: Settings,
+    client: redis.Redis,
+    request: FinetuneRequest,
+    finetune_id: str,
+    started: float,
+) -> FinetuneReport:
+    # torch is imported here, not at module level: the drift monitor imports this module
+    # to spawn the job and must not pay for torch itself.
+    from online_models.finetune.training import train_candidate
+
+    topics = Topics.from_settings(settings.kafka)
+    registry = WeightRegistry(settings, client)
+    examples = read_replay(
+        settings.kafka, topics.training_examples, request.replay_examples, request.since_ms
+    )
+    train, holdout = split_replay(examples, settings.drift.finetune_holdout_fraction)
+    base = registry.load()
+    log_event(
+        logger,
+        "finetune_replayed",
+        finetune_id=finetune_id,
+        train=len(train),
+        holdout=len(holdout),
+        base_version=base.version,
+    )
+    candidate = train_candidate(settings, base, train)
+    serving = registry.load()  # the learner may have moved on while we trained
+    verdict = _judge(settings, candidate, serving, holdout)
+    candidate_version: int | None = None
+    if verdict.promoted:
+        publication = registry.publish_snapshot(
+            candidate,
+            source=f"finetune:{finetune_id}",
+            examples_seen=len(train),
+            metrics={"holdout_hr20": verdict.candidate_hr, "serving_hr20": verdict.serving_hr},
+            make_current=False,
+        )
+        candidate_version = publication.version
+        registry.set_current(candidate_version)
+        record_finetune(client, RedisKeys(settings.redis.key_prefix), {
+            "previous_current": str(serving.version),
+        })  # fmt: skip
+    return FinetuneReport(
+        finetune_id,
+        request.trigger,
+        "promoted" if verdict.promoted else "rejected",
+        verdict.reason,
+        serving.version,
+        candidate_version,
+        verdict.candidate_hr,
+        verdict.serving_hr,
+        len(train),
+        len(holdout),
+        time.monotonic() - started,
+    )
+
+
+def _judge(
+    settings: Settings,
+    candidate: ModelWeights,
+    serving: ModelWeights,
+    holdout: Sequence[TrainingExample],
+) -> GateVerdict:
+    from online_models.finetune.training import hits_at_20
+
+    drift = settings.drift
+    return judge_candidate(
+        candidate_hits=hits_at_20(candidate, holdout),
+        serving_hits=hits_at_20(serving, holdout),
+        holdout=len(holdout),
+        margin=drift.finetune_margin,
+        min_holdout=drift.finetune_min_holdout,
+    )
+
+
+def _announce(settings: Settings, client: redis.Redis, report: FinetuneReport) -> None:
+    """Status hash, structured log and an alert on every sink."""
+    keys = RedisKeys(settings.redis.key_prefix)
+    record_finetune(
+        client,
+        keys,
+        {
+            "finetune_verdict": report.verdict,
+            "finetune_reason": report.reason,
+            "finetune_finished_ms": str(int(time.time() * 1000)),
+            "finetune_duration_s": f"{report.duration_s:.3f}",
+            "finetune_candidate_hr": f"{report.candidate_hr:.6f}",
+            "finetune_serving_hr": f"{report.serving_hr:.6f}",
+            "finetune_candidate_version": str(report.candidate_version or ""),
+            "finetune_serving_version": str(report.serving_version or ""),
+        },
+    )
+    log_event(logger, "finetune_finished", **asdict(report))
+    alert = make_alert(
+        f"finetune_{report.verdict}",
+        "holdout_hr@20",
+        report.serving_hr,
+        report.candidate_hr,
+        report.train_examples + report.holdout_examples,
+        report.candidate_version if report.verdict == "promoted" else report.serving_version,
+        message=f"fine-tune {report.finetune_id} ({report.trigger}): {report.reason}",
+    )
+    producer = make_producer(settings.kafka, **{"linger.ms": 0})
+    fanout = build_fanout(settings, client, producer, prometheus=False)
+    try:
+        fanout.send(alert)
+    finally:
+        fanout.close()
+
+
+def run_finetune_process(settings: Settings, request: FinetuneRequest) -> None:
+    """Entry point of the process the drift monitor spawns."""
+    configure_logging(settings.log_level)
+    client = redis.Redis.from_url(settings.redis.redis_url.get_secret_value())
+    report = run_finetune(settings, client, request)
+    if report.verdict == "failed":
+        raise SystemExit(1)

@@ -1,0 +1,268 @@
+"""The session recommender: a Hugging Face encoder over item embeddings plus a head.
+
+The backbone is a ``BertModel`` built from a config (sizes from ``ModelSettings``), fed
+``inputs_embeds`` taken from the item table, so the word vocabulary is unused. The
+**head** is the item table (one row per item, tied between input and output), a per-item
+bias, a projection of the encoder's last position, and a repeat bonus per history position
+(shoppers often go back to an item they just saw; the bonus lets any item in the session,
+even one whose row is still untrained, rank by how recently it was clicked):
+``scores = proj(h) @ table.T + bias + bonus[position of the item in the history]``; for
+ranking, the session's own items are also lifted above every other item.
+The table keeps spare capacity and doubles when full, so new items never force a restart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+
+import numpy as np
+import torch
+from torch import nn
+from transformers import BertConfig, BertModel
+
+from online_models.model.last_position_encoder import last_position_state
+from online_models.model.weights import ITEM_BIAS, ITEM_TABLE, ModelShape, ModelWeights
+from streamrec.settings import ModelSettings
+
+PROJECTION_PREFIX = "head.projection."
+REPEAT_BONUS = "head.repeat_bonus"
+LENGTH_BUCKETS = (2, 5, 10)
+BACKBONE_PREFIX = "backbone."
+SESSION_ITEM_LIFT = 1000.0  # larger than any learned score gap
+
+
+def bucket_lengths(full: int) -> tuple[int, ...]:
+    """The sequence lengths ``encode`` runs the backbone at, for histories padded to ``full``."""
+    return (*(b for b in LENGTH_BUCKETS if b < full), full)
+
+
+# (item vectors, padding mask, positions) -> the last position's state, B x H.
+BackboneCall = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def backbone_config(shape: ModelShape, dropout: float = 0.0) -> BertConfig:
+    """The encoder's config: every size comes from ``shape``."""
+    return BertConfig(
+        vocab_size=1,
+        hidden_size=shape.hidden_size,
+        num_hidden_layers=shape.num_layers,
+        num_attention_heads=shape.num_heads,
+        intermediate_size=4 * shape.hidden_size,
+        max_position_embeddings=shape.max_seq_len,
+        type_vocab_size=1,
+        hidden_dropout_prob=dropout,
+        attention_probs_dropout_prob=dropout,
+        # Sessions are short: plain attention beats the fused kernels at these sizes on CPU.
+        attn_implementation="eager",
+    )
+
+
+class SessionRecommender(nn.Module):
+    """Encoder + head; ``n_items`` rows of the ``capacity``-row table are in use."""
+
+    def __init__(
+        self, shape: ModelShape, capacity: int, dropout: float = 0.0, seed: int = 0
+    ) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.shape = shape
+        self.backbone = BertModel(backbone_config(shape, dropout), add_pooling_layer=False)
+        self.item_table = nn.Parameter(torch.zeros(capacity, shape.hidden_size))
+        self.item_bias = nn.Parameter(torch.zeros(capacity))
+        self.projection = nn.Linear(shape.hidden_size, shape.hidden_size)
+        self.repeat_bonus = nn.Parameter(torch.zeros(shape.max_seq_len))
+        self.n_items = 0
+        # What runs the backbone in ``encode``; serving swaps in a traced copy.
+        self.backbone_call: BackboneCall = partial(last_position_state, self.backbone)
+        self._init_scale = 1.0 / shape.hidden_size**0.5
+        self._generator = torch.Generator().manual_seed(seed)
+
+    @property
+    def capacity(self) -> int:
+        return self.item_table.shape[0]
+
+    def add_rows(self, count: int, vectors: torch.Tensor | None = None) -> range:
+        """Append ``count`` item rows (random or the given vectors); doubles capacity if full."""
+        start = self.n_items
+        needed = start + count
+        if needed > self.capacity:
+            new_capacity = self.capacity
+            while new_capacity < needed:
+                new_capacity *= 2
+            self._resize(new_capacity)
+        with torch.no_grad():
+            if vectors is None:
+                vectors = torch.randn(count, self.shape.hidden_size, generator=self._generator) * (
+                    self._init_scale
+                )
+            self.item_table[start:needed] = vectors.to(self.item_table.device)
+            self.item_bias[start:needed] = 0.0
+        self.n_items = needed
+        return range(start, needed)
+
+    def _resize(self, capacity: int) -> None:
+        with torch.no_grad():
+            table = torch.zeros(capacity, self.shape.hidden_size, device=self.item_table.device)
+            table[: self.n_items] = self.item_table[: self.n_items]
+            bias = torch.zeros(capacity, device=self.item_bias.device)
+            bias[: self.n_items] = self.item_bias[: self.n_items]
+        # Same Parameter objects: optimizers and references stay valid.
+        self.item_table.data = table
+        self.item_bias.data = bias
+
+    def encode(
+        self, rows: torch.Tensor, mask: torch.Tensor, table: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The encoder's last-position state (B x H); zero for empty histories.
+
+        ``rows``/``mask`` are left-padded to ``max_seq_len``. Sessions are mostly short, so
+        the batch is encoded in length buckets with the padding cut off; explicit position
+        ids keep every item at the position it has in the padded layout, so the result
+        does not depend on how a batch is bucketed. ``table`` replaces the item table as
+        the source of input vectors (``rows`` then index into it): the online learner
+        passes the rows in its loss, so their input side gets gradients too.
+        """
+        table = self.item_table if table is None else table
+        length = mask.sum(dim=1)
+        full = rows.shape[1]
+        out = torch.zeros(rows.shape[0], self.shape.hidden_size, device=rows.device)
+        low = 0
+        for high in bucket_lengths(full):
+            members = ((length > low) & (length <= high)).nonzero().flatten()
+            low = high
+            if members.numel() == 0:
+                continue
+            positions = torch.arange(full - high, full, device=rows.device)
+            embeds = torch.nn.functional.embedding(rows[members, -high:], table)
+            state = self.backbone_call(
+                embeds, mask[members, -high:], positions.expand(members.numel(), high)
+            )
+            out = out.index_copy(0, members, state.to(out.dtype))
+        return out
+
+    def session_vectors(self, rows: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Session query vectors (B x H)."""
+        return self.projection(self.encode(rows, mask))
+
+    def scores(
+        self, sessions: torch.Tensor, rows: torch.Tensor, mask: torch.Tensor, *, lift: bool
+    ) -> torch.Tensor:
+        """Scores of every known item (B x n_items) for sessions with these histories.
+
+        ``lift`` is for ranking, never for a loss (see ``add_repeat_bonus``).
+        """
+        n = self.n_items
+        scores = torch.addmm(self.item_bias[:n], sessions, self.item_table[:n].T)
+        return self.add_repeat_bonus(scores, rows, mask, lift=lift)
+
+    def add_repeat_bonus(
+        self, scores: torch.Tensor, columns: torch.Tensor, mask: torch.Tensor, *, lift: bool
+    ) -> torch.Tensor:
+        """Add each history position's bonus at that item's column of ``scores`` (in place).
+
+        With ``lift`` (ranking) every history position also adds ``SESSION_ITEM_LIFT``: the
+        session's own items rank first, in the model's order among themselves (an item
+        clicked twice before one clicked once). The learned bonus is a likelihood term and
+        stays modest, yet about 3 in 10 next clicks go back to an item of the session, far
+        more than any other single item gets: on the warm-up's own dev stream, lifting them
+        took prequential HR@20 from 0.44 to 0.48. A loss never sees the lift (it would
+        swamp the softmax).
+        """
+        if scores.shape[1] == 0:
+            return scores
+        weight = mask.to(scores.dtype)
+        bonus = self.repeat_bonus.to(scores.dtype).expand_as(columns) * weight
+        if lift:
+            bonus = bonus + weight * SESSION_ITEM_LIFT
+        return scores.scatter_add_(1, columns, bonus)  # in place: the matrix can be large
+
+    def dense_tensors(self) -> dict[str, np.ndarray]:
+        """Every parameter except the item rows, as numpy arrays keyed by weight name."""
+        tensors: dict[str, np.ndarray] = {}
+        for name, value in self.backbone.state_dict().items():
+            tensors[BACKBONE_PREFIX + name] = value.detach().cpu().float().numpy().copy()
+        tensors.update(self.head_dense_tensors())
+        return tensors
+
+    def head_dense_tensors(self) -> dict[str, np.ndarray]:
+        """The head's dense parameters (what an online delta carries besides rows)."""
+        tensors = {
+            PROJECTION_PREFIX + name: value.detach().cpu().float().numpy().copy()
+            for name, value in self.projection.state_dict().items()
+        }
+        tensors[REPEAT_BONUS] = self.repeat_bonus.detach().cpu().float().numpy().copy()
+        return tensors
+
+    def row_tensors(self, rows: np.ndarray) -> dict[str, np.ndarray]:
+        """The item rows ``rows`` of the table and bias."""
+        index = torch.as_tensor(rows, dtype=torch.long, device=self.item_table.device)
+        return {
+            ITEM_TABLE: self.item_table.detach()[index].cpu().float().numpy(),
+            ITEM_BIAS: self.item_bias.detach()[index].cpu().float().numpy(),
+        }
+
+    def to_weights(self, version: int, item_ids: list[str]) -> ModelWeights:
+        """A full copy of the current parameters."""
+        if len(item_ids) != self.n_items:
+            raise ValueError(f"{len(item_ids)} ids for {self.n_items} rows")
+        tensors = self.dense_tensors()
+        tensors.update(self.row_tensors(np.arange(self.n_items)))
+        return ModelWeights(version, self.shape, list(item_ids), tensors)
+
+    @classmethod
+    def from_weights(
+        cls, weights: ModelWeights, min_capacity: int = 16, dropout: float = 0.0
+    ) -> SessionRecommender:
+        """A model holding ``weights`` (capacity rounded up to a power of two)."""
+        capacity = max(min_capacity, 1 << max(weights.n_items - 1, 1).bit_length())
+        model = cls(weights.shape, capacity, dropout)
+        model.load_weights(weights)
+        return model
+
+    def load_weights(self, weights: ModelWeights) -> None:
+        """Replace every parameter with ``weights`` (growing the table if needed)."""
+        backbone = {
+            name[len(BACKBONE_PREFIX) :]: torch.from_numpy(np.array(value))
+            for name, value in weights.tensors.items()
+            if name.startswith(BACKBONE_PREFIX)
+        }
+        projection = {
+            name[len(PROJECTION_PREFIX) :]: torch.from_numpy(np.array(value))
+            for name, value in weights.tensors.items()
+            if name.startswith(PROJECTION_PREFIX)
+        }
+        self.backbone.load_state_dict(backbone)
+        self.projection.load_state_dict(projection)
+        if REPEAT_BONUS in weights.tensors:  # versions from before the bonus existed: zeros
+            with torch.no_grad():
+                self.repeat_bonus.copy_(torch.from_numpy(np.array(weights.tensors[REPEAT_BONUS])))
+        self.n_items = 0
+        if weights.n_items > self.capacity:
+            capacity = self.capacity
+            while capacity < weights.n_items:
+                capacity *= 2
+            self._resize(capacity)
+        self.add_rows(weights.n_items, torch.from_numpy(np.array(weights.tensors[ITEM_TABLE])))
+        with torch.no_grad():
+            self.item_bias[: weights.n_items] = torch.from_numpy(
+                np.array(weights.tensors[ITEM_BIAS])
+            )
+
+
+def random_weights(n_items: int, settings: ModelSettings, seed: int = 0) -> ModelWeights:
+    """A complete, untrained model over ``n_items`` synthetic items (``item-0``...).
+
+    For benchmarks (serving with a large catalog) and tests; the backbone tensors come
+    from a freshly initialised model, so they load like trained ones.
+    """
+    shape = ModelShape.from_settings(settings)
+    model = SessionRecommender(shape, capacity=16, seed=seed)
+    tensors = model.dense_tensors()
+    rng = np.random.default_rng(seed)
+    scale = 1.0 / np.sqrt(shape.hidden_size)
+    tensors[ITEM_TABLE] = (rng.standard_normal((n_items, shape.hidden_size)) * scale).astype(
+        np.float32
+    )
+    tensors[ITEM_BIAS] = np.zeros(n_items, dtype=np.float32)
+    return ModelWeights(0, shape, [f"item-{i}" for i in range(n_items)], tensors)

@@ -1,0 +1,202 @@
+"""Prequential evaluation: four recommenders on the same stream, each scored before it learns.
+
+Warm-up: every model learns from the examples before the cut-off (the transformer is
+trained with ``train``, the same path as ``streamrec train``). Stream: the remaining
+examples go by in micro-batches of ``LearnerSettings.batch_size`` in event-time order;
+every model ranks a batch's targets among all items it knows (unknown target = miss)
+and only then learns from it:
+
+- ``popularity``: decayed counts of recent targets;
+- ``session_knn``: V-SKNN, its parameters picked on the warm-up's own validation split
+  (never on the evaluated stream);
+- ``static``: the warm-up model, frozen;
+- ``online``: the warm-up model with ``HeadLearner`` updates (what ``streamrec learn`` does).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from rich.progress import Progress
+
+from online_models.learner.micro_batch import HeadLearner
+from online_models.model.item_index import ItemIndex
+from online_models.model.ranking_metrics import CUTOFF
+from online_models.model.recommender import SessionRecommender
+from online_models.offline.history_examples import examples_from_events, split_by_time
+from online_models.offline.popularity import RecentPopularity
+from online_models.offline.recorded_examples import yoochoose_file_events
+from online_models.offline.session_knn import KnnConfig, SessionKnn
+from online_models.offline.training import rank_examples, train
+from streamrec.events import EventLimits
+from streamrec.settings import Settings
+from streamrec.structured_log import log_event
+from streamrec.training_examples import TrainingExample
+
+logger = logging.getLogger(__name__)
+
+KNN_GRID = tuple(
+    KnnConfig(k, sample_size, normalize)
+    for k in (50, 100, 200)
+    for sample_size in (500, 1000)
+    for normalize in (True, False)
+)
+
+
+class StreamRanker(Protocol):
+    """What the evaluation needs from a model: rank a batch, then learn from it."""
+
+    def rank(self, examples: Sequence[TrainingExample]) -> np.ndarray: ...
+
+    def learn(self, examples: Sequence[TrainingExample]) -> None: ...
+
+
+class FrozenTransformer:
+    """The warm-up model, never updated (its item set is fixed too)."""
+
+    def __init__(self, model: SessionRecommender, index: ItemIndex) -> None:
+        self.model, self.index = model, index
+
+    def rank(self, examples: Sequence[TrainingExample]) -> np.ndarray:
+        return rank_examples(self.model, self.index, examples, torch.device("cpu"))
+
+    def learn(self, examples: Sequence[TrainingExample]) -> None:
+        return None
+
+
+class OnlineTransformer:
+    """The warm-up model with head updates; its ranks come from before each step."""
+
+    def __init__(self, learner: HeadLearner) -> None:
+        self.learner = learner
+
+    def rank(self, examples: Sequence[TrainingExample]) -> np.ndarray:
+        outcome = self.learner.learn(examples)  # scores first, then steps
+        return outcome.ranks
+
+    def learn(self, examples: Sequence[TrainingExample]) -> None:
+        return None  # already learned in ``rank`` (prequential order is kept inside)
+
+
+def stream_ranks(
+    models: dict[str, StreamRanker],
+    examples: Sequence[TrainingExample],
+    batch_size: int,
+    progress: Progress | None = None,
+) -> dict[str, np.ndarray]:
+    """Per-example ranks for every model over the stream (rank, then learn, per batch)."""
+    ranks: dict[str, list[np.ndarray]] = {name: [] for name in models}
+    task = progress.add_task("stream", total=len(examples)) if progress else None
+    for start in range(0, len(examples), batch_size):
+        batch = examples[start : start + batch_size]
+        for name, model in models.items():
+            ranks[name].append(model.rank(batch))
+            model.learn(batch)
+        if progress is not None and task is not None:
+            progress.update(task, advance=len(batch))
+    return {name: np.concatenate(parts) for name, parts in ranks.items()}
+
+
+def summarize(ranks: np.ndarray) -> dict[str, float]:
+    hits = ranks < CUTOFF
+    reciprocal = np.where(hits, 1.0 / (ranks + 1.0), 0.0)
+    return {"hr@20": float(hits.mean()), "mrr@20": float(reciprocal.mean())}
+
+
+def tune_session_knn(warm: list[TrainingExample], validation_fraction: float) -> KnnConfig:
+    """The grid point with the best HR@20 on the warm-up's newest examples."""
+    base, validation = split_by_time(warm, validation_fraction)
+    best: tuple[float, KnnConfig] | None = None
+    for config in KNN_GRID:
+        knn = SessionKnn(config)
+        knn.learn(base)
+        hr = summarize(stream_ranks({"knn": knn}, validation, 256)["knn"])["hr@20"]
+        log_event(logger, "session_knn_tuning", config=str(config), hr_at_20=hr)
+        if best is None or hr > best[0]:
+            best = (hr, config)
+    assert best is not None
+    return best[1]
+
+
+def run_evaluation(
+    settings: Settings,
+    clicks: Sequence[Path],
+    buys: Sequence[Path],
+    cutoff_ms: int,
+    plot_path: Path,
+    window: int,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Warm up, stream, and return ``{"examples": N, "models": {...}}`` (and write the plot)."""
+    events = yoochoose_file_events(clicks, buys, EventLimits.from_settings(settings.events))
+    examples = list(examples_from_events(events, settings.train.history_len))
+    warm = [e for e in examples if e.ts < cutoff_ms]
+    stream = [e for e in examples if e.ts >= cutoff_ms]
+    if not warm or not stream:
+        raise ValueError("the cut-off leaves no warm-up or no stream examples")
+    log_event(logger, "evaluation_split", warm=len(warm), stream=len(stream))
+    trained = train(settings.model, settings.train, warm, progress=progress)
+    log_event(logger, "evaluation_trained", **trained.metrics)
+    knn_config = tune_session_knn(warm, settings.train.validation_fraction)
+    log_event(logger, "session_knn_chosen", config=str(knn_config))
+    popularity = RecentPopularity()
+    popularity.learn(warm)
+    knn = SessionKnn(knn_config)
+    knn.learn(warm)
+    static = SessionRecommender.from_weights(trained.weights)
+    online = HeadLearner.from_weights(trained.weights, settings.learner, torch.device("cpu"))
+    models: dict[str, StreamRanker] = {
+        "popularity": popularity,
+        "session_knn": knn,
+        "static": FrozenTransformer(static, ItemIndex(trained.weights.item_ids)),
+        "online": OnlineTransformer(online),
+    }
+    with Progress(disable=not progress, transient=True) as bar:
+        ranks = stream_ranks(models, stream, settings.learner.batch_size, bar)
+    write_plot(ranks, stream, window, plot_path)
+    return {
+        "examples": len(stream),
+        "warmup_examples": len(warm),
+        "models": {name: summarize(r) for name, r in ranks.items()},
+        "session_knn_config": {
+            "k": knn_config.k,
+            "sample_size": knn_config.sample_size,
+            "normalize": knn_config.normalize,
+        },
+        "warmup_validation": trained.metrics,
+        "plot": str(plot_path),
+    }
+
+
+def write_plot(
+    ranks: dict[str, np.ndarray], stream: Sequence[TrainingExample], window: int, path: Path
+) -> None:
+    """Windowed HR@20 against event time, one line per model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.dates as mdates
+    import matplotlib.pyplot as plt
+
+    times = np.array([e.ts for e in stream], dtype="datetime64[ms]")
+    starts = range(0, len(stream) - window + 1, max(1, window // 2))
+    figure, axes = plt.subplots(figsize=(9, 4.5))
+    for name, model_ranks in ranks.items():
+        hits = (model_ranks < CUTOFF).astype(np.float64)
+        xs = [times[s + window // 2] for s in starts]
+        ys = [hits[s : s + window].mean() for s in starts]
+        axes.plot(xs, ys, label=f"{name} (HR@20 {hits.mean():.3f})")
+    axes.set_title(f"Prequential HR@20, windows of {window} examples")
+    axes.set_ylabel("HR@20")
+    axes.xaxis.set_major_formatter(mdates.DateFormatter("%m-%d"))
+    axes.legend()
+    axes.grid(alpha=0.3)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)

@@ -1,0 +1,187 @@
+"""Full training of the recommender (backbone and head) from recorded examples.
+
+``train`` is the one training path: ``streamrec train`` and the drift-triggered fine-tune
+both call it. It splits the examples by time (the newest ``validation_fraction`` is the
+validation set, so validation is always "the future"), trains with full-softmax
+cross-entropy over all known items, evaluates HR@20/MRR@20 after each epoch and stops
+early after ``patience`` epochs without improvement, returning the best epoch's weights.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from rich.progress import Progress
+
+from online_models.learner.micro_batch import pick_device
+from online_models.model.item_index import ItemIndex
+from online_models.model.ranking_metrics import RankingTotals, ranking_totals, target_ranks
+from online_models.model.recommender import SessionRecommender
+from online_models.model.weights import ModelShape, ModelWeights
+from online_models.offline.history_examples import split_by_time
+from streamrec.settings import ModelSettings, TrainSettings
+from streamrec.training_examples import TrainingExample
+
+EVAL_BATCH = 1024
+
+
+@dataclass(slots=True)
+class TrainResult:
+    """The best weights and how they did on the validation split."""
+
+    weights: ModelWeights
+    metrics: dict[str, float]
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def train(
+    model_settings: ModelSettings,
+    train_settings: TrainSettings,
+    examples: Sequence[TrainingExample],
+    init_from: ModelWeights | None = None,
+    *,
+    progress: bool = False,
+    device: str = "auto",
+) -> TrainResult:
+    """Fit backbone and head on ``examples`` (optionally starting from ``init_from``).
+
+    The returned weights' ``version`` is ``init_from.version`` (0 without one): publishing
+    assigns the new number. Items seen only in the validation split are not added.
+    """
+    if not examples:
+        raise ValueError("no training examples")
+    torch.manual_seed(train_settings.seed)
+    rng = random.Random(train_settings.seed)
+    run_on = pick_device(device)
+    train_set, validation = split_by_time(list(examples), train_settings.validation_fraction)
+    model, index = _initial_model(model_settings, init_from, train_set)
+    model.to(run_on)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=train_settings.lr, weight_decay=train_settings.weight_decay
+    )
+    batch = train_settings.batch_size
+    steps = math.ceil(len(train_set) / batch)
+    if train_settings.max_steps_per_epoch:
+        steps = min(steps, train_settings.max_steps_per_epoch)
+    best: tuple[float, dict[str, torch.Tensor], int] | None = None
+    history: list[dict[str, float]] = []
+    order = list(range(len(train_set)))
+    with Progress(disable=not progress, transient=True) as bar:
+        task = bar.add_task("train", total=steps * train_settings.epochs)
+        for epoch in range(1, train_settings.epochs + 1):
+            rng.shuffle(order)
+            model.train()
+            loss_sum = 0.0
+            for step in range(steps):
+                chunk = [train_set[i] for i in order[step * batch : (step + 1) * batch]]
+                loss = _loss(model, index, chunk, run_on)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+                optimizer.step()
+                loss_sum += float(loss.detach())
+                bar.update(
+                    task, advance=1, description=f"epoch {epoch} loss {loss_sum / (step + 1):.3f}"
+                )
+            totals = evaluate_examples(model, index, validation, run_on)
+            record = {
+                "epoch": float(epoch),
+                "loss": loss_sum / max(steps, 1),
+                "hr@20": totals.hit_rate,
+                "mrr@20": totals.mrr,
+            }
+            history.append(record)
+            if best is None or totals.hit_rate > best[0]:
+                state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                best = (totals.hit_rate, state, epoch)
+            elif epoch - best[2] > train_settings.patience:
+                break
+    assert best is not None
+    model.load_state_dict(best[1])
+    model.eval()
+    best_record = history[best[2] - 1]
+    metrics = {
+        "hr@20": best_record["hr@20"],
+        "mrr@20": best_record["mrr@20"],
+        "best_epoch": float(best[2]),
+        "epochs_run": float(len(history)),
+        "train_examples": float(len(train_set)),
+        "validation_examples": float(len(validation)),
+        "items": float(len(index)),
+    }
+    version = init_from.version if init_from is not None else 0
+    return TrainResult(model.cpu().to_weights(version, index.ids), metrics, history)
+
+
+def _initial_model(
+    settings: ModelSettings, init_from: ModelWeights | None, train_set: list[TrainingExample]
+) -> tuple[SessionRecommender, ItemIndex]:
+    if init_from is not None:
+        model = SessionRecommender.from_weights(init_from, settings.initial_items, settings.dropout)
+        index = ItemIndex(init_from.item_ids)
+    else:
+        shape = ModelShape.from_settings(settings)
+        model = SessionRecommender(shape, settings.initial_items, settings.dropout)
+        index = ItemIndex()
+    new_ids = index.add_all(
+        item for example in train_set for item in (*example.history, example.target_item)
+    )
+    vectors = None
+    if settings.catalog_path is not None and new_ids:
+        from online_models.model.text_cold_start import item_vectors_from_catalog
+
+        vectors = item_vectors_from_catalog(settings, new_ids, model.shape.hidden_size)
+    model.add_rows(len(new_ids), vectors)
+    return model, index
+
+
+def _loss(
+    model: SessionRecommender,
+    index: ItemIndex,
+    examples: list[TrainingExample],
+    device: torch.device,
+) -> torch.Tensor:
+    rows, mask = index.encode_histories([e.history for e in examples], model.shape.max_seq_len)
+    rows_t, mask_t = torch.from_numpy(rows).to(device), torch.from_numpy(mask).to(device)
+    sessions = model.session_vectors(rows_t, mask_t)
+    targets = torch.tensor([index.row(e.target_item) for e in examples], device=device)
+    weights = torch.tensor([e.weight for e in examples], dtype=torch.float32, device=device)
+    logits = model.scores(sessions, rows_t, mask_t, lift=False)
+    losses = torch.nn.functional.cross_entropy(logits, targets, reduction="none")
+    return (losses * weights).sum() / weights.sum()
+
+
+def evaluate_examples(
+    model: SessionRecommender,
+    index: ItemIndex,
+    examples: Sequence[TrainingExample],
+    device: torch.device,
+) -> RankingTotals:
+    """HR@20/MRR@20 of ``model`` on ``examples`` (unknown targets count as misses)."""
+    return ranking_totals(torch.from_numpy(rank_examples(model, index, examples, device)))
+
+
+def rank_examples(
+    model: SessionRecommender,
+    index: ItemIndex,
+    examples: Sequence[TrainingExample],
+    device: torch.device,
+) -> np.ndarray:
+    """Each example's 0-based target rank among all items of ``model`` (no learning)."""
+    model.eval()
+    ranks: list[np.ndarray] = []
+    with torch.no_grad():
+        for start in range(0, len(examples), EVAL_BATCH):
+            chunk = examples[start : start + EVAL_BATCH]
+            rows, mask = index.encode_histories([e.history for e in chunk], model.shape.max_seq_len)
+            rows_t, mask_t = torch.from_numpy(rows).to(device), torch.from_numpy(mask).to(device)
+            sessions = model.session_vectors(rows_t, mask_t)
+            targets = torch.tensor([index.row(e.target_item) for e in chunk], device=device)
+            scores = model.scores(sessions, rows_t, mask_t, lift=True)
+            ranks.append(target_ranks(scores, targets).cpu().numpy())
+    return np.concatenate(ranks) if ranks else np.zeros(0, dtype=np.int64)

@@ -1,0 +1,192 @@
+"""The model's pure learning paths: head steps, deltas, guards, training, ranking."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import numpy as np
+import torch
+
+from online_models.learner.micro_batch import HeadLearner
+from online_models.model.item_index import ItemIndex
+from online_models.model.ranking_metrics import MISS_RANK, ranking_totals, target_ranks
+from online_models.model.recommender import SessionRecommender, random_weights
+from online_models.model.weights import apply_delta
+from online_models.offline.history_examples import examples_from_events, split_by_time
+from online_models.offline.training import evaluate_examples, train
+from streamrec.events import Event
+from streamrec.settings import LearnerSettings, ModelSettings, TrainSettings
+from streamrec.training_examples import TrainingExample
+
+SMALL = ModelSettings(hidden_size=16, num_layers=1, num_heads=2, max_seq_len=6, initial_items=16)
+CPU = torch.device("cpu")
+
+
+def chain_examples(count: int, items: int = 30, seed: int = 0) -> list[TrainingExample]:
+    """A learnable world: after item i comes item i+1 (mod items)."""
+    rng = random.Random(seed)
+    out = []
+    for n in range(count):
+        start = rng.randrange(items)
+        length = rng.randint(1, 4)
+        history = tuple(f"i{(start + k) % items}" for k in range(length))
+        target = f"i{(start + length) % items}"
+        out.append(TrainingExample(f"e{seed}-{n}", f"s{n}", history, target, ts=n))
+    return out
+
+
+def test_delta_applied_to_the_published_weights_equals_the_learner() -> None:
+    learner = HeadLearner.from_weights(
+        random_weights(0, SMALL), LearnerSettings(batch_size=32, sampled_negatives=8), CPU
+    )
+    examples = chain_examples(200)
+    learner.learn(examples[:32])
+    published = learner.weights()
+    learner.mark_published(7)
+    published.version = 7
+    for start in range(32, 200, 32):
+        learner.learn(examples[start : start + 32])
+    delta = learner.delta()
+    delta.version = 8
+    rebuilt = apply_delta(published, delta)
+    current = learner.weights()
+    assert rebuilt.item_ids == current.item_ids
+    for name, value in current.tensors.items():
+        np.testing.assert_array_equal(rebuilt.tensors[name], value, err_msg=name)
+    assert len(delta.rows) < rebuilt.n_items or rebuilt.n_items <= 8 + 32
+
+
+def test_online_head_updates_learn_a_sequential_pattern() -> None:
+    learner = HeadLearner.from_weights(
+        random_weights(0, SMALL),
+        LearnerSettings(batch_size=64, sampled_negatives=0, lr=0.02),
+        CPU,
+    )
+    examples = chain_examples(3000)
+    hit_rates = []
+    for start in range(0, len(examples), 64):
+        hit_rates.append(learner.learn(examples[start : start + 64]).ranking.hit_rate)
+    # 30 items, HR@20 of a random ranking is 2/3: the learner must do clearly better.
+    assert np.mean(hit_rates[-10:]) > 0.95
+    assert learner.model.backbone.embeddings.LayerNorm.weight.grad is None  # frozen
+
+
+def test_non_finite_loss_skips_the_step_and_changes_nothing() -> None:
+    learner = HeadLearner.from_weights(random_weights(5, SMALL), LearnerSettings(), CPU)
+    batch = [
+        TrainingExample("x", "s", ("item-1",), "item-2", 0, weight=math.nan),
+        TrainingExample("y", "s", ("item-2",), "item-3", 1),
+    ]
+    before = learner.weights()
+    outcome = learner.learn(batch)
+    assert outcome.skipped == "non_finite_loss"
+    after = learner.weights()
+    for name, value in before.tensors.items():
+        np.testing.assert_array_equal(after.tensors[name], value)
+
+
+def test_history_rows_get_gradients_through_the_frozen_encoder() -> None:
+    learner = HeadLearner.from_weights(random_weights(0, SMALL), LearnerSettings(), CPU)
+    examples = chain_examples(64)
+    learner.learn(examples)  # every item has a row now
+    rows, mask = learner._histories(examples)
+    forward = learner._forward(rows, mask)
+    targets = torch.tensor([learner.index.row(e.target_item) for e in examples])
+    before = learner.model.item_table.detach()[forward.inputs].clone()
+    _, skipped = learner._step(forward, rows, mask, targets, torch.ones(len(examples)))
+    assert skipped == ""
+    assert forward.input_rows.grad is not None and forward.input_rows.grad.abs().sum() > 0
+    assert not torch.equal(learner.model.item_table.detach()[forward.inputs], before)
+    assert all(p.grad is None for p in learner.model.backbone.parameters())
+
+
+def test_online_steps_leave_targets_that_repeat_a_session_item_out_of_the_loss() -> None:
+    learner = HeadLearner.from_weights(random_weights(0, SMALL), LearnerSettings(), CPU)
+    learner.learn(chain_examples(64))
+    before = learner.weights()
+    repeats = [TrainingExample(f"r{n}", f"s{n}", ("i1", "i2"), "i1", n) for n in range(8)]
+    outcome = learner.learn(repeats)
+    assert outcome.ranks.max() < 2  # the session's items rank first
+    for name, value in before.tensors.items():
+        np.testing.assert_array_equal(learner.weights().tensors[name], value, err_msg=name)
+    learner.learn([*repeats, TrainingExample("x", "s", ("i1", "i2"), "i3", 9)])
+    assert not np.array_equal(
+        learner.weights().tensors["head.item_table"], before.tensors["head.item_table"]
+    )
+
+
+def test_a_batch_of_purchases_without_history_steps_without_input_rows() -> None:
+    learner = HeadLearner.from_weights(random_weights(0, SMALL), LearnerSettings(), CPU)
+    learner.learn(chain_examples(64))
+    before = learner.weights().tensors["head.projection.bias"].copy()
+    bought = [TrainingExample(f"b{n}", f"s{n}", (), f"i{n}", n, "purchase", 5.0) for n in range(4)]
+    outcome = learner.learn(bought)
+    assert outcome.skipped == "" and math.isfinite(outcome.loss) and outcome.loss > 0
+    assert not np.array_equal(learner.weights().tensors["head.projection.bias"], before)
+
+
+def test_a_new_target_item_is_ranked_well_right_after_its_first_appearance() -> None:
+    learner = HeadLearner.from_weights(
+        random_weights(0, SMALL), LearnerSettings(sampled_negatives=0), CPU
+    )
+    learner.learn(chain_examples(500))
+    first = TrainingExample("n1", "a", ("i1", "i2"), "brand-new", 10)
+    assert learner.learn([first]).ranks[0] == MISS_RANK  # unknown before
+    again = TrainingExample("n2", "b", ("i1", "i2"), "brand-new", 11)
+    assert learner.learn([again]).ranks[0] < 20
+
+
+def test_length_buckets_give_the_same_encoding_as_one_padded_batch() -> None:
+    model = SessionRecommender.from_weights(random_weights(40, SMALL)).eval()
+    index = ItemIndex(model.to_weights(0, [f"item-{i}" for i in range(40)]).item_ids)
+    histories = [[f"item-{i}" for i in range(n)] for n in (1, 2, 3, 6, 0)]
+    rows, mask = index.encode_histories(histories, SMALL.max_seq_len)
+    with torch.no_grad():
+        together = model.encode(torch.from_numpy(rows), torch.from_numpy(mask))
+        for i in range(len(histories)):
+            alone = model.encode(
+                torch.from_numpy(rows[i : i + 1]), torch.from_numpy(mask[i : i + 1])
+            )
+            torch.testing.assert_close(alone[0], together[i])
+
+
+def test_training_beats_an_untrained_model_and_keeps_the_best_epoch() -> None:
+    examples = chain_examples(1500, items=60)
+    result = train(SMALL, TrainSettings(epochs=3, batch_size=64, lr=0.01, patience=1), examples)
+    _, validation = split_by_time(examples, 0.1)
+    untrained = SessionRecommender(result.weights.shape, 64)
+    index = ItemIndex(result.weights.item_ids)
+    untrained.add_rows(len(index))
+    baseline = evaluate_examples(untrained, index, validation, CPU).hit_rate
+    assert result.metrics["hr@20"] > baseline + 0.2
+    assert result.metrics["hr@20"] == max(h["hr@20"] for h in result.history)
+    resumed = train(SMALL, TrainSettings(epochs=1, batch_size=64), examples, result.weights)
+    assert resumed.weights.item_ids[: len(index)] == index.ids
+
+
+def test_ranks_count_ties_against_the_target_and_unknown_as_miss() -> None:
+    scores = torch.tensor([[1.0, 1.0, 0.5], [0.1, 0.9, 0.3]])
+    ranks = target_ranks(scores, torch.tensor([0, -1]))
+    assert ranks.tolist() == [1, MISS_RANK]
+    totals = ranking_totals(ranks, cutoff=2)
+    assert (totals.hits, totals.reciprocal_rank_sum) == (1, 0.5)
+
+
+def test_examples_from_events_follow_the_flow_contract() -> None:
+    def event(eid: str, kind: str, sid: str, item: str, ts: int) -> Event:
+        return Event(event_id=eid, type=kind, session_id=sid, ts=ts, item_id=item)
+
+    events = [
+        event("1", "click", "a", "x", 1),
+        event("2", "click", "a", "y", 2),
+        event("2", "click", "a", "y", 2),  # replayed duplicate
+        event("3", "purchase", "a", "y", 3),
+        event("4", "click", "b", "z", 4),
+    ]
+    examples = list(examples_from_events(events, history_len=5))
+    assert [(e.kind, e.history, e.target_item) for e in examples] == [
+        ("click", ("x",), "y"),
+        ("purchase", ("x", "y"), "y"),
+    ]
+    assert examples[1].weight > 1
