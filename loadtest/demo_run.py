@@ -18,7 +18,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import sys
 import time
 from collections.abc import Iterator
@@ -39,7 +38,7 @@ from loadtest.loop_session import running_loop, train_first_model
 from loadtest.run_report import RunRecord, Series, write_report
 from streamrec.events import iso_to_ms
 from streamrec.kafka_clients import broker_answers, make_consumer
-from streamrec.local_services import services_down, services_up
+from streamrec.local_services import free_port, services_down, services_up
 from streamrec.redis_keys import RedisKeys
 from streamrec.settings import Settings, load_settings
 from streamrec.topics import Topics
@@ -63,12 +62,6 @@ class DemoPlan:
     reports_dir: Path = Path("reports")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def isolate_run(run: str, state_dir: Path) -> dict[str, str]:
     """Environment that gives this run its own prefixes, directories and free ports."""
     run_dir = state_dir / "demo" / run
@@ -77,10 +70,10 @@ def isolate_run(run: str, state_dir: Path) -> dict[str, str]:
         "STREAMREC_KEY_PREFIX": f"streamrec-demo-{run}",
         "STREAMREC_MODEL_STORE_DIR": str(run_dir / "models"),
         "STREAMREC_FLOW_RECOVERY_DIR": str(run_dir / "recovery"),
-        "STREAMREC_SERVING_PORT": str(_free_port()),
-        "STREAMREC_FLOW_METRICS_PORT": str(_free_port()),
-        "STREAMREC_LEARNER_METRICS_PORT": str(_free_port()),
-        "STREAMREC_DRIFT_METRICS_PORT": str(_free_port()),
+        "STREAMREC_SERVING_PORT": str(free_port()),
+        "STREAMREC_FLOW_METRICS_PORT": str(free_port()),
+        "STREAMREC_LEARNER_METRICS_PORT": str(free_port()),
+        "STREAMREC_DRIFT_METRICS_PORT": str(free_port()),
     }
 
 

@@ -196,3 +196,10 @@ def services_status(settings: Settings) -> ServiceStatus:
         broker_managed=_pid_alive(run / "broker.pid") is not None,
         redis_managed=_pid_alive(run / "redis.pid") is not None,
     )
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (for private servers)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

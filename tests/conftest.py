@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -19,7 +18,7 @@ import pytest
 import redis
 
 from streamrec.kafka_clients import ensure_topics
-from streamrec.local_services import redis_answers, start_broker, wait_for
+from streamrec.local_services import free_port, redis_answers, start_broker, wait_for
 from streamrec.settings import (
     FlowSettings,
     KafkaSettings,
@@ -31,12 +30,6 @@ from streamrec.topics import Topics
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_DIR = REPO_ROOT.parent / "shared" / "data" / "yoochoose-sample"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def tiny_model(settings: Settings, **overrides: object) -> ModelSettings:

@@ -1,1 +1,1 @@
-"""loadtest/bench."""
+"""Benchmarks behind ``streamrec bench``: each returns the one JSON line its command prints."""

@@ -23,10 +23,7 @@ from __future__ import annotations
 
 import os
 import random
-import resource
 import shutil
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -37,14 +34,22 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import orjson
 import redis
 from rich.console import Console
 
 from flows.session_state import SessionState
+from loadtest.bench.server_under_test import (
+    LOAD_WARMUP_S,
+    cpu_bound_rps,
+    mean_batch_size,
+    run_load,
+    serve_env,
+    wait_ready,
+)
 from serving.server import spawn_server, stop_server
 from streamrec.events import Event, EventLimits
 from streamrec.kafka_clients import broker_answers, ensure_topics
+from streamrec.local_services import free_port
 from streamrec.recorded_events import read_recorded
 from streamrec.redis_keys import RedisKeys
 from streamrec.session_features import encode_session_features
@@ -52,7 +57,6 @@ from streamrec.settings import Settings
 from streamrec.topics import Topics
 
 console = Console(stderr=True)
-LOAD_WARMUP_S = 1.0
 SWAP_WINDOW_S = (-0.5, 2.0)  # errors this close to a publish count as failed during a swap
 
 
@@ -137,89 +141,6 @@ def delete_prefix(client: redis.Redis, prefix: str) -> None:
         client.delete(*keys[start : start + 2000])
 
 
-def process_tree_cpu_s(pid: int) -> float:
-    """CPU seconds (user + system) used so far by ``pid`` and its descendants (Linux)."""
-    tick = os.sysconf("SC_CLK_TCK")
-    total = 0.0
-    pending = [pid]
-    while pending:
-        current = pending.pop()
-        try:
-            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / tick
-            for task in Path(f"/proc/{current}/task").iterdir():
-                pending.extend(int(c) for c in (task / "children").read_text().split())
-        except (OSError, IndexError, ValueError):
-            continue
-    return total
-
-
-def run_load(
-    port: int,
-    targets: list[str],
-    concurrency: int,
-    duration_s: float,
-    workdir: Path,
-    server_pid: int | None = None,
-) -> dict[str, Any]:
-    """Run the load generator in its own process; return its result.
-
-    Also measures the CPU the server (``server_pid`` and its workers) and the client spent
-    per request: unlike rps, that does not depend on what else shares the machine.
-    """
-    path = workdir / f"targets-{uuid.uuid4().hex[:6]}.txt"
-    path.write_text("\n".join(targets) + "\n")
-    server_cpu = process_tree_cpu_s(server_pid) if server_pid else 0.0
-    client_cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
-    started = time.monotonic()
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "loadtest.http_load",
-            "--port",
-            str(port),
-            "--targets",
-            str(path),
-            "--concurrency",
-            str(concurrency),
-            "--duration-s",
-            str(duration_s),
-            "--warmup-s",
-            str(LOAD_WARMUP_S),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    result = orjson.loads(out.stdout)
-    # The generator measures from the end of its warm-up.
-    result["measure_started_monotonic"] = started + LOAD_WARMUP_S
-    answered = max(1, result["requests"] + result["warmup_requests"])
-    client_after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    client_s = (client_after.ru_utime - client_cpu.ru_utime) + (
-        client_after.ru_stime - client_cpu.ru_stime
-    )
-    result["client_cpu_ms_per_request"] = round(client_s * 1000 / answered, 3)
-    if server_pid:
-        server_s = process_tree_cpu_s(server_pid) - server_cpu
-        result["server_cpu_ms_per_request"] = round(server_s * 1000 / answered, 3)
-    return result
-
-
-def cpu_bound_rps(load: dict[str, Any], cores: int = 2) -> float | None:
-    """The rps ``cores`` idle cores would sustain at the measured CPU cost per request."""
-    per_request_ms = load.get("server_cpu_ms_per_request", 0) + load["client_cpu_ms_per_request"]
-    return round(cores * 1000 / per_request_ms, 1) if per_request_ms else None
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def publish_swaps(
     settings: Settings,
     base: Any,
@@ -263,17 +184,6 @@ def failed_during_swaps(load: dict[str, Any], publish_times: list[float]) -> int
     )
 
 
-def _serve_env(settings: Settings, workers: int) -> dict[str, str]:
-    return os.environ | {
-        "STREAMREC_KEY_PREFIX": settings.redis.key_prefix,
-        "STREAMREC_TOPIC_PREFIX": settings.kafka.topic_prefix,
-        "STREAMREC_MODEL_STORE_DIR": str(settings.model.store_dir),
-        "STREAMREC_SERVING_WORKERS": str(workers),
-        "STREAMREC_SERVING_AUTH_TOKEN": "",
-        "STREAMREC_LOG_LEVEL": "WARNING",
-    }
-
-
 def run_serving_benchmark(settings: Settings, config: BenchConfig) -> dict[str, Any]:
     """Run the whole benchmark (see module docstring); return the JSON line's fields."""
     from online_models.model.recommender import random_weights
@@ -309,7 +219,7 @@ def run_serving_benchmark(settings: Settings, config: BenchConfig) -> dict[str, 
         rng.shuffle(sessions)
         targets = [f"/recommend?session_id={sid}&k={config.k}" for sid in sessions]
         port = free_port()
-        server = spawn_server(_serve_env(settings, config.workers), port, workdir / "server.log")
+        server = spawn_server(serve_env(settings, config.workers), port, workdir / "server.log")
         try:
             wait_ready(port, 60, workdir / "server.log")
             console.print(f"baseline: /healthz for {config.duration_s / 2:.0f}s...")
@@ -408,7 +318,7 @@ def run_large_catalog(
         pipe.execute()
         port = free_port()
         server = spawn_server(
-            _serve_env(large_settings, config.workers), port, workdir / "server-1m.log", 180
+            serve_env(large_settings, config.workers), port, workdir / "server-1m.log", 180
         )
         try:
             wait_ready(port, 180, workdir / "server-1m.log")
@@ -427,43 +337,3 @@ def run_large_catalog(
         }
     finally:
         delete_prefix(client, large_keys.prefix)
-
-
-def mean_batch_size(port: int) -> float | None:
-    """Mean sessions per model call, from one worker's /metrics."""
-    import urllib.request
-
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-        text = response.read().decode()
-    values = {}
-    for line in text.splitlines():
-        if line.startswith("streamrec_serving_score_batch_size_"):
-            name, _, value = line.partition(" ")
-            values[name] = float(value)
-    count = values.get("streamrec_serving_score_batch_size_count", 0.0)
-    total = values.get("streamrec_serving_score_batch_size_sum", 0.0)
-    return round(total / count, 2) if count else None
-
-
-def wait_ready(port: int, timeout_s: float, log_path: Path) -> None:
-    """Poll ``/readyz`` until a model is loaded and Redis answers, for every worker.
-
-    On timeout the end of the server's log goes to stderr (the workdir is removed after).
-    """
-    import urllib.error
-    import urllib.request
-
-    deadline = time.monotonic() + timeout_s
-    in_a_row = 0
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2):
-                in_a_row += 1
-                if in_a_row >= 10:  # several answers: every worker has its model
-                    return
-        except (urllib.error.URLError, OSError):
-            in_a_row = 0
-            time.sleep(0.2)
-    tail = log_path.read_text(errors="replace")[-3000:] if log_path.exists() else ""
-    console.print(f"server log (end):\n{tail}", markup=False)
-    raise TimeoutError(f"server on port {port} not ready after {timeout_s}s")

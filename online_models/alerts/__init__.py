@@ -1,1 +1,1 @@
-"""online_models/alerts."""
+"""Where alerts go (topic, Redis stream, log, webhook) and how on-call reads them back."""

@@ -1,1 +1,1 @@
-"""online_models/drift."""
+"""The drift monitor: detectors on the learner's signals and the inputs, alerts, fine-tunes."""

@@ -1,1 +1,1 @@
-"""online_models/finetune."""
+"""A gated full fine-tune: replay, train, judge against the serving model, promote or reject."""

@@ -1,1 +1,1 @@
-"""online_models/learner."""
+"""The online learner: micro-batch head steps, published as versions, offsets kept exactly."""

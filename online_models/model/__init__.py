@@ -1,1 +1,1 @@
-"""online_models/model."""
+"""The recommender: a transformer backbone and head, its weights as data, serving-side scoring."""

@@ -1,1 +1,1 @@
-"""online_models/offline."""
+"""Training and evaluation from recorded traffic, and the baselines the model is compared with."""

@@ -1,1 +1,1 @@
-"""online_models/registry."""
+"""Versioned model weights: snapshots and deltas as safetensors, metadata in Redis."""

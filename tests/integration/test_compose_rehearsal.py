@@ -15,7 +15,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -30,7 +29,7 @@ import pytest
 import redis
 from confluent_kafka.admin import AdminClient
 
-from streamrec.local_services import redis_answers, wait_for
+from streamrec.local_services import free_port, redis_answers, wait_for
 from streamrec.redis_keys import RedisKeys
 from streamrec.settings import KafkaSettings
 from streamrec.topics import Topics
@@ -41,12 +40,6 @@ pytestmark = pytest.mark.integration
 IMAGE_STATE_DIR = Path("/var/lib/streamrec")
 LONG_RUNNING = ("flow-0", "flow-1", "learner", "drift", "serving")
 READY_TIMEOUT_S = 180.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture

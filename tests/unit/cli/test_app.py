@@ -1,0 +1,62 @@
+"""The ``streamrec`` command tree: every group registered once, overrides passed as settings."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from cli.app import app
+from streamrec.settings import ServingSettings
+
+runner = CliRunner()
+
+
+def command_names(group: typer.Typer) -> set[str]:
+    command = typer.main.get_command(group)
+    assert isinstance(command, typer.core.TyperGroup)
+    return set(command.list_commands(typer.Context(command)))
+
+
+def test_every_stage_and_group_is_registered() -> None:
+    assert command_names(app) == {
+        "config", "up", "replay", "generate", "flow", "train", "learn", "evaluate", "drift",
+        "finetune", "serve", "demo", "loadtest", "services", "alerts", "model", "bench",
+    }  # fmt: skip
+
+
+def test_bench_has_one_command_per_part() -> None:
+    bench = typer.main.get_command(app).get_command(
+        typer.Context(typer.main.get_command(app)), "bench"
+    )
+    assert set(bench.list_commands(typer.Context(bench))) == {
+        "events", "flow", "learner", "serving", "drift"
+    }  # fmt: skip
+
+
+def test_serve_passes_its_overrides_as_settings_not_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    started: list[ServingSettings] = []
+    monkeypatch.setattr("serving.server.serve", started.append)
+    environment = dict(os.environ)
+
+    result = runner.invoke(app, ["serve", "--port", "18123", "--workers", "3"])
+
+    assert result.exit_code == 0, result.output
+    assert [(s.port, s.workers) for s in started] == [(18123, 3)]
+    assert dict(os.environ) == environment
+
+
+def test_serve_without_overrides_keeps_the_configured_values(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    started: list[ServingSettings] = []
+    monkeypatch.setattr("serving.server.serve", started.append)
+    monkeypatch.setenv("STREAMREC_SERVING_PORT", "18124")
+
+    assert runner.invoke(app, ["serve"]).exit_code == 0
+    assert started[0].port == 18124
+    assert started[0].workers == ServingSettings().workers
