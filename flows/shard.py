@@ -1,7 +1,8 @@
 """The state of one shard of sessions: applies events, yields what to write and to emit.
 
 ``FeatureShard.apply`` is the whole feature logic of the flow, free of Kafka, Redis and
-Bytewax: it deduplicates, orders, updates the sessions, builds training examples and
+Bytewax: it deduplicates, orders, updates the sessions and builds training examples (one
+``example_builder.apply_event`` per event, the very step offline training uses), emits
 popularity events, and returns the *absolute* hash of every session it changed, so
 writing the output twice (a replay after a crash) leaves the same Redis state.
 
@@ -24,33 +25,13 @@ import orjson
 
 from flows.dead_letter import encode_dead_letter
 from flows.event_routing import ShardInput
-from flows.example_builder import click_example, purchase_example
+from flows.example_builder import DUPLICATE, apply_event
+from flows.feature_config import FeatureConfig
 from flows.session_state import NO_TS, SessionState
 from streamrec.session_features import encode_session_features
-from streamrec.settings import FlowSettings
 from streamrec.training_examples import encode_example
 
 SWEEPS_PER_TTL = 8
-
-
-@dataclass(frozen=True, slots=True)
-class FeatureConfig:
-    """The knobs of the feature logic, resolved once from ``FlowSettings``."""
-
-    history_len: int = 50
-    lateness_ms: int = 5000
-    session_ttl_ms: int = 7 * 86_400_000
-    purchase_weight: float = 5.0
-    input_topics: int = 2
-
-    @classmethod
-    def from_settings(cls, settings: FlowSettings) -> FeatureConfig:
-        return cls(
-            history_len=settings.history_len,
-            lateness_ms=int(settings.lateness_s * 1000),
-            session_ttl_ms=settings.session_ttl_s * 1000,
-            purchase_weight=settings.purchase_weight,
-        )
 
 
 @dataclass(slots=True)
@@ -95,7 +76,6 @@ class FeatureShard:
     def apply(self, inputs: list[ShardInput]) -> ShardOutput:
         """Apply the inputs in order; return the changed sessions and what to emit."""
         config = self.config
-        history_len, lateness_ms = config.history_len, config.lateness_ms
         purchase_weight = config.purchase_weight
         sessions = self.sessions
         out = ShardOutput()
@@ -119,31 +99,21 @@ class FeatureShard:
                 state = sessions.get(session_id)
                 if state is None:
                     state = sessions[session_id] = SessionState()
-                if not state.record(event.event_id):
+                late_before = state.late
+                example = apply_event(state, event, config, topic, partition, offset)
+                if example is DUPLICATE:
                     duplicates += 1
                     continue
+                if example is not None:
+                    examples.append((session_id.encode(), encode_example(example), produced_ms))
                 ts = event.ts
                 if ts > newest:
                     newest = ts
-                late_before = state.late
                 if event.type == "click":
-                    history = state.apply_click(
-                        ts, event.item_id, event.category, history_len, lateness_ms
-                    )
-                    if history:
-                        example = click_example(
-                            event, history, event.item_id in state.bought, topic, partition, offset
-                        )
-                        examples.append((session_id.encode(), encode_example(example), produced_ms))
                     popularity.append((event.item_id, ts, 1.0))
                     if event.category:
                         item_categories[event.item_id] = event.category
                 else:
-                    history = state.apply_purchase(ts, event.item_id, history_len, lateness_ms)
-                    example = purchase_example(
-                        event, history, purchase_weight, topic, partition, offset
-                    )
-                    examples.append((session_id.encode(), encode_example(example), produced_ms))
                     popularity.append((event.item_id, ts, purchase_weight))
                 late += state.late - late_before
                 changed[session_id] = state

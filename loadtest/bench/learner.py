@@ -26,11 +26,13 @@ from typing import Any
 import numpy as np
 import redis
 import torch
+from prometheus_client import CollectorRegistry
 
+from flows.example_builder import examples_from_events
+from flows.feature_config import FeatureConfig
 from online_models.learner.loop import Learner
 from online_models.learner.micro_batch import HeadLearner, pick_device
 from online_models.model.recommender import random_weights
-from online_models.offline.history_examples import examples_from_events
 from online_models.registry.weight_registry import WeightRegistry
 from streamrec.events import EventLimits
 from streamrec.kafka_clients import broker_answers, ensure_topics, make_producer
@@ -61,7 +63,8 @@ def run_learner_benchmark(
         torch.set_num_threads(settings.learner.torch_threads)
     limits = EventLimits.from_settings(settings.events)
     events = only_events(read_recorded(settings.data_dir, limits))
-    examples = list(examples_from_events(events, settings.train.history_len))[:n_examples]
+    features = FeatureConfig.from_settings(settings.flow)
+    examples = list(examples_from_events(events, features))[:n_examples]
     client = redis.Redis.from_url(settings.redis.redis_url.get_secret_value())
     try:
         report = _throughput_and_publish(settings, client, examples)
@@ -135,7 +138,7 @@ def _event_to_weights(
     topics = Topics.from_settings(settings.kafka)
     ensure_topics(settings.kafka, topics.all())
     latencies: list[float] = []
-    learner = Learner(settings, client)
+    learner = Learner(settings, client, CollectorRegistry())
 
     def record(publication: Any) -> None:
         done_ms = publication.published_at * 1000

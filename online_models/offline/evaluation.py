@@ -24,15 +24,16 @@ import numpy as np
 import torch
 from rich.progress import Progress
 
+from flows.example_builder import examples_from_events
+from flows.feature_config import FeatureConfig
 from online_models.learner.micro_batch import HeadLearner
 from online_models.model.item_index import ItemIndex
 from online_models.model.ranking_metrics import CUTOFF
 from online_models.model.recommender import SessionRecommender
-from online_models.offline.history_examples import examples_from_events, split_by_time
 from online_models.offline.popularity import RecentPopularity
 from online_models.offline.recorded_examples import yoochoose_file_events
 from online_models.offline.session_knn import KnnConfig, SessionKnn
-from online_models.offline.training import rank_examples, train
+from online_models.offline.training import rank_examples, split_by_time, train
 from streamrec.events import EventLimits
 from streamrec.settings import Settings
 from streamrec.structured_log import log_event
@@ -134,7 +135,7 @@ def run_evaluation(
 ) -> dict[str, Any]:
     """Warm up, stream, and return ``{"examples": N, "models": {...}}`` (and write the plot)."""
     events = yoochoose_file_events(clicks, buys, EventLimits.from_settings(settings.events))
-    examples = list(examples_from_events(events, settings.train.history_len))
+    examples = list(examples_from_events(events, FeatureConfig.from_settings(settings.flow)))
     warm = [e for e in examples if e.ts < cutoff_ms]
     stream = [e for e in examples if e.ts >= cutoff_ms]
     if not warm or not stream:

@@ -2,7 +2,9 @@
 
 Sources are YooChoose directories, event JSON-lines files, or explicit YooChoose
 clicks/buys file pairs; all go through ``streamrec.recorded_events`` and are merged in
-event-time order before examples are built.
+event-time order before examples are built by the flow's own builder
+(``flows.example_builder.examples_from_events``, with the ``FlowSettings`` history length and
+purchase weight).
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from online_models.offline.history_examples import examples_from_events
+from flows.example_builder import examples_from_events
+from flows.feature_config import FeatureConfig
 from streamrec.events import Event, EventLimits
 from streamrec.recorded_events import (
     BUYS_FILE,
@@ -34,7 +37,7 @@ def load_examples(
     events: Iterator[Event] = heapq.merge(*streams, key=lambda event: event.ts)
     if before_ms is not None:
         events = (event for event in events if event.ts < before_ms)
-    return list(examples_from_events(events, settings.train.history_len))
+    return list(examples_from_events(events, FeatureConfig.from_settings(settings.flow)))
 
 
 def yoochoose_file_events(

@@ -23,7 +23,6 @@ from online_models.model.item_index import ItemIndex
 from online_models.model.ranking_metrics import RankingTotals, ranking_totals, target_ranks
 from online_models.model.recommender import SessionRecommender
 from online_models.model.weights import ModelShape, ModelWeights
-from online_models.offline.history_examples import split_by_time
 from streamrec.settings import ModelSettings, TrainSettings
 from streamrec.training_examples import TrainingExample
 
@@ -116,6 +115,15 @@ def train(
     }
     version = init_from.version if init_from is not None else 0
     return TrainResult(model.cpu().to_weights(version, index.ids), metrics, history)
+
+
+def split_by_time(
+    examples: list[TrainingExample], validation_fraction: float
+) -> tuple[list[TrainingExample], list[TrainingExample]]:
+    """The oldest examples for training, the newest ``validation_fraction`` for validation."""
+    ordered = sorted(examples, key=lambda example: example.ts)
+    cut = max(1, int(len(ordered) * (1 - validation_fraction)))
+    return ordered[:cut], ordered[cut:]
 
 
 def _initial_model(

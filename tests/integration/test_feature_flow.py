@@ -20,11 +20,13 @@ import redis
 from bytewax.recovery import RecoveryConfig
 from bytewax.testing import run_main
 from confluent_kafka import Consumer, TopicPartition
+from prometheus_client import CollectorRegistry
 
 from flows.dataflow import build_flow
 from flows.dead_letter import decode_dead_letter
+from flows.feature_config import FeatureConfig
+from flows.metrics import FlowMetrics
 from flows.runner import ensure_recovery_dir
-from flows.shard import FeatureConfig
 from loadtest.traffic_replay import replay
 from streamrec.events import Event, RejectReason, encode_event
 from streamrec.kafka_clients import ensure_topics, make_producer
@@ -77,7 +79,7 @@ def run_flow_in_process(settings: Settings) -> None:
         update={"flow": settings.flow.model_copy(update={"stop_at_end": True})}
     )
     run_main(
-        build_flow(to_end),
+        build_flow(to_end, FlowMetrics(CollectorRegistry())),
         epoch_interval=timedelta(seconds=settings.flow.snapshot_interval_s),
         recovery_config=RecoveryConfig(settings.flow.recovery_dir),
     )

@@ -13,7 +13,8 @@ from itertools import islice
 import pytest
 
 from flows.event_routing import ShardInput
-from flows.shard import FeatureConfig, FeatureShard
+from flows.feature_config import FeatureConfig
+from flows.shard import FeatureShard
 from streamrec.events import Event
 from streamrec.recorded_events import only_events, read_yoochoose
 from streamrec.session_features import SessionFeatures, decode_session_features

@@ -8,13 +8,14 @@ import random
 import numpy as np
 import torch
 
+from flows.example_builder import examples_from_events
+from flows.feature_config import FeatureConfig
 from online_models.learner.micro_batch import HeadLearner
 from online_models.model.item_index import ItemIndex
 from online_models.model.ranking_metrics import MISS_RANK, ranking_totals, target_ranks
 from online_models.model.recommender import SessionRecommender, random_weights
 from online_models.model.weights import apply_delta
-from online_models.offline.history_examples import examples_from_events, split_by_time
-from online_models.offline.training import evaluate_examples, train
+from online_models.offline.training import evaluate_examples, split_by_time, train
 from streamrec.events import Event
 from streamrec.settings import LearnerSettings, ModelSettings, TrainSettings
 from streamrec.training_examples import TrainingExample
@@ -184,7 +185,7 @@ def test_examples_from_events_follow_the_flow_contract() -> None:
         event("3", "purchase", "a", "y", 3),
         event("4", "click", "b", "z", 4),
     ]
-    examples = list(examples_from_events(events, history_len=5))
+    examples = list(examples_from_events(events, FeatureConfig(history_len=5)))
     assert [(e.kind, e.history, e.target_item) for e in examples] == [
         ("click", ("x",), "y"),
         ("purchase", ("x", "y"), "y"),
