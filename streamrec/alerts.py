@@ -63,6 +63,7 @@ RUNBOOK_ANCHORS: dict[str, str] = {
     "finetune_promoted": "fine-tune-promoted",
     "finetune_failed": "fine-tune-failed",
     "rollback": "model-rollback",
+    "learner_guard": "learner-guard",
 }
 
 SEVERITIES: dict[str, Severity] = {
@@ -76,6 +77,7 @@ SEVERITIES: dict[str, Severity] = {
     "finetune_promoted": Severity.INFO,
     "finetune_failed": Severity.CRITICAL,
     "rollback": Severity.WARNING,
+    "learner_guard": Severity.WARNING,
 }
 
 # Detectors whose alerts start a fine-tune (input shifts only warn; the model may cope).

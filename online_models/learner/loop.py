@@ -15,18 +15,20 @@ example: what was learned but not yet published is simply read again.
 Versions promoted by someone else (a fine-tune, a rollback) win: when the registry's
 current version is not the learner's last publication, the learner reloads it and
 rewinds to its own last published offsets, re-learning the unpublished examples on top.
+
+Those decisions live in ``LearnerPositions`` (``positions.py``, no I/O); this module only
+moves data between it, the head, Kafka, Redis and the metrics.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
-import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-import orjson
 import redis
 import torch
 from confluent_kafka import Consumer, Message, Producer, TopicPartition
@@ -34,9 +36,16 @@ from prometheus_client import CollectorRegistry
 
 from online_models.learner.metrics import LearnerMetrics
 from online_models.learner.micro_batch import BatchOutcome, HeadLearner, pick_device
+from online_models.learner.positions import LearnerPositions
 from online_models.model.recommender import SessionRecommender
 from online_models.model.weights import ModelShape, ModelWeights
-from online_models.registry.weight_registry import Publication, WeightLoadError, WeightRegistry
+from online_models.registry.weight_registry import (
+    Publication,
+    VersionInfo,
+    WeightLoadError,
+    WeightRegistry,
+)
+from streamrec.alerts import Alert, StreamOffset, encode_alert, make_alert
 from streamrec.kafka_clients import make_consumer, make_producer
 from streamrec.redis_keys import RedisKeys
 from streamrec.settings import Settings
@@ -47,6 +56,22 @@ from streamrec.training_examples import TrainingExample, decode_example
 logger = logging.getLogger(__name__)
 
 SOURCE = "learner"
+GUARD_DETECTOR = "learner_guard"
+ALERT_OFFSETS = 10  # source offsets an alert carries: enough to read the batch back
+
+
+def guard_alert(
+    reason: str, examples: Sequence[TrainingExample], examples_seen: int, model_version: int
+) -> Alert:
+    """The alert for a micro-batch a guard skipped (``reason``: non-finite loss/gradient)."""
+    return make_alert(
+        GUARD_DETECTOR, reason, math.nan, math.nan, examples_seen, model_version,
+        message=f"skipped a micro-batch of {len(examples)} examples: {reason}",
+        offsets=tuple(
+            StreamOffset(e.source_topic, e.source_partition, e.source_offset)
+            for e in examples[:ALERT_OFFSETS]
+        ),
+    )  # fmt: skip
 
 
 @dataclass(slots=True)
@@ -69,14 +94,14 @@ class Learner:
         self,
         settings: Settings,
         client: redis.Redis,
-        metrics_registry: CollectorRegistry | None = None,
+        metrics_registry: CollectorRegistry,
     ) -> None:
         self.settings = settings
         self.client = client
         self.registry = WeightRegistry(settings, client)
         self.keys = RedisKeys(settings.redis.key_prefix)
         self.topics = Topics.from_settings(settings.kafka)
-        self.metrics = LearnerMetrics.create(metrics_registry or CollectorRegistry())
+        self.metrics = LearnerMetrics(metrics_registry)
         self.device = pick_device(settings.learner.device)
         if settings.learner.torch_threads:
             # The learner shares the CPU with the flow and serving: torch's default of one
@@ -86,32 +111,41 @@ class Learner:
         self.producer: Producer | None = None
         self.head: HeadLearner | None = None
         self.examples_seen = 0
-        self.positions: dict[int, int] = {}  # partition -> next offset to read
-        self.published_positions: dict[int, int] = {}
-        self.versions_since_snapshot = 0
-        self.steps_since_publish = 0
-        self.last_publish = time.monotonic()
-        self.pending_produce_ms: list[int] = []
+        self.progress = LearnerPositions.from_settings(
+            self.topics.training_examples, settings.learner, now_s=time.monotonic()
+        )
         self.publications: list[PublishRecord] = []
         self.on_publish: Callable[[PublishRecord], None] | None = None
         self.skipped = 0
+
+    @property
+    def positions(self) -> dict[int, int]:
+        """Partition -> next offset to read (a copy)."""
+        return dict(self.progress.positions)
+
+    @property
+    def published_positions(self) -> dict[int, int]:
+        """Partition -> next offset covered by the last publication (a copy)."""
+        return dict(self.progress.published)
 
     # -- lifecycle -----------------------------------------------------------------
 
     def start(self) -> None:
         """Load (or create) the current version and assign the partitions at its offsets."""
-        self._adopt(self._load_or_bootstrap())
+        info = self._adopt(self._load_or_bootstrap())
         self.producer = make_producer(self.settings.kafka)
         self.consumer = make_consumer(self.settings.kafka, self.settings.learner.consumer_group)
         topic = self.topics.training_examples
         metadata = self.consumer.list_topics(topic, timeout=10).topics[topic]
-        partitions = [TopicPartition(topic, p) for p in sorted(metadata.partitions)]
-        committed = self.consumer.committed(partitions, timeout=10)
-        for tp in committed:
-            stored = self.published_positions.get(tp.partition, 0)
-            self.positions[tp.partition] = max(stored, tp.offset if tp.offset >= 0 else 0)
-        self.published_positions = dict(self.positions)
+        partitions = sorted(metadata.partitions)
+        assigned = [TopicPartition(topic, p) for p in partitions]
+        committed = self.consumer.committed(assigned, timeout=10)
+        resume = self.progress.resume(
+            partitions, info.offsets if info else {}, {tp.partition: tp.offset for tp in committed}
+        )
         self._assign()
+        if resume.commit:  # killed between a publish and its commit: finish that commit
+            self._commit(resume.positions)
         log_event(
             logger, "learner_started", version=self.head.base_version if self.head else None,
             positions={str(p): o for p, o in self.positions.items()}, device=str(self.device),
@@ -120,7 +154,14 @@ class Learner:
     def _assign(self) -> None:
         assert self.consumer is not None
         topic = self.topics.training_examples
-        self.consumer.assign([TopicPartition(topic, p, o) for p, o in self.positions.items()])
+        positions = self.progress.positions
+        self.consumer.assign([TopicPartition(topic, p, o) for p, o in positions.items()])
+
+    def _commit(self, positions: dict[int, int]) -> None:
+        assert self.consumer is not None
+        topic = self.topics.training_examples
+        offsets = [TopicPartition(topic, p, o) for p, o in positions.items()]
+        self.consumer.commit(offsets=offsets, asynchronous=False)
 
     def _load_or_bootstrap(self) -> ModelWeights:
         try:
@@ -132,20 +173,14 @@ class Learner:
             log_event(logger, "learner_bootstrapped", version=publication.version)
             return self.registry.load(publication.version)
 
-    def _adopt(self, weights: ModelWeights) -> None:
-        """Continue from ``weights`` (a fresh optimizer state; offsets from its metadata)."""
+    def _adopt(self, weights: ModelWeights) -> VersionInfo | None:
+        """Continue from ``weights`` (a fresh optimizer state); returns its metadata."""
         self.head = HeadLearner.from_weights(weights, self.settings.learner, self.device)
         info = self.registry.info(weights.version)
         self.examples_seen = info.examples_seen if info else 0
-        topic = self.topics.training_examples
-        self.published_positions = {
-            int(key.rsplit(":", 1)[1]): value
-            for key, value in (info.offsets if info else {}).items()
-            if key.rsplit(":", 1)[0] == topic
-        }
-        self.versions_since_snapshot = 0
         self.metrics.model_version.set(weights.version)
         self.metrics.items.set(weights.n_items)
+        return info
 
     def close(self) -> None:
         if self.consumer is not None:
@@ -176,9 +211,7 @@ class Learner:
         examples = self._decode(messages)
         if examples:
             self.learn(examples)
-        due_steps = self.steps_since_publish >= self.settings.learner.publish_every_steps
-        due_time = time.monotonic() - self.last_publish >= self.settings.learner.publish_every_s
-        if self.steps_since_publish and (due_steps or due_time):
+        if self.progress.publish_due(time.monotonic()):
             self.publish()
         return len(examples)
 
@@ -204,8 +237,7 @@ class Learner:
     def _decode(self, messages: list[Message]) -> list[TrainingExample]:
         examples: list[TrainingExample] = []
         for message in messages:
-            self.positions[message.partition()] = message.offset() + 1
-            self.pending_produce_ms.append(message.timestamp()[1])
+            self.progress.record_read(message.partition(), message.offset(), message.timestamp()[1])
             try:
                 examples.append(decode_example(message.value()))
             except ValueError:
@@ -230,7 +262,7 @@ class Learner:
         else:
             self.metrics.steps.inc()
             self.metrics.loss.set(outcome.loss)
-            self.steps_since_publish += 1
+            self.progress.record_step()
         self._signal(outcome, examples)
         return outcome
 
@@ -260,39 +292,25 @@ class Learner:
         )
 
     def _alert(self, outcome: BatchOutcome, examples: list[TrainingExample]) -> None:
-        """An alert record (the fields of ``streamrec.alerts``) on the alerts topic."""
-        assert self.producer is not None and self.head is not None
-        alert = {
-            "alert_id": uuid.uuid4().hex,
-            "detector": "learner_guard",
-            "signal": outcome.skipped,
-            "level_before": None,
-            "level_after": None,
-            "detected_at_ms": int(time.time() * 1000),
-            "position": self.examples_seen,
-            "model_version": self.head.base_version,
-            "severity": "warning",
-            "runbook": "docs/model.md#guards",
-            "message": f"skipped a micro-batch of {len(examples)} examples: {outcome.skipped}",
-            "offsets": [[e.source_topic, e.source_partition, e.source_offset] for e in examples][
-                :10
-            ],
-        }
-        self.producer.produce(self.topics.alerts, orjson.dumps(alert), key=b"learner")
+        """The guard's alert record on the alerts topic."""
+        assert self.producer is not None and self.head is not None and outcome.skipped
+        alert = guard_alert(outcome.skipped, examples, self.examples_seen, self.head.base_version)
+        # Keyed by detector, like the drift monitor's Kafka sink (one detector's alerts in order).
+        self.producer.produce(self.topics.alerts, encode_alert(alert), key=alert.detector.encode())
         self.producer.poll(0)
         log_event(logger, "learner_step_skipped", logging.WARNING, reason=outcome.skipped)
 
     def publish_if_pending(self) -> None:
-        if self.steps_since_publish or self.positions != self.published_positions:
+        if self.progress.has_pending:
             self.publish()
 
     def publish(self) -> Publication | None:
         """Publish what was learned since the last version, then commit its offsets."""
         assert self.head is not None and self.consumer is not None
         started = time.perf_counter()
-        topic = self.topics.training_examples
-        offsets = {f"{topic}:{p}": o for p, o in self.positions.items()}
-        snapshot = self.versions_since_snapshot + 1 >= self.settings.learner.snapshot_every
+        checkpoint = self.progress.checkpoint()
+        snapshot = checkpoint.snapshot
+        offsets = checkpoint.offsets  # the version's metadata; the same offsets are committed
         common = {"source": SOURCE, "examples_seen": self.examples_seen, "offsets": offsets}
         try:
             if snapshot:
@@ -311,30 +329,23 @@ class Learner:
             self._adopt_external(self.registry.current_version())
             return publication
         self.head.mark_published(publication.version)
-        self.versions_since_snapshot = 0 if snapshot else self.versions_since_snapshot + 1
         if snapshot:
             self.registry.prune(self.settings.model.keep_snapshots)
-        self.consumer.commit(
-            offsets=[TopicPartition(topic, p, o) for p, o in self.positions.items()],
-            asynchronous=False,
-        )
-        self.published_positions = dict(self.positions)
-        self.steps_since_publish = 0
-        self.last_publish = time.monotonic()
+        self._commit(checkpoint.positions)
+        produce_ms = self.progress.mark_published(checkpoint, now_s=time.monotonic())
         kind = "snapshot" if snapshot else "delta"
         self.metrics.versions.labels(kind).inc()
         self.metrics.publish_seconds.observe(elapsed)
         self.metrics.model_version.set(publication.version)
         current_ms = time.time() * 1000
         observe = self.metrics.event_to_weights_seconds.observe
-        for produced_ms in self.pending_produce_ms:
+        for produced_ms in produce_ms:
             if produced_ms > 0:
                 observe(max(0.0, current_ms - produced_ms) / 1000)
         record = PublishRecord(
             publication.version, kind, True, elapsed, publication.size_bytes, time.time(),
-            self.pending_produce_ms,
+            produce_ms,
         )  # fmt: skip
-        self.pending_produce_ms = []
         self.publications.append(record)
         if self.on_publish is not None:
             self.on_publish(record)
@@ -357,12 +368,10 @@ class Learner:
         non-finite weights: re-learning them would only repeat that).
         """
         weights = self.registry.load(version)
-        previous = self.published_positions
-        current = self.positions
         self._adopt(weights)
-        self.positions = dict(previous if rewind else current)
-        self.published_positions = dict(self.positions)
-        self.steps_since_publish = 0
-        self.pending_produce_ms = []
+        if rewind:
+            self.progress.rewind()
+        else:
+            self.progress.drop_unpublished()
         self._assign()
         log_event(logger, "learner_adopted_version", version=weights.version)

@@ -10,6 +10,7 @@ import numpy as np
 import orjson
 import pytest
 import redis
+from prometheus_client import CollectorRegistry
 
 from online_models.learner.loop import Learner, PublishRecord
 from online_models.model.recommender import random_weights
@@ -84,7 +85,7 @@ def test_published_deltas_applied_to_the_snapshot_equal_the_learner_weights(
 ) -> None:
     config = small_settings(settings)
     produce(config, make_examples(400))
-    learner = Learner(config, redis_client)
+    learner = Learner(config, redis_client, CollectorRegistry())
     expected: dict[int, ModelWeights] = {}
 
     def remember(record: PublishRecord) -> None:
@@ -119,7 +120,7 @@ def test_a_nan_batch_is_skipped_counted_and_alerted(
 ) -> None:
     config = small_settings(settings)
     produce(config, make_examples(64))
-    learner = Learner(config, redis_client)
+    learner = Learner(config, redis_client, CollectorRegistry())
     learner.start()
     try:
         learn_until(learner, 64)
@@ -147,7 +148,7 @@ def test_an_externally_promoted_version_is_adopted(
 ) -> None:
     config = small_settings(settings)
     produce(config, make_examples(100))
-    learner = Learner(config, redis_client)
+    learner = Learner(config, redis_client, CollectorRegistry())
     learner.start()
     try:
         learn_until(learner, 100)

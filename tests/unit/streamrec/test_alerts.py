@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from online_models.drift.detectors import DETECTOR_NAMES
 from streamrec.alerts import (
     RUNBOOK_ANCHORS,
+    SEVERITIES,
     Severity,
     StreamOffset,
     alert_as_dict,
@@ -53,3 +54,22 @@ def test_every_detector_has_a_runbook_section_and_severity() -> None:
 def test_decode_refuses_other_bytes() -> None:
     with pytest.raises(ValueError, match="not an alert"):
         decode_alert(b'{"detector": "x"}')
+
+
+def test_every_alert_source_has_both_a_severity_and_a_runbook_section() -> None:
+    assert set(SEVERITIES) == set(RUNBOOK_ANCHORS)
+    assert set(DETECTOR_NAMES) <= set(RUNBOOK_ANCHORS)
+
+
+def test_the_learner_guard_alert_decodes_like_every_other_alert() -> None:
+    offsets = (StreamOffset("clicks", 0, 41), StreamOffset("clicks", 2, 7))
+    alert = make_alert(
+        "learner_guard", "non_finite_loss", math.nan, math.nan, 1234, 17,
+        "skipped a micro-batch of 8 examples: non_finite_loss", offsets,
+    )  # fmt: skip
+    back = decode_alert(encode_alert(alert))
+    assert back.severity is Severity.WARNING
+    assert back.runbook == "docs/runbook.md#learner-guard"
+    assert math.isnan(back.level_before) and math.isnan(back.level_after)
+    assert (back.position, back.model_version, back.offsets) == (1234, 17, offsets)
+    assert alert_as_dict(back) == alert_as_dict(alert)
