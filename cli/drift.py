@@ -17,7 +17,7 @@ app = typer.Typer()
 @app.command()
 def drift() -> None:
     """Run the drift monitor: detectors, alerts and drift-triggered fine-tunes."""
-    from prometheus_client import start_http_server
+    from prometheus_client import REGISTRY, start_http_server
 
     from online_models.drift.loop import run_drift_monitor
 
@@ -27,7 +27,7 @@ def drift() -> None:
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
-    run_drift_monitor(settings, stop)
+    run_drift_monitor(settings, stop, REGISTRY)
 
 
 @app.command()

@@ -2,7 +2,8 @@
 
 Run it with ``streamrec flow`` (recovery, metrics and scaling options from settings), or
 directly with ``python -m bytewax.run flows.dataflow:flow`` (settings from the
-environment; ``flow`` is built on first access, not at import).
+environment, metrics on the default Prometheus registry; ``flow`` is built on first
+access, not at import).
 
 Steps (ids are stable: recovery snapshots are stored under them)::
 
@@ -17,18 +18,21 @@ All logic lives in the modules these steps call; this module only wires them.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow
 from bytewax.operators import StatefulBatchLogic
+from prometheus_client import REGISTRY
 
-from flows import metrics as flow_metrics
 from flows.batch_kafka_source import BatchKafkaSource
 from flows.event_routing import EventRouter, ShardInput, SourceBatch
+from flows.feature_config import FeatureConfig
 from flows.item_popularity import ItemPopularity, PopularityUpdate
+from flows.metrics import FlowMetrics
 from flows.publisher import FeaturePublisher, FreshnessLog
-from flows.shard import FeatureConfig, FeatureShard, ShardOutput
+from flows.shard import FeatureShard, ShardOutput
 from streamrec.events import EventLimits
 from streamrec.settings import Settings, load_settings
 from streamrec.topics import Topics
@@ -53,13 +57,14 @@ class FeatureShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, bytes]):
 class PopularityLogic(StatefulBatchLogic[PopularityEvents, PopularityUpdate, bytes]):
     """Bytewax shell around the single ``ItemPopularity``."""
 
-    def __init__(self, popularity: ItemPopularity) -> None:
+    def __init__(self, popularity: ItemPopularity, metrics: FlowMetrics) -> None:
         self.popularity = popularity
+        self.metrics = metrics
 
     def on_batch(self, values: list[PopularityEvents]) -> tuple[list[PopularityUpdate], bool]:
         events = [event for batch in values for event in batch]
         update = self.popularity.add(events)
-        flow_metrics.POPULAR_ITEMS.set(len(self.popularity.scores))
+        self.metrics.popular_items.set(len(self.popularity.scores))
         return ([update] if update.scores else []), StatefulBatchLogic.RETAIN
 
     def snapshot(self) -> bytes:
@@ -80,10 +85,11 @@ def source_for(settings: Settings) -> BatchKafkaSource:
 
 def build_flow(
     settings: Settings,
+    metrics: FlowMetrics,
     freshness_log: FreshnessLog | None = None,
     source: BatchKafkaSource | None = None,
 ) -> Dataflow:
-    """The dataflow for ``settings``.
+    """The dataflow for ``settings``, counting on ``metrics``.
 
     Benchmarks pass a ``freshness_log`` (raw freshness values) and their own ``source``
     (to stop a tailing flow); otherwise both come from settings.
@@ -96,17 +102,17 @@ def build_flow(
 
     def route(batch: SourceBatch) -> list[tuple[str, ShardInput]]:
         routed = router.route(batch)
-        flow_metrics.EVENTS_IN.labels(batch.topic).inc(len(batch.messages))
+        metrics.events_in.labels(batch.topic).inc(len(batch.messages))
         for _, shard_input in routed:
             for letter in shard_input.dead_letters:
-                flow_metrics.REJECTS.labels(letter.reason.value).inc()
+                metrics.rejects.labels(letter.reason.value).inc()
         return routed
 
     def build_shard(resume: bytes | None) -> FeatureShardLogic:
         return FeatureShardLogic(FeatureShard.restore(config, resume))
 
     def build_popularity(resume: bytes | None) -> PopularityLogic:
-        return PopularityLogic(ItemPopularity.restore(half_life_ms, state_items, resume))
+        return PopularityLogic(ItemPopularity.restore(half_life_ms, state_items, resume), metrics)
 
     def popularity_events(keyed: tuple[str, ShardOutput]) -> tuple[str, PopularityEvents] | None:
         events = keyed[1].popularity
@@ -119,12 +125,18 @@ def build_flow(
     item_events = op.filter_map("popularity_events", features, popularity_events)
     popular = op.stateful_batch("popularity", item_events, build_popularity)
     publish = op.merge("to_publish", features, popular)
-    op.output("publish", publish, FeaturePublisher(settings, freshness_log))
+    op.output("publish", publish, FeaturePublisher(settings, metrics, freshness_log))
     return flow
+
+
+@functools.cache
+def _flow_from_environment() -> Dataflow:
+    """Built once: its metrics register on the process's default registry."""
+    return build_flow(load_settings(), FlowMetrics(REGISTRY))
 
 
 def __getattr__(name: str) -> Any:
     """``flow``: the dataflow from the environment's settings, for ``bytewax.run``."""
     if name == "flow":
-        return build_flow(load_settings())
+        return _flow_from_environment()
     raise AttributeError(name)

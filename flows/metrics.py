@@ -3,6 +3,7 @@
 Counters are bumped once per batch with the batch's count, never per event. Freshness is
 observed for every event, which a ``prometheus_client.Histogram`` would make cost about a
 microsecond each, so it is a ``BatchHistogram`` that takes a whole batch in one numpy call.
+All of them live on a ``FlowMetrics`` built from the registry the process serves.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import threading
 from collections.abc import Iterator, Sequence
 
 import numpy as np
-from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.registry import Collector
 
@@ -57,39 +58,72 @@ class BatchHistogram(Collector):
         yield family
 
 
-EVENTS_IN = Counter("streamrec_flow_events_in_total", "Messages read, per source topic.", ["topic"])
-MESSAGES_OUT = Counter(
-    "streamrec_flow_messages_out_total", "Messages produced, per destination topic.", ["topic"]
-)
-REJECTS = Counter(
-    "streamrec_flow_rejects_total", "Messages refused and sent to the DLQ, by reason.", ["reason"]
-)
-DUPLICATES = Counter("streamrec_flow_duplicates_total", "Events whose event_id was seen before.")
-LATE_EVENTS = Counter(
-    "streamrec_flow_late_events_total", "Events older than the lateness bound of their session."
-)
-SESSIONS_WRITTEN = Counter("streamrec_flow_sessions_written_total", "Session hashes written.")
-SESSIONS_EVICTED = Counter(
-    "streamrec_flow_sessions_evicted_total", "Idle sessions dropped from flow state."
-)
-REDIS_COMMANDS = Counter(
-    "streamrec_flow_redis_commands_total", "Redis commands sent (all in pipelines)."
-)
-REDIS_WRITE = Histogram(
-    "streamrec_flow_redis_write_seconds",
-    "Latency of one pipelined Redis write (one per output batch).",
-    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0),
-)
-POPULAR_ITEMS = Gauge("streamrec_flow_popular_items", "Items with a popularity score in state.")
-FRESHNESS = BatchHistogram(
-    "streamrec_flow_freshness_seconds",
-    "Produce time of an event to the acknowledged Redis write of its session.",
-    FRESHNESS_BUCKETS_S,
-)
-IN_FLOW = BatchHistogram(
-    "streamrec_flow_in_flow_seconds",
-    "Time from the flow reading an event off Kafka to the acknowledged Redis write.",
-    FRESHNESS_BUCKETS_S,
-)
-REGISTRY.register(FRESHNESS)
-REGISTRY.register(IN_FLOW)
+class FlowMetrics:
+    """What one flow process exports, registered on ``registry`` (shared by its workers)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.events_in = Counter(
+            "streamrec_flow_events_in_total",
+            "Messages read, per source topic.",
+            ["topic"],
+            registry=registry,
+        )
+        self.messages_out = Counter(
+            "streamrec_flow_messages_out_total",
+            "Messages produced, per destination topic.",
+            ["topic"],
+            registry=registry,
+        )
+        self.rejects = Counter(
+            "streamrec_flow_rejects_total",
+            "Messages refused and sent to the DLQ, by reason.",
+            ["reason"],
+            registry=registry,
+        )
+        self.duplicates = Counter(
+            "streamrec_flow_duplicates_total",
+            "Events whose event_id was seen before.",
+            registry=registry,
+        )
+        self.late_events = Counter(
+            "streamrec_flow_late_events_total",
+            "Events older than the lateness bound of their session.",
+            registry=registry,
+        )
+        self.sessions_written = Counter(
+            "streamrec_flow_sessions_written_total", "Session hashes written.", registry=registry
+        )
+        self.sessions_evicted = Counter(
+            "streamrec_flow_sessions_evicted_total",
+            "Idle sessions dropped from flow state.",
+            registry=registry,
+        )
+        self.redis_commands = Counter(
+            "streamrec_flow_redis_commands_total",
+            "Redis commands sent (all in pipelines).",
+            registry=registry,
+        )
+        self.redis_write = Histogram(
+            "streamrec_flow_redis_write_seconds",
+            "Latency of one pipelined Redis write (one per output batch).",
+            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0),
+            registry=registry,
+        )
+        self.popular_items = Gauge(
+            "streamrec_flow_popular_items",
+            "Items with a popularity score in state.",
+            registry=registry,
+        )
+        self.freshness = BatchHistogram(
+            "streamrec_flow_freshness_seconds",
+            "Produce time of an event to the acknowledged Redis write of its session.",
+            FRESHNESS_BUCKETS_S,
+        )
+        self.in_flow = BatchHistogram(
+            "streamrec_flow_in_flow_seconds",
+            "Time from the flow reading an event off Kafka to the acknowledged Redis write.",
+            FRESHNESS_BUCKETS_S,
+        )
+        registry.register(self.freshness)
+        registry.register(self.in_flow)

@@ -33,9 +33,9 @@ from confluent_kafka import KafkaError, Message, Producer
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from flows import metrics as flow_metrics
 from flows.background_writer import BackgroundWriter
 from flows.item_popularity import PopularityUpdate
+from flows.metrics import FlowMetrics
 from flows.shard import ShardOutput
 from streamrec.kafka_clients import make_producer
 from streamrec.redis_keys import RedisKeys
@@ -118,8 +118,15 @@ class _Clients:
 
 
 class _PublishPartition(StatefulSinkPartition[PublishItem, None]):
-    def __init__(self, clients: _Clients, settings: Settings, log: FreshnessLog | None) -> None:
+    def __init__(
+        self,
+        clients: _Clients,
+        settings: Settings,
+        metrics: FlowMetrics,
+        log: FreshnessLog | None,
+    ) -> None:
         self._clients = clients
+        self._metrics = metrics
         self._keys = RedisKeys(settings.redis.key_prefix)
         self._ttl_s = settings.flow.session_ttl_s
         self._popular_size = settings.flow.popular_size
@@ -163,10 +170,11 @@ class _PublishPartition(StatefulSinkPartition[PublishItem, None]):
         if commands:
             self._clients.writer.submit(partial(self._execute, pipe, commands, produce_ms, read_ms))
         self._produce(values)
-        flow_metrics.SESSIONS_WRITTEN.inc(sessions)
-        flow_metrics.DUPLICATES.inc(duplicates)
-        flow_metrics.LATE_EVENTS.inc(late)
-        flow_metrics.SESSIONS_EVICTED.inc(evicted)
+        metrics = self._metrics
+        metrics.sessions_written.inc(sessions)
+        metrics.duplicates.inc(duplicates)
+        metrics.late_events.inc(late)
+        metrics.sessions_evicted.inc(evicted)
 
     def _execute(
         self, pipe: Any, commands: int, produce_ms: list[int], read_ms: list[float]
@@ -174,14 +182,14 @@ class _PublishPartition(StatefulSinkPartition[PublishItem, None]):
         """On the writer thread: one round trip, then latency and freshness at the ack."""
         started = time.perf_counter()
         pipe.execute()
-        flow_metrics.REDIS_WRITE.observe(time.perf_counter() - started)
-        flow_metrics.REDIS_COMMANDS.inc(commands)
+        self._metrics.redis_write.observe(time.perf_counter() - started)
+        self._metrics.redis_commands.inc(commands)
         if produce_ms:
             ack_ms = time.time() * 1000.0
             produced = np.asarray(produce_ms, dtype=np.float64)
             read = np.asarray(read_ms, dtype=np.float64)
-            flow_metrics.FRESHNESS.observe_many((ack_ms - produced) / 1000.0)
-            flow_metrics.IN_FLOW.observe_many((ack_ms - read) / 1000.0)
+            self._metrics.freshness.observe_many((ack_ms - produced) / 1000.0)
+            self._metrics.in_flow.observe_many((ack_ms - read) / 1000.0)
             if self._log is not None:
                 self._log.add(produced, read, ack_ms)
 
@@ -227,9 +235,9 @@ class _PublishPartition(StatefulSinkPartition[PublishItem, None]):
             dead_letters += len(value.dead_letters)
         producer.poll(0)
         if examples:
-            flow_metrics.MESSAGES_OUT.labels(self._examples_topic).inc(examples)
+            self._metrics.messages_out.labels(self._examples_topic).inc(examples)
         if dead_letters:
-            flow_metrics.MESSAGES_OUT.labels(self._dlq_topic).inc(dead_letters)
+            self._metrics.messages_out.labels(self._dlq_topic).inc(dead_letters)
 
     def snapshot(self) -> None:
         """Called before Bytewax commits an epoch: every write and message of it is done."""
@@ -259,8 +267,14 @@ def _produce_one(
 class FeaturePublisher(FixedPartitionedSink[PublishItem, None]):
     """Output partitions ``publish-0..n-1``; items are routed by their shard index."""
 
-    def __init__(self, settings: Settings, freshness_log: FreshnessLog | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        metrics: FlowMetrics,
+        freshness_log: FreshnessLog | None = None,
+    ) -> None:
         self.settings = settings
+        self.metrics = metrics
         self.freshness_log = freshness_log
         self._clients: _Clients | None = None
 
@@ -274,4 +288,4 @@ class FeaturePublisher(FixedPartitionedSink[PublishItem, None]):
     def build_part(self, step_id: str, for_part: str, resume_state: None) -> _PublishPartition:
         if self._clients is None:
             self._clients = _Clients(self.settings)
-        return _PublishPartition(self._clients, self.settings, self.freshness_log)
+        return _PublishPartition(self._clients, self.settings, self.metrics, self.freshness_log)

@@ -16,9 +16,10 @@ from pathlib import Path
 
 from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.run import cli_main
-from prometheus_client import start_http_server
+from prometheus_client import REGISTRY, start_http_server
 
 from flows.dataflow import build_flow
+from flows.metrics import FlowMetrics
 from flows.process_tuning import tune_flow_process
 from streamrec.settings import Settings
 from streamrec.structured_log import log_event
@@ -63,7 +64,11 @@ def run_flow(
     process_id: int | None = None,
     addresses: list[str] | None = None,
 ) -> None:
-    """Run the flow until it ends (``stop_at_end``) or is stopped; blocks."""
+    """Run the flow until it ends (``stop_at_end``) or is stopped; blocks.
+
+    This is the process's entry: the flow's metrics go on the default registry, which the
+    metrics endpoint serves.
+    """
     flow_settings = settings.flow
     tune_flow_process()
     recovery = None
@@ -84,7 +89,7 @@ def run_flow(
         shards=flow_settings.state_shards,
     )
     cli_main(
-        build_flow(settings),
+        build_flow(settings, FlowMetrics(REGISTRY)),
         workers_per_process=workers,
         process_id=process_id,
         addresses=addresses,

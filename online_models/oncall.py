@@ -79,7 +79,7 @@ def rollback_model(settings: Settings, client: redis.Redis, version: int | None)
         message=f"rolled back from v{current}: v{version} serves again as v{publication.version}",
     )
     producer = make_producer(settings.kafka, **{"linger.ms": 0})
-    fanout = build_fanout(settings, client, producer, prometheus=False)
+    fanout = build_fanout(settings, client, producer, metrics=None)
     try:
         fanout.send(alert)
     finally:

@@ -25,7 +25,7 @@ import orjson
 import redis
 import redis.asyncio as aioredis
 from confluent_kafka import Producer
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from starlette.applications import Starlette
@@ -81,7 +81,8 @@ class ServingState:
         self.settings = settings
         self.keys = RedisKeys(settings.redis.key_prefix)
         self.limits = RequestLimits(serving.max_k, serving.default_k, serving.max_exclude_items)
-        self.metrics = ServingMetrics()
+        # This worker's own registry: /metrics renders it (no start_http_server here).
+        self.metrics = ServingMetrics(CollectorRegistry())
         self.holder = ModelHolder()
         self.batcher = ScoreBatcher(
             serving.score_batch_max,

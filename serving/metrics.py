@@ -1,8 +1,8 @@
 """Prometheus metrics of the serving process (one set per worker process).
 
 Names follow ``streamrec_serving_<what>_<unit>``; labels are few and bounded (route and
-status class only). Each instance owns its registry, so tests can build several apps in
-one process without name clashes.
+status class only). The registry is passed in: each app (one per worker) builds its own
+and renders it at ``/metrics``, so tests can build several apps in one process.
 """
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ LATENCY_BUCKETS_S = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.01, 0.02, 0.05, 0.1, 
 
 
 class ServingMetrics:
-    """Counters, gauges and histograms of one serving process."""
+    """Counters, gauges and histograms of one serving process, registered on ``registry``."""
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
-        self.registry = registry or CollectorRegistry()
-        r = self.registry
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        r = registry
         self.requests = Counter(
             "streamrec_serving_requests_total",
             "HTTP requests answered, by route and status code.",

@@ -5,7 +5,8 @@ Kubernetes manifests of ``deploy/k8s`` are turned into ``Container`` records: th
 the process runs (the Dockerfile's ENTRYPOINT plus the command), its effective
 environment (the Dockerfile's ENV, ConfigMaps and Secrets, the container's own
 variables), its ports and what is mounted where. The unit tests check these records
-against the code; the compose rehearsal runs them.
+against the code; the compose rehearsal runs them. ``exported_metric_names`` is what the
+Prometheus rules and the Grafana dashboard may query.
 """
 
 from __future__ import annotations
@@ -20,8 +21,14 @@ from typing import Any
 from unittest import mock
 
 import yaml
+from prometheus_client import CollectorRegistry
 from pydantic_settings import BaseSettings
 
+from flows.metrics import FlowMetrics
+from online_models.alerts.metrics import AlertMetrics
+from online_models.drift.metrics import DriftMetrics
+from online_models.learner.metrics import LearnerMetrics
+from serving.metrics import ServingMetrics
 from streamrec.settings import Settings, load_settings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -34,6 +41,11 @@ IMAGE_NAME = "streamrec"
 # Values for the variables compose interpolates (the real ones come from the shell).
 COMPOSE_VARIABLES = {"REDIS_PASSWORD": "redis-pass", "GRAFANA_ADMIN_PASSWORD": "grafana-pass"}
 WORKLOAD_KINDS = {"Deployment", "StatefulSet", "Job"}
+# Every component's metrics class, and those the drift monitor process exports.
+METRICS_CLASSES = (FlowMetrics, LearnerMetrics, DriftMetrics, AlertMetrics, ServingMetrics)
+DRIFT_MONITOR_METRICS = (DriftMetrics, AlertMetrics)
+# Series of a family with no sample yet (a labelled metric before its first label).
+_SERIES_SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum")}
 
 
 def settings_variables(cls: type[BaseSettings] = Settings) -> dict[str, Any]:
@@ -52,6 +64,19 @@ def settings_from_env(env: dict[str, str]) -> Settings:
     """The settings a process with exactly this environment builds (validation included)."""
     with mock.patch.dict(os.environ, env, clear=True):
         return load_settings()
+
+
+def exported_metric_names(metrics_classes: tuple[type, ...] = METRICS_CLASSES) -> frozenset[str]:
+    """Every series name the given metrics classes expose (counters with their ``_total``,
+    histograms with ``_bucket``/``_count``/``_sum``), each built on a fresh registry."""
+    registry = CollectorRegistry()
+    for metrics_class in metrics_classes:
+        metrics_class(registry)
+    names: set[str] = set()
+    for family in registry.collect():
+        names.update(sample.name for sample in family.samples)
+        names.update(family.name + s for s in _SERIES_SUFFIXES.get(family.type, ("",)))
+    return frozenset(name for name in names if not name.endswith("_created"))
 
 
 @dataclass(frozen=True)

@@ -3,8 +3,8 @@
 How it measures (one process; the real learner step, detectors and fine-tune code):
 
 - a generator scenario (``loadtest.synthetic_traffic``) becomes events, then training
-  examples through the offline builder that mirrors the flow
-  (``history_examples.examples_from_events``);
+  examples through the flow's own example builder (``flows.example_builder``, with the
+  ``FlowSettings`` history length and purchase weight);
 - the online learner's step (``HeadLearner.learn``: score first, then update the head) runs
   on micro-batches of ``LearnerSettings.batch_size``; each outcome becomes the
   ``LearnerSignal`` the learner writes to Redis, and ``DriftMonitor`` sees it and every
@@ -33,6 +33,8 @@ from typing import Any
 
 from rich.progress import Progress
 
+from flows.example_builder import examples_from_events
+from flows.feature_config import FeatureConfig
 from loadtest.synthetic_traffic import GeneratorConfig, GroundTruth, Scenario, generate
 from online_models.drift.monitor import DriftMonitor, wants_finetune
 from online_models.drift.signals import LearnerSignal, spread_hits
@@ -41,7 +43,6 @@ from online_models.finetune.training import hits_at_20, train_candidate
 from online_models.learner.micro_batch import HeadLearner
 from online_models.model.recommender import random_weights
 from online_models.model.weights import ModelWeights
-from online_models.offline.history_examples import examples_from_events
 from streamrec.events import Event, parse_event
 from streamrec.settings import Settings
 from streamrec.training_examples import TrainingExample
@@ -62,12 +63,12 @@ class StreamRun:
 
 
 def scenario_examples(
-    config: GeneratorConfig, history_len: int
+    config: GeneratorConfig, features: FeatureConfig
 ) -> tuple[list[TrainingExample], GroundTruth]:
     """The scenario's training examples (in event order) and its ground truth."""
     lines, truth = generate(config)
     events = (event for event in map(parse_event, lines) if isinstance(event, Event))
-    return list(examples_from_events(events, history_len)), truth
+    return list(examples_from_events(events, features)), truth
 
 
 def event_index_of(example: TrainingExample) -> int:
@@ -210,7 +211,7 @@ def stationary_false_alarms(
     task = progress.add_task("stationary stream", total=min_examples)
     lines, _ = generate(config)
     parsed = (event for event in map(parse_event, lines) if isinstance(event, Event))
-    examples = examples_from_events(parsed, settings.flow.history_len)
+    examples = examples_from_events(parsed, FeatureConfig.from_settings(settings.flow))
 
     def counted() -> Iterable[TrainingExample]:
         for count, example in enumerate(examples, 1):
@@ -232,7 +233,7 @@ def run_drift_benchmark(
     pipeline: bool = False,
 ) -> dict[str, Any]:
     """Every figure of the benchmark as one flat dict (see the module docstring)."""
-    history_len = settings.flow.history_len
+    features = FeatureConfig.from_settings(settings.flow)
     result: dict[str, Any] = {"events_per_scenario": events, "seeds": seeds}
     with Progress(transient=True) as progress:
         for scenario, key in (
@@ -244,7 +245,7 @@ def run_drift_benchmark(
             task = progress.add_task(f"{scenario.value} scenario", total=seeds)
             for seed in range(seeds):
                 examples, truth = scenario_examples(
-                    GeneratorConfig(scenario, events=events, seed=seed), history_len
+                    GeneratorConfig(scenario, events=events, seed=seed), features
                 )
                 run = run_stream(settings, examples, with_finetune=False, seed=seed)
                 delay = first_alert_delay(run, truth)
@@ -263,7 +264,7 @@ def run_drift_benchmark(
         result["stationary_alarms"] = alarms
         result["false_alarms_per_million"] = alarms / examples_seen * 1e6
         examples, truth = scenario_examples(
-            GeneratorConfig(Scenario.ABRUPT, events=events, seed=0), history_len
+            GeneratorConfig(Scenario.ABRUPT, events=events, seed=0), features
         )
         plain = run_stream(settings, examples, with_finetune=False)
         tuned = run_stream(settings, examples, with_finetune=finetune)
@@ -289,6 +290,7 @@ def run_pipeline_benchmark(
     import uuid
 
     import redis
+    from prometheus_client import CollectorRegistry
 
     from online_models.alerts.tail import latest_alerts
     from online_models.drift.loop import run_drift_monitor
@@ -314,7 +316,8 @@ def run_pipeline_benchmark(
     topics = Topics.from_settings(config.kafka)
     ensure_topics(config.kafka, topics.all())
     examples, truth = scenario_examples(
-        GeneratorConfig(Scenario.ABRUPT, events=events, seed=0), config.flow.history_len
+        GeneratorConfig(Scenario.ABRUPT, events=events, seed=0),
+        FeatureConfig.from_settings(config.flow),
     )
     producer = make_producer(config.kafka)
     for example in examples:
@@ -322,11 +325,13 @@ def run_pipeline_benchmark(
     producer.flush(30)
     client = redis.Redis.from_url(config.redis.redis_url.get_secret_value())
     stop = threading.Event()
-    learner = Learner(config, client)
+    learner = Learner(config, client, CollectorRegistry())
     learner.start()
     threads = [
         threading.Thread(target=learner.run, args=(stop,), daemon=True),
-        threading.Thread(target=run_drift_monitor, args=(config, stop), daemon=True),
+        threading.Thread(
+            target=run_drift_monitor, args=(config, stop, CollectorRegistry()), daemon=True
+        ),
     ]
     for thread in threads:
         thread.start()

@@ -38,10 +38,11 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from bytewax.recovery import RecoveryConfig
 from bytewax.testing import run_main
 from confluent_kafka.admin import AdminClient
-from prometheus_client import REGISTRY
+from prometheus_client import CollectorRegistry
 
 from flows.dataflow import build_flow, source_for
 from flows.event_routing import SourceBatch
+from flows.metrics import FlowMetrics
 from flows.process_tuning import tune_flow_process
 from flows.publisher import FreshnessLog
 from flows.runner import ensure_recovery_dir
@@ -118,8 +119,8 @@ def _run(flow: Dataflow, settings: Settings) -> float:
     return time.perf_counter() - started
 
 
-def _counter(name: str) -> float:
-    return REGISTRY.get_sample_value(name) or 0.0
+def _counter(registry: CollectorRegistry, name: str) -> float:
+    return registry.get_sample_value(name) or 0.0
 
 
 def _cleanup(settings: Settings) -> None:
@@ -168,11 +169,10 @@ def measure_throughput(
             ceiling_rates.append(null.counts[0] / ceiling_s)
             run = _for_round(bench, f"f{round_no}", work)
             rounds_settings.append(run)
-            commands_before = _counter("streamrec_flow_redis_commands_total")
-            writes_before = _counter("streamrec_flow_redis_write_seconds_count")
-            flow_s = _run(build_flow(run), run)
-            commands = _counter("streamrec_flow_redis_commands_total") - commands_before
-            writes = _counter("streamrec_flow_redis_write_seconds_count") - writes_before
+            registry = CollectorRegistry()  # one per round: its counters are that round's
+            flow_s = _run(build_flow(run, FlowMetrics(registry)), run)
+            commands = _counter(registry, "streamrec_flow_redis_commands_total")
+            writes = _counter(registry, "streamrec_flow_redis_write_seconds_count")
             flow_rates.append(round(produced / flow_s))
             _log(f"round {round_no}: ceiling {ceiling_rates[-1]:.0f}/s, flow {flow_rates[-1]}/s")
         return {
@@ -209,7 +209,7 @@ def measure_freshness(settings: Settings, rate: float, seconds: float, work: Pat
     ensure_topics(bench.kafka, topics.all())
     log = FreshnessLog([])
     source = source_for(bench)
-    flow = build_flow(bench, log, source)
+    flow = build_flow(bench, FlowMetrics(CollectorRegistry()), log, source)
     runner = threading.Thread(target=_run, args=(flow, bench), daemon=True)
     limit = max(1000, int(rate * seconds))
     try:

@@ -4,7 +4,8 @@
 (``streamrec_alerts_sink_failures_total``) and the others still get the alert. The webhook
 sink never blocks its caller: alerts wait in a bounded queue and a background thread posts
 them, retrying with exponential backoff; when the queue is full the alert is dropped and
-counted (the topic, the stream and the log still have it).
+counted (the topic, the stream and the log still have it). Counters go to the
+``AlertMetrics`` passed in; short-lived processes that nobody scrapes pass none and only log.
 
 Delivery: the topic sink is at-least-once (idempotent producer, flushed on ``close``); the
 Redis stream is capped at ``alerts_stream_maxlen`` entries.
@@ -25,7 +26,7 @@ import orjson
 import redis
 from confluent_kafka import Producer
 
-from online_models.drift import metrics as drift_metrics
+from online_models.alerts.metrics import AlertMetrics
 from streamrec.alerts import Alert, alert_as_dict, encode_alert
 from streamrec.redis_keys import RedisKeys
 from streamrec.settings import Settings
@@ -98,9 +99,12 @@ class PrometheusAlertSink:
 
     name = "prometheus"
 
+    def __init__(self, metrics: AlertMetrics) -> None:
+        self._metrics = metrics
+
     def send(self, alert: Alert, encoded: bytes) -> None:
-        drift_metrics.ALERTS.labels(alert.detector, alert.severity.value).inc()
-        drift_metrics.LAST_ALERT.labels(alert.detector).set(alert.detected_at_ms / 1000)
+        self._metrics.alerts.labels(alert.detector, alert.severity.value).inc()
+        self._metrics.last_alert.labels(alert.detector).set(alert.detected_at_ms / 1000)
 
     def close(self) -> None:
         return None
@@ -158,6 +162,7 @@ class WebhookAlertSink:
         retries: int,
         backoff_s: float,
         queue_size: int,
+        metrics: AlertMetrics | None,
         post: Post = post_json,
     ) -> None:
         self._url = url
@@ -165,6 +170,7 @@ class WebhookAlertSink:
         self._retries = retries
         self._backoff_s = backoff_s
         self._post = post
+        self._metrics = metrics
         self._queue: queue.Queue[Alert | None] = queue.Queue(queue_size)
         self.delivered = 0
         self._thread = threading.Thread(target=self._run, name="alert-webhook", daemon=True)
@@ -174,7 +180,8 @@ class WebhookAlertSink:
         try:
             self._queue.put_nowait(alert)
         except queue.Full:
-            drift_metrics.WEBHOOK_DROPPED.inc()
+            if self._metrics is not None:
+                self._metrics.webhook_dropped.inc()
             log_event(logger, "webhook_queue_full", logging.ERROR, alert_id=alert.alert_id)
 
     def close(self, timeout_s: float = 5.0) -> None:
@@ -215,15 +222,17 @@ class WebhookAlertSink:
             if attempt < self._retries:
                 time.sleep(wait_s)
                 wait_s *= 2
-        drift_metrics.SINK_FAILURES.labels(self.name).inc()
+        if self._metrics is not None:
+            self._metrics.sink_failures.labels(self.name).inc()
         log_event(logger, "webhook_gave_up", logging.ERROR, alert_id=alert.alert_id)
 
 
 class AlertFanout:
     """Send each alert to every sink; one sink's failure never stops the others."""
 
-    def __init__(self, sinks: Sequence[AlertSink]) -> None:
+    def __init__(self, sinks: Sequence[AlertSink], metrics: AlertMetrics | None) -> None:
         self.sinks = list(sinks)
+        self._metrics = metrics
 
     def send(self, alert: Alert) -> None:
         encoded = encode_alert(alert)
@@ -231,7 +240,8 @@ class AlertFanout:
             try:
                 sink.send(alert, encoded)
             except Exception as exc:  # a sink is infrastructure: count, log, carry on
-                drift_metrics.SINK_FAILURES.labels(sink.name).inc()
+                if self._metrics is not None:
+                    self._metrics.sink_failures.labels(sink.name).inc()
                 log_event(
                     logger,
                     "alert_sink_failed",
@@ -247,12 +257,13 @@ class AlertFanout:
 
 
 def build_fanout(
-    settings: Settings, client: redis.Redis, producer: Producer, prometheus: bool = True
+    settings: Settings, client: redis.Redis, producer: Producer, metrics: AlertMetrics | None
 ) -> AlertFanout:
     """Every configured sink: topic, stream, log, Prometheus, and the webhook if a URL is set.
 
-    Short-lived processes (fine-tune, rollback) pass ``prometheus=False``: nobody scrapes
-    them; the drift monitor counts their alerts from the Redis stream instead.
+    Short-lived processes (fine-tune, rollback) pass ``metrics=None``: nobody scrapes them,
+    so there is no Prometheus sink and failed deliveries are only logged; the drift monitor
+    counts their alerts from the Redis stream instead.
     """
     sinks: list[AlertSink] = [
         KafkaAlertSink(producer, Topics.from_settings(settings.kafka).alerts),
@@ -261,8 +272,8 @@ def build_fanout(
         ),
         LogAlertSink(),
     ]
-    if prometheus:
-        sinks.append(PrometheusAlertSink())
+    if metrics is not None:
+        sinks.append(PrometheusAlertSink(metrics))
     url = settings.drift.webhook_url.get_secret_value()
     if url:
         drift = settings.drift
@@ -273,6 +284,7 @@ def build_fanout(
                 drift.webhook_retries,
                 drift.webhook_backoff_s,
                 drift.webhook_queue,
+                metrics,
             )
         )
-    return AlertFanout(sinks)
+    return AlertFanout(sinks, metrics)

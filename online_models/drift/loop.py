@@ -23,9 +23,11 @@ from multiprocessing.process import BaseProcess
 
 import redis
 from confluent_kafka import Consumer
+from prometheus_client import CollectorRegistry
 
+from online_models.alerts.metrics import AlertMetrics
 from online_models.alerts.sinks import AlertFanout, PrometheusAlertSink, build_fanout
-from online_models.drift import metrics as drift_metrics
+from online_models.drift.metrics import DriftMetrics
 from online_models.drift.monitor import DriftMonitor, wants_finetune
 from online_models.drift.signals import LearnerSignal
 from online_models.finetune.job import FinetuneRequest, run_finetune_process
@@ -50,17 +52,22 @@ HOUSEKEEPING_S = 1.0
 
 
 class DriftLoop:
-    """One monitor process; ``run`` until ``stop`` is set."""
+    """One monitor process; ``run`` until ``stop`` is set. Its drift, fine-tune and alert
+    metrics are registered on ``metrics_registry``."""
 
-    def __init__(self, settings: Settings, client: redis.Redis) -> None:
+    def __init__(
+        self, settings: Settings, client: redis.Redis, metrics_registry: CollectorRegistry
+    ) -> None:
         self.settings = settings
         self.client = client
+        self.metrics = DriftMetrics(metrics_registry)
+        self.alert_metrics = AlertMetrics(metrics_registry)
         self.keys = RedisKeys(settings.redis.key_prefix)
         self.topics = Topics.from_settings(settings.kafka)
         self.monitor = DriftMonitor(settings)
         self.limits = EventLimits.from_settings(settings.events)
         self.fanout: AlertFanout = build_fanout(
-            settings, client, make_producer(settings.kafka, **{"linger.ms": 0})
+            settings, client, make_producer(settings.kafka, **{"linger.ms": 0}), self.alert_metrics
         )
         self.cursor = read_status(client, self.keys).get("signals_cursor", "0-0")
         self.finetune: BaseProcess | None = None
@@ -69,7 +76,7 @@ class DriftLoop:
         self._last_finetune_id = read_status(client, self.keys).get("finetune_id", "")
         newest = client.xrevrange(self.keys.alerts, count=1)
         self._alerts_cursor = newest[0][0].decode() if newest else "0-0"
-        self._prometheus = PrometheusAlertSink()
+        self._prometheus = PrometheusAlertSink(self.alert_metrics)
 
     def run(self, stop: threading.Event) -> None:
         consumer = make_consumer(self.settings.kafka, self.settings.drift.consumer_group)
@@ -101,8 +108,8 @@ class DriftLoop:
                 except ValueError as exc:
                     log_event(logger, "bad_learner_signal", logging.WARNING, error=str(exc))
                     continue
-                drift_metrics.LAST_SIGNAL.set(time.time())
-                drift_metrics.OBSERVATIONS.labels("hit_rate").inc(signal.examples)
+                self.metrics.last_signal.set(time.time())
+                self.metrics.observations.labels("hit_rate").inc(signal.examples)
                 self._raise(self.monitor.on_learner_signal(signal))
 
     def _read_bus(self, consumer: Consumer) -> None:
@@ -174,14 +181,14 @@ class DriftLoop:
             target=run_finetune_process, args=(self.settings, request), name="finetune"
         )
         self.finetune.start()
-        drift_metrics.FINETUNE_RUNNING.set(1)
+        self.metrics.finetune_running.set(1)
         log_event(logger, "finetune_started", alert_id=alert.alert_id, pid=self.finetune.pid)
 
     def _housekeeping(self, consumer: Consumer) -> None:
         self._start_due_finetune()
         for name, level in self.monitor.levels().items():
             if not math.isnan(level):  # NaN: no observation yet
-                drift_metrics.SIGNAL_LEVEL.labels(name).set(level)
+                self.metrics.signal_level.labels(name).set(level)
         save_signal_cursor(self.client, self.keys, self.cursor)
         if self.monitor.examples_seen:
             try:
@@ -192,7 +199,7 @@ class DriftLoop:
             self.finetune.join()
             log_event(logger, "finetune_exited", exitcode=self.finetune.exitcode)
             self.finetune = None
-            drift_metrics.FINETUNE_RUNNING.set(0)
+            self.metrics.finetune_running.set(0)
         self._export_finetune_result()
         self._count_other_alerts()
 
@@ -218,21 +225,24 @@ class DriftLoop:
         if status.get("finetune_verdict", "running") == "running":
             return
         self._last_finetune_id = finetune_id
-        drift_metrics.FINETUNE_RUNS.labels(status["finetune_verdict"]).inc()
-        drift_metrics.FINETUNE_DURATION.set(float(status.get("finetune_duration_s", "nan")))
-        drift_metrics.FINETUNE_LAST.set(float(status.get("finetune_finished_ms", "0")) / 1000)
+        self.metrics.finetune_runs.labels(status["finetune_verdict"]).inc()
+        self.metrics.finetune_duration.set(float(status.get("finetune_duration_s", "nan")))
+        self.metrics.finetune_last.set(float(status.get("finetune_finished_ms", "0")) / 1000)
         for model in ("candidate", "serving"):
             value = status.get(f"finetune_{model}_hr")
             if value:
-                drift_metrics.FINETUNE_HIT_RATE.labels(model).set(float(value))
+                self.metrics.finetune_hit_rate.labels(model).set(float(value))
 
 
-def run_drift_monitor(settings: Settings, stop: threading.Event) -> DriftLoop:
-    """Run the monitor until ``stop`` is set; returns the loop (for its counters)."""
+def run_drift_monitor(
+    settings: Settings, stop: threading.Event, metrics_registry: CollectorRegistry
+) -> DriftLoop:
+    """Run the monitor until ``stop`` is set, its metrics on ``metrics_registry``; returns
+    the loop (for its counters)."""
     client = redis.Redis.from_url(
         settings.redis.redis_url.get_secret_value(),
         socket_timeout=max(settings.redis.redis_timeout_s, 1.0),
     )
-    loop = DriftLoop(settings, client)
+    loop = DriftLoop(settings, client, metrics_registry)
     loop.run(stop)
     return loop

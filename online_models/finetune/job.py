@@ -204,7 +204,7 @@ def _announce(settings: Settings, client: redis.Redis, report: FinetuneReport) -
         message=f"fine-tune {report.finetune_id} ({report.trigger}): {report.reason}",
     )
     producer = make_producer(settings.kafka, **{"linger.ms": 0})
-    fanout = build_fanout(settings, client, producer, prometheus=False)
+    fanout = build_fanout(settings, client, producer, metrics=None)
     try:
         fanout.send(alert)
     finally:

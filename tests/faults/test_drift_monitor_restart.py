@@ -12,6 +12,7 @@ import time
 import numpy as np
 import pytest
 import redis
+from prometheus_client import CollectorRegistry
 
 from online_models.alerts.tail import latest_alerts
 from online_models.drift.loop import DriftLoop
@@ -67,7 +68,7 @@ def test_restart_resumes_from_the_cursor_without_repeating_alerts(
     def hit_rate_alerts() -> list[str]:
         return [a.alert_id for _, a in latest_alerts(redis_client, keys.alerts, 100)]
 
-    first = DriftLoop(config, redis_client)
+    first = DriftLoop(config, redis_client, CollectorRegistry())
     started = time.monotonic()
     run_until(first, lambda: len(hit_rate_alerts()) == 1 and first.cursor != "0-0")
     # The webhook retries in the background: the loop did not wait for it.
@@ -77,7 +78,7 @@ def test_restart_resumes_from_the_cursor_without_repeating_alerts(
     assert read_status(redis_client, keys)["signals_cursor"] == last_signal
 
     # A restarted monitor starts after the cursor: the old drop is not alerted again.
-    second = DriftLoop(config, redis_client)
+    second = DriftLoop(config, redis_client, CollectorRegistry())
     assert second.cursor == last_signal
     write_signals(redis_client, keys, 0.10, 5)
     run_until(second, lambda: second.cursor != last_signal, timeout_s=10)

@@ -17,14 +17,15 @@ from collections.abc import Callable, Iterator
 import orjson
 import pytest
 import redis
+from prometheus_client import CollectorRegistry
 
+from flows.example_builder import examples_from_events
+from flows.feature_config import FeatureConfig
 from loadtest.synthetic_traffic import GeneratorConfig, Scenario, generate
 from online_models.alerts.tail import latest_alerts
-from online_models.drift import metrics as drift_metrics
 from online_models.drift.loop import run_drift_monitor
 from online_models.finetune.status import read_status
 from online_models.learner.loop import Learner
-from online_models.offline.history_examples import examples_from_events
 from online_models.registry.weight_registry import WeightRegistry
 from streamrec.alerts import decode_alert
 from streamrec.events import Event, parse_event
@@ -123,7 +124,7 @@ def abrupt_examples(events: int) -> list[TrainingExample]:
             0,
             int(e.example_id.rsplit("-", 1)[1]),
         )  # fmt: skip
-        for e in examples_from_events(parsed, 20)
+        for e in examples_from_events(parsed, FeatureConfig(history_len=20))
     ]
 
 
@@ -156,13 +157,15 @@ def test_abrupt_drift_alerts_on_every_sink_and_a_finetune_is_promoted(
     keys = RedisKeys(config.redis.key_prefix)
     examples = abrupt_examples(9000)
     produce(config, examples)
-    alerts_before = drift_metrics.ALERTS.labels("hit_rate", "critical")._value.get()
+    metrics_registry = CollectorRegistry()
     stop = threading.Event()
-    learner = Learner(config, redis_client)
+    learner = Learner(config, redis_client, CollectorRegistry())
     learner.start()
     threads = [
         threading.Thread(target=learner.run, args=(stop,), daemon=True),
-        threading.Thread(target=run_drift_monitor, args=(config, stop), daemon=True),
+        threading.Thread(
+            target=run_drift_monitor, args=(config, stop, metrics_registry), daemon=True
+        ),
     ]
     caplog.set_level(logging.WARNING, logger="streamrec.alerts")
     for thread in threads:
@@ -182,8 +185,14 @@ def test_abrupt_drift_alerts_on_every_sink_and_a_finetune_is_promoted(
         assert any(
             getattr(r, "fields", {}).get("alert_id") == alert.alert_id for r in caplog.records
         )
-        assert drift_metrics.ALERTS.labels("hit_rate", "critical")._value.get() > alerts_before
-        assert drift_metrics.LAST_ALERT.labels("hit_rate")._value.get() > 0
+        alerts = metrics_registry.get_sample_value(
+            "streamrec_drift_alerts_total", {"detector": "hit_rate", "severity": "critical"}
+        )
+        assert alerts and alerts >= 1
+        last_alert = metrics_registry.get_sample_value(
+            "streamrec_drift_last_alert_timestamp_seconds", {"detector": "hit_rate"}
+        )
+        assert last_alert and last_alert > 0
         posted = wait_for(
             lambda: [b for b in webhook.bodies
                      if b["alerts"][0]["streamrec"]["alert_id"] == alert.alert_id],

@@ -9,8 +9,8 @@ import subprocess
 import pytest
 import yaml
 
-from online_models.drift.metrics import exported_metric_names
 from tests.conftest import REPO_ROOT as ROOT
+from tests.deploy_manifests import exported_metric_names
 from tests.unit.docs.test_runbook import heading_anchors
 
 RULE_FILES = sorted((ROOT / "deploy" / "prometheus").glob("*rules*.yml"))

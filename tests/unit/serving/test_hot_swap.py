@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pytest
+from prometheus_client import CollectorRegistry
 
 from serving.hot_swap import ModelFollower, ModelHolder, ModelSnapshot
 from serving.metrics import ServingMetrics
@@ -77,7 +78,7 @@ def follower_for(registry: FakeRegistry, categories: dict[str, str] | None = Non
         poll_interval_s=0.01,
         category_refresh_s=3600,
         read_categories=lambda: categories or {},
-        metrics=ServingMetrics(),
+        metrics=ServingMetrics(CollectorRegistry()),
     )
     return holder, follower
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from prometheus_client import CollectorRegistry
+
 from serving.impression_log import ImpressionLog
 from serving.metrics import ServingMetrics
 from streamrec.events import Event, parse_event
@@ -33,7 +35,7 @@ def log_with(producer: RecordingProducer, queue_max: int = 100) -> ImpressionLog
     return ImpressionLog(
         producer,  # type: ignore[arg-type]
         "impressions",
-        ServingMetrics(),
+        ServingMetrics(CollectorRegistry()),
         batch_ms=5,
         batch_size=10,
         queue_max=queue_max,

@@ -5,6 +5,9 @@ from __future__ import annotations
 import threading
 import time
 
+from prometheus_client import CollectorRegistry
+
+from online_models.alerts.metrics import AlertMetrics
 from online_models.alerts.sinks import (
     AlertFanout,
     LogAlertSink,
@@ -12,12 +15,19 @@ from online_models.alerts.sinks import (
     WebhookAlertSink,
     webhook_payload,
 )
-from online_models.drift import metrics as drift_metrics
 from streamrec.alerts import Alert, make_alert
 
 
 def an_alert(detector: str = "hit_rate") -> Alert:
     return make_alert(detector, "hit@20", 0.5, 0.1, 1234, 7, "dropped")
+
+
+def fresh_metrics() -> AlertMetrics:
+    return AlertMetrics(CollectorRegistry())
+
+
+def sample(metrics: AlertMetrics, name: str, **labels: str) -> float:
+    return metrics.registry.get_sample_value(name, labels) or 0.0
 
 
 class FlakyEndpoint:
@@ -65,7 +75,7 @@ class RecordingSink:
 def test_webhook_retries_with_backoff_until_delivered() -> None:
     endpoint = FlakyEndpoint(failures=2)
     sink = WebhookAlertSink(
-        "http://x", 1.0, retries=4, backoff_s=0.01, queue_size=10, post=endpoint
+        "http://x", 1.0, retries=4, backoff_s=0.01, queue_size=10, metrics=None, post=endpoint
     )
     sink.send(an_alert(), b"")
     assert endpoint.done.wait(5)
@@ -74,15 +84,15 @@ def test_webhook_retries_with_backoff_until_delivered() -> None:
 
 
 def test_webhook_gives_up_after_retries_and_counts_it() -> None:
-    before = drift_metrics.SINK_FAILURES.labels("webhook")._value.get()
+    metrics = fresh_metrics()
     endpoint = FlakyEndpoint(failures=100, status=0)
     sink = WebhookAlertSink(
-        "http://x", 1.0, retries=2, backoff_s=0.01, queue_size=10, post=endpoint
+        "http://x", 1.0, retries=2, backoff_s=0.01, queue_size=10, metrics=metrics, post=endpoint
     )
     sink.send(an_alert(), b"")
     sink.close()
     assert len(endpoint.bodies) == 3
-    assert drift_metrics.SINK_FAILURES.labels("webhook")._value.get() == before + 1
+    assert sample(metrics, "streamrec_alerts_sink_failures_total", sink="webhook") == 1
 
 
 def test_webhook_never_blocks_the_sender() -> None:
@@ -92,13 +102,15 @@ def test_webhook_never_blocks_the_sender() -> None:
         release.wait(10)
         return 200
 
-    dropped = drift_metrics.WEBHOOK_DROPPED._value.get()
-    sink = WebhookAlertSink("http://x", 1.0, 0, 0.01, queue_size=2, post=hanging_post)
+    metrics = fresh_metrics()
+    sink = WebhookAlertSink(
+        "http://x", 1.0, 0, 0.01, queue_size=2, metrics=metrics, post=hanging_post
+    )
     started = time.perf_counter()
     for _ in range(10):
         sink.send(an_alert(), b"")
     assert time.perf_counter() - started < 0.1
-    assert drift_metrics.WEBHOOK_DROPPED._value.get() >= dropped + 7
+    assert sample(metrics, "streamrec_alerts_webhook_dropped_total") >= 7
     release.set()
     sink.close()
 
@@ -114,9 +126,11 @@ def test_webhook_payload_is_alertmanager_and_slack_shaped() -> None:
 
 def test_a_failing_sink_does_not_stop_the_others() -> None:
     recording = RecordingSink()
-    before = drift_metrics.ALERTS.labels("ctr", "critical")._value.get()
-    fanout = AlertFanout([BrokenSink(), LogAlertSink(), PrometheusAlertSink(), recording])
+    metrics = fresh_metrics()
+    sinks = [BrokenSink(), LogAlertSink(), PrometheusAlertSink(metrics), recording]
+    fanout = AlertFanout(sinks, metrics)
     fanout.send(an_alert("ctr"))
     assert len(recording.got) == 1
-    assert drift_metrics.ALERTS.labels("ctr", "critical")._value.get() == before + 1
-    assert drift_metrics.SINK_FAILURES.labels("broken")._value.get() >= 1
+    alerts = sample(metrics, "streamrec_drift_alerts_total", detector="ctr", severity="critical")
+    assert alerts == 1
+    assert sample(metrics, "streamrec_alerts_sink_failures_total", sink="broken") == 1
