@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import typer
 
 from cli import (
@@ -17,6 +19,7 @@ from cli import (
     serving,
     traffic,
 )
+from streamrec.recorded_events import RecordedSourceMissing
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -34,7 +37,12 @@ app.add_typer(bench.app, name="bench")
 
 
 def main() -> None:
-    app(prog_name="streamrec")
+    try:
+        app(prog_name="streamrec")
+    except RecordedSourceMissing as error:
+        # A wrong data path is the user's to fix: one sentence, no traceback.
+        sys.stderr.write(f"streamrec: error: {error}\n")
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

@@ -11,8 +11,17 @@ from typing import Annotated
 import typer
 
 from cli.output import print_json_line, settings_from_env
+from streamrec.recorded_events import require_recorded_source
+from streamrec.settings import Settings
 
 app = typer.Typer(no_args_is_help=True, help="Benchmarks: each prints one JSON line.")
+
+
+def sample_settings() -> Settings:
+    """Settings for a benchmark that reads the recorded sample, which must be there."""
+    settings = settings_from_env()
+    require_recorded_source(settings.data_dir)
+    return settings
 
 
 @app.command("events")
@@ -21,9 +30,8 @@ def bench_events(
 ) -> None:
     """Parse+validate cost per event on the sample's events (median of rounds)."""
     from loadtest.bench.events import run_event_benchmark
-    from streamrec.settings import load_settings
 
-    print_json_line(run_event_benchmark(load_settings(), rounds))
+    print_json_line(run_event_benchmark(sample_settings(), rounds))
 
 
 @app.command("flow")
@@ -42,7 +50,7 @@ def bench_flow(
     from loadtest.bench.flow import run_flow_benchmark
 
     print_json_line(
-        run_flow_benchmark(settings_from_env(), events, freshness_s, rounds, freshness_rate)
+        run_flow_benchmark(sample_settings(), events, freshness_s, rounds, freshness_rate)
     )
 
 
@@ -55,7 +63,7 @@ def bench_learner(
     """Head-update throughput, publish cost and event-to-weights latency (one JSON line)."""
     from loadtest.bench.learner import run_learner_benchmark
 
-    print_json_line(run_learner_benchmark(settings_from_env(), examples, seconds, rate))
+    print_json_line(run_learner_benchmark(sample_settings(), examples, seconds, rate))
 
 
 @app.command("serving")
@@ -76,7 +84,7 @@ def bench_serving(
     """Latency and throughput of /recommend with hot swaps; prints one JSON line."""
     from loadtest.bench.serving import BenchConfig, run_serving_benchmark
 
-    settings = settings_from_env()
+    settings = sample_settings()
     config = BenchConfig(
         duration_s=duration_s,
         concurrency=concurrency,

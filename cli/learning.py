@@ -39,13 +39,15 @@ def train_command(
     from online_models.offline.training import train
     from online_models.registry.weight_registry import WeightRegistry
     from streamrec.events import iso_to_ms
+    from streamrec.recorded_events import require_recorded_source
 
     settings = settings_from_env()
+    sources = [require_recorded_source(path) for path in source or [settings.data_dir]]
     train_settings = settings.train
     if epochs is not None:
         train_settings = train_settings.model_copy(update={"epochs": epochs})
     cutoff = iso_to_ms(until) if until else None
-    examples = load_examples(settings, source or [settings.data_dir], before_ms=cutoff)
+    examples = load_examples(settings, sources, before_ms=cutoff)
     client = redis.Redis.from_url(settings.redis.redis_url.get_secret_value())
     registry = WeightRegistry(settings, client)
     init = registry.load() if init_current else None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from importlib.resources import files
 from pathlib import Path
 from typing import Annotated
 
@@ -10,7 +11,7 @@ import typer
 
 from cli.output import print_json_line, settings_from_env
 
-DEFAULT_SLO_FILE = Path(__file__).with_name("default_slo.yaml")
+DEFAULT_SLO_FILE = Path(str(files("loadtest") / "default_slo.yaml"))
 
 
 app = typer.Typer()
@@ -27,8 +28,9 @@ def demo(
 ) -> None:
     """The main job: train, run the loop on the sample, simulate a shop, write a report."""
     from loadtest.demo_run import DemoPlan, run_demo
+    from streamrec.recorded_events import require_recorded_source
 
-    settings_from_env()
+    require_recorded_source(settings_from_env().data_dir)
     plan = DemoPlan(
         warmup_until=warmup_until, speed=speed, shop_rate=shop_rate, train_epochs=epochs
     )
@@ -57,11 +59,12 @@ def loadtest(
 ) -> None:
     """Replay traffic through the loop while driving serving; exit 1 when an SLO fails."""
     from loadtest.load_gate import run_load_gate
+    from streamrec.recorded_events import require_recorded_source
 
     settings = settings_from_env()
     report = run_load_gate(
         settings,
-        source or settings.data_dir,
+        require_recorded_source(source or settings.data_dir),
         speed=speed,
         rate=rate,
         limit=limit,

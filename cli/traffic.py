@@ -27,11 +27,11 @@ def replay(
     """Produce recorded traffic to Kafka, keyed by session, with deterministic event ids."""
     from loadtest.traffic_replay import replay as run_replay
     from streamrec.events import EventLimits
-    from streamrec.recorded_events import read_recorded
+    from streamrec.recorded_events import read_recorded, require_recorded_source
     from streamrec.topics import Topics
 
     settings = settings_from_env()
-    path = source or settings.data_dir
+    path = require_recorded_source(source or settings.data_dir)
     records = read_recorded(path, EventLimits.from_settings(settings.events), salt)
     report = run_replay(
         records,

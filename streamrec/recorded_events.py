@@ -54,12 +54,45 @@ def stable_event_id(kind: str, line_no: int, line: str, salt: str = "") -> str:
     return digest.hexdigest()
 
 
+SOURCE_HINT = (
+    "set STREAMREC_DATA_DIR to the sample directory, or pass the path to the command "
+    "(streamrec replay SOURCE, streamrec train --source SOURCE, streamrec loadtest SOURCE)"
+)
+
+
+class RecordedSourceMissing(FileNotFoundError):
+    """Recorded traffic is not where a command looked; the message names the path and the fix."""
+
+
+def require_recorded_source(source: Path) -> Path:
+    """``source`` when it holds recorded traffic, else ``RecordedSourceMissing`` naming it.
+
+    A source is a YooChoose directory (clicks and buys files, plain or gzip) or an event
+    JSON-lines file. Commands call this before they start anything, so a wrong path ends
+    in one sentence saying how to point streamrec at the data, not in a reader's traceback.
+    """
+    if source.is_dir():
+        for stem in (CLICKS_FILE, BUYS_FILE):
+            find_file(source, stem)
+        return source
+    if source.exists():
+        return source
+    raise RecordedSourceMissing(f"no recorded events at {_shown(source)}: {SOURCE_HINT}")
+
+
 def find_file(directory: Path, stem: str) -> Path:
     """``stem`` or ``stem.gz`` inside ``directory``."""
     for candidate in (directory / stem, directory / f"{stem}.gz"):
         if candidate.exists():
             return candidate
-    raise FileNotFoundError(f"neither {stem} nor {stem}.gz in {directory}")
+    raise RecordedSourceMissing(
+        f"neither {stem} nor {stem}.gz in {_shown(directory)}: {SOURCE_HINT}"
+    )
+
+
+def _shown(path: Path) -> str:
+    """The path as given and, when relative, where it resolves from the working directory."""
+    return str(path) if path.is_absolute() else f"{path} (= {path.resolve()})"
 
 
 def _click_fields(parts: list[str]) -> dict[str, Any] | Rejection:
@@ -160,7 +193,11 @@ def read_event_lines(path: Path, limits: EventLimits = EventLimits()) -> Iterato
 def read_recorded(
     source: Path, limits: EventLimits = EventLimits(), salt: str = ""
 ) -> Iterator[Record]:
-    """Any recorded source: a YooChoose directory, or an event JSON-lines file."""
+    """Any recorded source: a YooChoose directory, or an event JSON-lines file.
+
+    A missing source raises ``RecordedSourceMissing`` here, before the first record is read.
+    """
+    require_recorded_source(source)
     if source.is_dir():
         return read_yoochoose(source, limits, salt)
     return read_event_lines(source, limits)

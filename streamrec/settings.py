@@ -138,7 +138,11 @@ class ModelSettings(BaseSettings):
 
 
 class TrainSettings(BaseSettings):
-    """Full training and fine-tuning (streamrec train / finetune)."""
+    """Full training and fine-tuning (streamrec train / finetune).
+
+    Examples are built as the flow builds them, from ``FlowSettings`` (history length,
+    purchase weight): there is no training-only copy of those knobs.
+    """
 
     model_config = _group("STREAMREC_TRAIN_")
 
@@ -149,7 +153,6 @@ class TrainSettings(BaseSettings):
     validation_fraction: float = Field(0.1, gt=0, lt=1)
     seed: int = 7
     weight_decay: float = Field(0.0, ge=0)
-    history_len: int = Field(50, ge=1, description="Session prefix kept per example.")
     max_steps_per_epoch: int = Field(0, ge=0, description="Cap for quick runs (0 = none).")
 
 
@@ -300,8 +303,9 @@ class Settings(BaseSettings):
 
     state_dir: Path = Field(Path(".streamrec"), description="pid files, logs, recovery, models.")
     data_dir: Path = Field(
-        Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "yoochoose-sample",
-        description="The recorded sample used by the demo and benchmarks.",
+        Path("../shared/data/yoochoose-sample"),
+        description="The recorded sample used by the demo, replay, training and benchmarks "
+        "(relative to the working directory; the default suits the repo root).",
     )
     log_level: str = "INFO"
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
