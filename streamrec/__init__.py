@@ -1,7 +1,8 @@
 """streamrec: streaming real-time learning for e-commerce recommendations.
 
-This small package holds what every stage shares: settings, the event contract, topic
-names, the Redis key layout, logging, local services and the command line.
+This small package holds what every stage shares, at the bottom of the imports: settings,
+the contracts (events, topics, Redis keys, training examples, session features, alerts),
+Kafka clients, logging and local services. The command line is ``cli/``, on top.
 """
 
 __version__ = "0.1.0"

@@ -38,7 +38,7 @@ import redis
 from rich.console import Console
 
 from flows.session_state import SessionState
-from loadtest.bench.server_under_test import (
+from loadtest.bench.server_process import (
     LOAD_WARMUP_S,
     cpu_bound_rps,
     mean_batch_size,

@@ -1,4 +1,4 @@
-"""The server under test of ``streamrec bench serving``: its environment, readiness, the
+"""The server process of ``streamrec bench serving``: its environment, readiness, the
 load-generator runs against it and the CPU each side spent per request."""
 
 from __future__ import annotations
