@@ -43,7 +43,13 @@ def replay(
         progress=sys.stderr.isatty(),
     )
     print_json_line(report.as_dict())
-    if report.delivery_errors:
+    if report.error is not None:
+        # One line an operator can act on; the JSON line above has the counts.
+        typer.echo(
+            f"replay stopped: {report.error} ({report.produced:,} of {report.sent:,} events "
+            "acknowledged; rerunning is safe, event ids are deterministic)",
+            err=True,
+        )
         raise typer.Exit(1)
 
 

@@ -13,27 +13,38 @@ Steps (ids are stable: recovery snapshots are stored under them)::
     popularity  stateful, one key: ItemPopularity over the shards' item events
     publish     FeaturePublisher: Redis pipeline + Kafka produce, flushed at each snapshot
 
-All logic lives in the modules these steps call; this module only wires them.
+All logic lives in the modules these steps call; this module only wires them. The stateful
+steps also check, every ``redis_check_s``, that Redis still holds what they wrote, and send
+their whole state again when it does not (``redis_resync.py``); the source restarts a
+partition emptied under the flow. Both raise an alert (``alerts.py``). Every method
+Bytewax calls logs its exception before Bytewax sees it (``failure_log.py``).
 """
 
 from __future__ import annotations
 
 import functools
+from datetime import datetime
 from typing import Any
 
 import bytewax.operators as op
+import redis
 from bytewax.dataflow import Dataflow
 from bytewax.operators import StatefulBatchLogic
 from prometheus_client import REGISTRY
 
-from flows.batch_kafka_source import BatchKafkaSource
+from flows.alerts import FlowAlerts
+from flows.batch_kafka_source import BatchKafkaSource, OnReset, TopicReset, ignore_reset
 from flows.event_routing import EventRouter, ShardInput, SourceBatch
+from flows.failure_log import logs_failure
 from flows.feature_config import FeatureConfig
 from flows.item_popularity import ItemPopularity, PopularityUpdate
 from flows.metrics import FlowMetrics
 from flows.publisher import FeaturePublisher, FreshnessLog
+from flows.redis_resync import RESYNC_CHUNK, RedisMarker, ResyncCheck, ResyncNote
 from flows.shard import FeatureShard, ShardOutput
+from streamrec.alerts import StreamOffset, make_alert
 from streamrec.events import EventLimits
+from streamrec.redis_keys import RedisKeys
 from streamrec.settings import Settings, load_settings
 from streamrec.topics import Topics
 
@@ -41,38 +52,89 @@ POPULAR_KEY = "popular"
 PopularityEvents = list[tuple[str, int, float]]
 
 
-class FeatureShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, bytes]):
-    """Bytewax shell around one ``FeatureShard``."""
+class FeatureShardLogic(StatefulBatchLogic[ShardInput, ShardOutput | ResyncNote, bytes]):
+    """Bytewax shell around one ``FeatureShard``: applies batches, and writes every session
+    again when Redis lost data (checked every ``redis_check_s``, also while idle)."""
 
-    def __init__(self, shard: FeatureShard) -> None:
+    def __init__(self, shard: FeatureShard, check: ResyncCheck) -> None:
         self.shard = shard
+        self.check = check
 
-    def on_batch(self, values: list[ShardInput]) -> tuple[list[ShardOutput], bool]:
-        return [self.shard.apply(values)], StatefulBatchLogic.RETAIN
+    @logs_failure
+    def on_batch(self, values: list[ShardInput]) -> tuple[list[ShardOutput | ResyncNote], bool]:
+        outputs = self._resync()
+        outputs.append(self.shard.apply(values))
+        return outputs, StatefulBatchLogic.RETAIN
 
+    @logs_failure
+    def on_notify(self) -> tuple[list[ShardOutput | ResyncNote], bool]:
+        return self._resync(), StatefulBatchLogic.RETAIN
+
+    def notify_at(self) -> datetime:
+        return self.check.next_check_at
+
+    def _resync(self) -> list[ShardOutput | ResyncNote]:
+        resync = self.check.due(self.shard.synced)
+        if resync is None:
+            return []
+        outputs: list[ShardOutput | ResyncNote] = [*self.shard.full_state(RESYNC_CHUNK)]
+        self.shard.synced = resync.marker
+        entries = len(self.shard.sessions)
+        outputs.append(ResyncNote("sessions", entries, resync.marker, resync.detected))
+        return outputs
+
+    @logs_failure
     def snapshot(self) -> bytes:
         return self.shard.snapshot()
 
 
-class PopularityLogic(StatefulBatchLogic[PopularityEvents, PopularityUpdate, bytes]):
-    """Bytewax shell around the single ``ItemPopularity``."""
+class PopularityLogic(StatefulBatchLogic[PopularityEvents, PopularityUpdate | ResyncNote, bytes]):
+    """Bytewax shell around the single ``ItemPopularity``; rebuilds the zset after Redis lost
+    data, like ``FeatureShardLogic``."""
 
-    def __init__(self, popularity: ItemPopularity, metrics: FlowMetrics) -> None:
+    def __init__(
+        self, popularity: ItemPopularity, metrics: FlowMetrics, check: ResyncCheck
+    ) -> None:
         self.popularity = popularity
         self.metrics = metrics
+        self.check = check
 
-    def on_batch(self, values: list[PopularityEvents]) -> tuple[list[PopularityUpdate], bool]:
+    @logs_failure
+    def on_batch(
+        self, values: list[PopularityEvents]
+    ) -> tuple[list[PopularityUpdate | ResyncNote], bool]:
+        outputs = self._resync()
         events = [event for batch in values for event in batch]
         update = self.popularity.add(events)
         self.metrics.popular_items.set(len(self.popularity.scores))
-        return ([update] if update.scores else []), StatefulBatchLogic.RETAIN
+        if update.scores:
+            outputs.append(update)
+        return outputs, StatefulBatchLogic.RETAIN
 
+    @logs_failure
+    def on_notify(self) -> tuple[list[PopularityUpdate | ResyncNote], bool]:
+        return self._resync(), StatefulBatchLogic.RETAIN
+
+    def notify_at(self) -> datetime:
+        return self.check.next_check_at
+
+    def _resync(self) -> list[PopularityUpdate | ResyncNote]:
+        resync = self.check.due(self.popularity.synced)
+        if resync is None:
+            return []
+        self.popularity.synced = resync.marker
+        entries = len(self.popularity.scores)
+        note = ResyncNote("popularity", entries, resync.marker, resync.detected)
+        return [self.popularity.full_update(), note]
+
+    @logs_failure
     def snapshot(self) -> bytes:
         return self.popularity.snapshot()
 
 
-def source_for(settings: Settings) -> BatchKafkaSource:
-    """The input: every partition of the clicks and purchases topics."""
+def source_for(settings: Settings, on_reset: OnReset = ignore_reset) -> BatchKafkaSource:
+    """The input: every partition of the clicks and purchases topics; ``on_reset`` is told
+    of each one found emptied under the flow (``build_flow`` counts and alerts)."""
     topics = Topics.from_settings(settings.kafka)
     return BatchKafkaSource(
         settings.kafka.client_config(),
@@ -80,7 +142,26 @@ def source_for(settings: Settings) -> BatchKafkaSource:
         batch_size=settings.flow.batch_size,
         stop_at_end=settings.flow.stop_at_end,
         fetch_wait_max_ms=settings.kafka.fetch_wait_max_ms,
+        on_reset=on_reset,
     )
+
+
+def topic_reset_handler(metrics: FlowMetrics, alerts: FlowAlerts) -> OnReset:
+    """Count a partition found emptied under the flow and raise the ``topic_reset`` alert."""
+
+    def on_reset(reset: TopicReset) -> None:
+        metrics.topic_resets.labels(reset.topic).inc()
+        end = "out of range" if reset.end < 0 else f"beyond its end {reset.end}"
+        alerts.send(
+            make_alert(
+                "topic_reset", "offset_beyond_end", float(reset.offset), float(reset.end), 0, None,
+                message=f"{reset.topic}[{reset.partition}]: offset {reset.offset} is {end}; the "
+                "topic was emptied (broker restart?); reading it again from its beginning",
+                offsets=(StreamOffset(reset.topic, reset.partition, reset.offset),),
+            )
+        )  # fmt: skip
+
+    return on_reset
 
 
 def build_flow(
@@ -99,7 +180,20 @@ def build_flow(
     router = EventRouter(EventLimits.from_settings(settings.events), flow_settings.state_shards)
     half_life_ms = flow_settings.popular_half_life_s * 1000.0
     state_items = max(flow_settings.popular_state_items, flow_settings.popular_size)
+    alerts = FlowAlerts(settings)
+    marker = RedisMarker(
+        redis.Redis.from_url(
+            settings.redis.redis_url.get_secret_value(),
+            socket_timeout=settings.redis.redis_timeout_s,
+            socket_connect_timeout=settings.redis.redis_timeout_s,
+        ),
+        RedisKeys(settings.redis.key_prefix).flow_marker,
+    )
 
+    def check() -> ResyncCheck:
+        return ResyncCheck(marker, flow_settings.redis_check_s)
+
+    @logs_failure
     def route(batch: SourceBatch) -> list[tuple[str, ShardInput]]:
         routed = router.route(batch)
         metrics.events_in.labels(batch.topic).inc(len(batch.messages))
@@ -108,24 +202,33 @@ def build_flow(
                 metrics.rejects.labels(letter.reason.value).inc()
         return routed
 
+    @logs_failure
     def build_shard(resume: bytes | None) -> FeatureShardLogic:
-        return FeatureShardLogic(FeatureShard.restore(config, resume))
+        return FeatureShardLogic(FeatureShard.restore(config, resume), check())
 
+    @logs_failure
     def build_popularity(resume: bytes | None) -> PopularityLogic:
-        return PopularityLogic(ItemPopularity.restore(half_life_ms, state_items, resume), metrics)
+        popularity = ItemPopularity.restore(half_life_ms, state_items, resume)
+        return PopularityLogic(popularity, metrics, check())
 
-    def popularity_events(keyed: tuple[str, ShardOutput]) -> tuple[str, PopularityEvents] | None:
-        events = keyed[1].popularity
-        return (POPULAR_KEY, events) if events else None
+    def popularity_events(
+        keyed: tuple[str, ShardOutput | ResyncNote],
+    ) -> tuple[str, PopularityEvents] | None:
+        value = keyed[1]
+        if type(value) is not ShardOutput or not value.popularity:
+            return None
+        return POPULAR_KEY, value.popularity
 
     flow = Dataflow("streamrec_features")
-    batches = op.input("kafka_in", flow, source or source_for(settings))
+    input_source = source or source_for(settings, topic_reset_handler(metrics, alerts))
+    batches = op.input("kafka_in", flow, input_source)
     routed = op.flat_map("route", batches, route)
     features = op.stateful_batch("features", routed, build_shard)
     item_events = op.filter_map("popularity_events", features, popularity_events)
     popular = op.stateful_batch("popularity", item_events, build_popularity)
     publish = op.merge("to_publish", features, popular)
-    op.output("publish", publish, FeaturePublisher(settings, metrics, freshness_log))
+    publisher = FeaturePublisher(settings, metrics, alerts, marker, freshness_log)
+    op.output("publish", publish, publisher)
     return flow
 
 

@@ -3,7 +3,8 @@
 A session's events always go to the same shard (a stable CRC32 of the session id, never
 Python's salted ``hash``), so one shard owns all of a session's state, whichever topic or
 partition its events come from and however many workers run. Refused messages become
-``DeadLetter`` records in the shard of their message key; nothing is dropped.
+``DeadLetter`` records in the shard of their message key; nothing is dropped (a huge refused
+payload travels on only as its bounded prefix, size and digest).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from flows.dead_letter import DeadLetter
+from flows.dead_letter import DeadLetter, dead_letter
 from streamrec.events import Event, EventLimits, Rejection, RejectReason, parse_event
 
 FEATURE_EVENT_TYPES = frozenset(("click", "purchase"))
@@ -106,7 +107,7 @@ class EventRouter:
                 if shard is None:
                     shard = by_shard[index] = ShardInput(topic, partition, read_ms=batch.read_ms)
                 shard.dead_letters.append(
-                    DeadLetter(
+                    dead_letter(
                         raw, result.reason, result.detail, topic, partition, message.offset(), key
                     )
                 )

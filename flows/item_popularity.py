@@ -33,13 +33,16 @@ class PopularityUpdate:
 class ItemPopularity:
     """Decayed counts per item; ``add`` returns the changed scores."""
 
-    __slots__ = ("half_life_ms", "state_items", "ref_ms", "scores")
+    __slots__ = ("half_life_ms", "state_items", "ref_ms", "scores", "synced")
 
     def __init__(self, half_life_ms: float, state_items: int) -> None:
         self.half_life_ms = half_life_ms
         self.state_items = state_items
         self.ref_ms: int | None = None
         self.scores: dict[str, float] = {}
+        # The Redis marker under which the zset was last rebuilt from ``scores``
+        # (flows/redis_resync.py); None before the first time.
+        self.synced: str | None = None
 
     def add(self, events: list[tuple[str, int, float]]) -> PopularityUpdate:
         """Add ``(item_id, ts_ms, weight)`` events; return the new scores of touched items."""
@@ -69,9 +72,13 @@ class ItemPopularity:
             return PopularityUpdate(dict(scores), True)
         return PopularityUpdate(touched, False)
 
+    def full_update(self) -> PopularityUpdate:
+        """Every score, as a rebuild of the zset (a re-sync)."""
+        return PopularityUpdate(dict(self.scores), True)
+
     def snapshot(self) -> bytes:
         """An immutable copy of the state, for Bytewax recovery."""
-        return orjson.dumps([self.ref_ms, self.scores])
+        return orjson.dumps([self.ref_ms, self.scores, self.synced])
 
     @classmethod
     def restore(
@@ -80,7 +87,9 @@ class ItemPopularity:
         """A popularity from a ``snapshot`` (or empty when None)."""
         popularity = cls(half_life_ms, state_items)
         if snapshot is not None:
-            popularity.ref_ms, popularity.scores = orjson.loads(snapshot)
+            # [ref, scores] in snapshots made before re-syncs, [ref, scores, synced] since
+            popularity.ref_ms, popularity.scores, *synced = orjson.loads(snapshot)
+            popularity.synced = synced[0] if synced else None
         return popularity
 
     def _rebase(self, new_ref: int) -> None:

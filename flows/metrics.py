@@ -110,6 +110,30 @@ class FlowMetrics:
             buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0),
             registry=registry,
         )
+        self.messages_refused = Counter(
+            "streamrec_flow_messages_refused_total",
+            "Messages the producer or broker refused as too large: logged and dropped (a bug).",
+            ["topic"],
+            registry=registry,
+        )
+        self.resyncs = Counter(
+            "streamrec_flow_resyncs_total",
+            "State written to Redis again in full after Redis lost data, per kind of state.",
+            ["state"],
+            registry=registry,
+        )
+        self.resync_entries = Counter(
+            "streamrec_flow_resync_entries_total",
+            "Sessions, popularity scores and item categories those re-syncs wrote.",
+            ["state"],
+            registry=registry,
+        )
+        self.topic_resets = Counter(
+            "streamrec_flow_topic_resets_total",
+            "Input partitions found emptied under the flow's position, read again from the start.",
+            ["topic"],
+            registry=registry,
+        )
         self.popular_items = Gauge(
             "streamrec_flow_popular_items",
             "Items with a popularity score in state.",

@@ -17,31 +17,48 @@ reads are never held up for long; ZADDs are chunked the same way): redis-py
 would otherwise spend more time packing 2 commands per session than the flow spends on
 the features. Freshness (Kafka produce time to the acknowledged Redis write) is recorded
 for every event.
+
+After Redis lost data, the owners of the flow's state write all of it again
+(``redis_resync.py``): shards and popularity send their full state through here, followed by
+a ``ResyncNote``; each output partition does the same for the item categories it keeps. A
+message the producer or the broker refuses as too large is logged and counted
+(``streamrec_flow_messages_refused_total``), never retried: a retry, or a crash and restart,
+would meet the same message again.
 """
 
 from __future__ import annotations
 
+import logging
+import math
 import time
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
 import numpy as np
+import orjson
 import redis
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
-from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
+from flows.alerts import FlowAlerts
 from flows.background_writer import BackgroundWriter
+from flows.failure_log import closes_quietly, logs_failure
 from flows.item_popularity import PopularityUpdate
 from flows.metrics import FlowMetrics
+from flows.redis_resync import RedisMarker, ResyncCheck, ResyncNote
 from flows.shard import ShardOutput
+from streamrec.alerts import make_alert
 from streamrec.kafka_clients import make_producer
 from streamrec.redis_keys import RedisKeys
 from streamrec.session_features import FIELDS
 from streamrec.settings import Settings
+from streamrec.structured_log import log_event
 from streamrec.topics import Topics
+
+logger = logging.getLogger("streamrec.flow")
 
 ZADD_CHUNK = 500
 REDIS_RETRIES = 5
@@ -65,7 +82,7 @@ end
 return (i - 3 - n) / (n + 1)
 """
 
-PublishItem = ShardOutput | PopularityUpdate
+PublishItem = ShardOutput | PopularityUpdate | ResyncNote
 
 
 @dataclass(slots=True)
@@ -94,9 +111,15 @@ class FreshnessLog:
 
 
 class _Clients:
-    """The Redis client and the Kafka producer shared by a process's output partitions."""
+    """What a process's output partitions share: Redis, the Kafka producer, the alerts, and
+    the Redis marker their re-sync checks read."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(
+        self, settings: Settings, metrics: FlowMetrics, alerts: FlowAlerts, marker: RedisMarker
+    ) -> None:
+        self.metrics = metrics
+        self.alerts = alerts
+        self.marker = marker
         self.delivery_errors: list[str] = []
         self.redis = redis.Redis.from_url(
             settings.redis.redis_url.get_secret_value(),
@@ -113,17 +136,26 @@ class _Clients:
         )
 
     def _on_error(self, err: KafkaError | None, msg: Message) -> None:
-        if err is not None:
+        if err is None:
+            return
+        if err.code() == KafkaError.MSG_SIZE_TOO_LARGE:  # the broker's limit: never retried
+            refused(self.metrics, msg.topic() or "", msg.key() or b"", len(msg.value() or b""))
+        else:
             self.delivery_errors.append(f"{msg.topic()}: {err}")
 
 
-class _PublishPartition(StatefulSinkPartition[PublishItem, None]):
+class _PublishPartition(StatefulSinkPartition[PublishItem, bytes]):
+    """Writes its share of the flow's output. Its recovery state is the item categories it
+    has written and the Redis marker it last wrote all of them under (categories are not
+    in any other state of the flow, and a re-sync must be able to write them again)."""
+
     def __init__(
         self,
         clients: _Clients,
         settings: Settings,
         metrics: FlowMetrics,
         log: FreshnessLog | None,
+        resume_state: bytes | None,
     ) -> None:
         self._clients = clients
         self._metrics = metrics
@@ -134,22 +166,32 @@ class _PublishPartition(StatefulSinkPartition[PublishItem, None]):
         self._examples_topic = topics.training_examples
         self._dlq_topic = topics.events_dlq
         self._log = log
-        # Item categories already written by this process: a category is written when it is
-        # first seen or changes, not on every click (HSET is idempotent, so a restart that
-        # forgets this only writes them once more).
-        self._categories_written: dict[str, str] = {}
+        self._check = ResyncCheck(clients.marker, settings.flow.redis_check_s)
+        # Item categories written: a category is written when it is first seen or changes,
+        # not on every click; the whole map again after Redis lost data.
+        self._categories: dict[str, str] = {}
+        self._synced: str | None = None
+        if resume_state is not None:
+            state = orjson.loads(resume_state)
+            self._categories, self._synced = state["categories"], state["synced"]
+        self._state: bytes | None = resume_state
 
+    @logs_failure
     def write_batch(self, values: list[PublishItem]) -> None:
         pipe = self._clients.redis.pipeline(transaction=False)
+        commands = self._resync_categories(pipe)
         session_key = self._keys.session
         header: list[bytes | str | int] = [self._ttl_s, len(FIELDS), *FIELDS]
         args = list(header)
         produce_ms: list[int] = []
         read_ms: list[float] = []
-        sessions = duplicates = late = evicted = commands = 0
+        sessions = duplicates = late = evicted = 0
         for value in values:
             if isinstance(value, PopularityUpdate):
                 commands += self._queue_popularity(pipe, value)
+                continue
+            if isinstance(value, ResyncNote):
+                self._resynced(value)
                 continue
             for session_id, fields in value.sessions.items():
                 args.append(session_key(session_id))
@@ -193,14 +235,50 @@ class _PublishPartition(StatefulSinkPartition[PublishItem, None]):
             if self._log is not None:
                 self._log.add(produced, read, ack_ms)
 
+    def _resync_categories(self, pipe: Any) -> int:
+        """When Redis lost data, queue every category this partition has written; how many
+        commands (0 most of the time: the check reads the marker once per interval)."""
+        resync = self._check.due(self._synced)
+        if resync is None:
+            return 0
+        commands = self._hset_categories(pipe, list(self._categories.items()))
+        self._synced = resync.marker
+        self._state = None
+        self._resynced(
+            ResyncNote("categories", len(self._categories), resync.marker, resync.detected)
+        )
+        return commands
+
+    def _resynced(self, note: ResyncNote) -> None:
+        """Count and log an owner's re-sync (not an owner's first check with nothing to write:
+        every start has those); the owner that found the loss raises the alert."""
+        if note.entries:
+            self._metrics.resyncs.labels(note.state).inc()
+            self._metrics.resync_entries.labels(note.state).inc(note.entries)
+            log_event(
+                logger, "redis_resync", state=note.state, entries=note.entries, marker=note.marker
+            )
+        if note.detected:
+            self._clients.alerts.send(
+                make_alert(
+                    "redis_resync", "marker_missing", math.nan, math.nan, 0, None,
+                    message=f"Redis lost the flow's keys ({self._keys.flow_marker} was gone): "
+                    "writing every live session, the popularity zset and the item categories "
+                    f"again from the flow's state (new marker {note.marker})",
+                )
+            )  # fmt: skip
+
     def _queue_categories(self, pipe: Any, categories: dict[str, str]) -> int:
         """Queue HSETs of item -> category for new or changed pairs; return how many."""
-        written = self._categories_written
+        written = self._categories
         changed = {item: cat for item, cat in categories.items() if written.get(item) != cat}
         if not changed:
             return 0
         written.update(changed)
-        pairs = list(changed.items())
+        self._state = None
+        return self._hset_categories(pipe, list(changed.items()))
+
+    def _hset_categories(self, pipe: Any, pairs: list[tuple[str, str]]) -> int:
         for start in range(0, len(pairs), ZADD_CHUNK):
             pipe.hset(self._keys.item_categories, mapping=dict(pairs[start : start + ZADD_CHUNK]))
         return (len(pairs) + ZADD_CHUNK - 1) // ZADD_CHUNK
@@ -225,59 +303,92 @@ class _PublishPartition(StatefulSinkPartition[PublishItem, None]):
         producer = self._clients.producer
         examples = dead_letters = 0
         for value in values:
-            if isinstance(value, PopularityUpdate):
+            if not isinstance(value, ShardOutput):
                 continue
             for key, payload, source_ms in value.examples:
-                _produce_one(producer, self._examples_topic, key, payload, source_ms)
+                examples += self._produce_one(self._examples_topic, key, payload, source_ms)
             for key, payload in value.dead_letters:
-                _produce_one(producer, self._dlq_topic, key, payload)
-            examples += len(value.examples)
-            dead_letters += len(value.dead_letters)
+                dead_letters += self._produce_one(self._dlq_topic, key, payload)
         producer.poll(0)
         if examples:
             self._metrics.messages_out.labels(self._examples_topic).inc(examples)
         if dead_letters:
             self._metrics.messages_out.labels(self._dlq_topic).inc(dead_letters)
 
-    def snapshot(self) -> None:
-        """Called before Bytewax commits an epoch: every write and message of it is done."""
+    def _produce_one(self, topic: str, key: bytes, payload: bytes, timestamp_ms: int = 0) -> bool:
+        """Produce, waiting for queue space; ``timestamp_ms`` 0 lets the producer stamp it.
+
+        A message over the producer's size limit is refused for good: retrying it, or
+        stopping the flow, would read it again and fail again (a crash loop). It is logged
+        and counted as a bug instead (every message the flow makes is bounded below it), and
+        False is returned.
+        """
+        producer = self._clients.producer
+        while True:
+            try:
+                producer.produce(topic, payload, key, timestamp=timestamp_ms)
+                return True
+            except BufferError:
+                producer.poll(0.05)
+            except KafkaException as exc:
+                if exc.args[0].code() != KafkaError.MSG_SIZE_TOO_LARGE:
+                    raise
+                refused(self._metrics, topic, key, len(payload))
+                return False
+
+    @logs_failure
+    def snapshot(self) -> bytes:
+        """Called before Bytewax commits an epoch: every write and message of it is done.
+
+        Returns the partition's state; encoded again only when it changed.
+        """
         self._clients.writer.drain()
         remaining = self._clients.producer.flush(30)
         if remaining or self._clients.delivery_errors:
             errors = self._clients.delivery_errors[:5]
             raise RuntimeError(f"undelivered messages: {remaining} queued, errors {errors}")
-        return None
+        if self._state is None:
+            self._state = orjson.dumps({"categories": self._categories, "synced": self._synced})
+        return self._state
 
+    @closes_quietly
     def close(self) -> None:
         self.snapshot()
 
 
-def _produce_one(
-    producer: Producer, topic: str, key: bytes, payload: bytes, timestamp_ms: int = 0
-) -> None:
-    """Produce, waiting for queue space; ``timestamp_ms`` 0 lets the producer stamp it."""
-    while True:
-        try:
-            producer.produce(topic, payload, key, timestamp=timestamp_ms)
-            return
-        except BufferError:
-            producer.poll(0.05)
+def refused(metrics: FlowMetrics, topic: str, key: bytes, size: int) -> None:
+    """A message refused as too large: an error line and a count, never a retry."""
+    metrics.messages_refused.labels(topic).inc()
+    log_event(
+        logger,
+        "flow_message_refused",
+        logging.ERROR,
+        topic=topic,
+        key=key[:200].decode("utf-8", "replace"),
+        size=size,
+        reason="message too large",
+    )
 
 
-class FeaturePublisher(FixedPartitionedSink[PublishItem, None]):
+class FeaturePublisher(FixedPartitionedSink[PublishItem, bytes]):
     """Output partitions ``publish-0..n-1``; items are routed by their shard index."""
 
     def __init__(
         self,
         settings: Settings,
         metrics: FlowMetrics,
+        alerts: FlowAlerts,
+        marker: RedisMarker,
         freshness_log: FreshnessLog | None = None,
     ) -> None:
         self.settings = settings
         self.metrics = metrics
+        self.alerts = alerts
+        self.marker = marker
         self.freshness_log = freshness_log
         self._clients: _Clients | None = None
 
+    @logs_failure
     def list_parts(self) -> list[str]:
         return [f"publish-{index}" for index in range(self.settings.flow.publish_partitions)]
 
@@ -285,7 +396,12 @@ class FeaturePublisher(FixedPartitionedSink[PublishItem, None]):
         """Shard ``shard-NNN`` goes to partition NNN (wrapped); popularity to partition 0."""
         return int(item_key[6:]) if item_key.startswith("shard-") else 0
 
-    def build_part(self, step_id: str, for_part: str, resume_state: None) -> _PublishPartition:
+    @logs_failure
+    def build_part(
+        self, step_id: str, for_part: str, resume_state: bytes | None
+    ) -> _PublishPartition:
         if self._clients is None:
-            self._clients = _Clients(self.settings)
-        return _PublishPartition(self._clients, self.settings, self.metrics, self.freshness_log)
+            self._clients = _Clients(self.settings, self.metrics, self.alerts, self.marker)
+        return _PublishPartition(
+            self._clients, self.settings, self.metrics, self.freshness_log, resume_state
+        )

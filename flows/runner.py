@@ -19,6 +19,7 @@ from bytewax.run import cli_main
 from prometheus_client import REGISTRY, start_http_server
 
 from flows.dataflow import build_flow
+from flows.failure_log import log_failure
 from flows.metrics import FlowMetrics
 from flows.process_tuning import tune_flow_process
 from streamrec.settings import Settings
@@ -88,12 +89,16 @@ def run_flow(
         addresses=addresses,
         shards=flow_settings.state_shards,
     )
-    cli_main(
-        build_flow(settings, FlowMetrics(REGISTRY)),
-        workers_per_process=workers,
-        process_id=process_id,
-        addresses=addresses,
-        epoch_interval=timedelta(seconds=flow_settings.snapshot_interval_s),
-        recovery_config=recovery,
-    )
+    try:
+        cli_main(
+            build_flow(settings, FlowMetrics(REGISTRY)),
+            workers_per_process=workers,
+            process_id=process_id,
+            addresses=addresses,
+            epoch_interval=timedelta(seconds=flow_settings.snapshot_interval_s),
+            recovery_config=recovery,
+        )
+    except Exception as exc:
+        log_failure("flow_failed", "bytewax", exc)
+        raise
     log_event(logger, "flow_end")

@@ -72,6 +72,9 @@ class FeatureShard:
         self.dirty: set[str] = set()
         self.source_watermarks: dict[tuple[str, int], int] = {}
         self.next_sweep_ms = NO_TS
+        # The Redis marker under which every session of this shard was last written in full
+        # (flows/redis_resync.py); None before the first time.
+        self.synced: str | None = None
 
     def apply(self, inputs: list[ShardInput]) -> ShardOutput:
         """Apply the inputs in order; return the changed sessions and what to emit."""
@@ -131,6 +134,20 @@ class FeatureShard:
             out.evicted = self._evict_idle(watermark)
         return out
 
+    def full_state(self, chunk: int) -> list[ShardOutput]:
+        """Every live session's full hash, ``chunk`` sessions per output (a re-sync)."""
+        sessions = self.sessions
+        ids = list(sessions)
+        return [
+            ShardOutput(
+                sessions={
+                    sid: encode_session_features(sessions[sid].features())
+                    for sid in ids[start : start + chunk]
+                }
+            )
+            for start in range(0, len(ids), chunk)
+        ]
+
     def watermark_ms(self) -> int:
         """Event time every input partition of this shard has reached (NO_TS before all
         ``input_topics`` have been seen)."""
@@ -166,6 +183,7 @@ class FeatureShard:
                 "sessions": {sid: orjson.Fragment(raw) for sid, raw in encoded.items()},
                 "watermarks": [[t, p, ts] for (t, p), ts in self.source_watermarks.items()],
                 "next_sweep_ms": self.next_sweep_ms,
+                "synced": self.synced,
             }
         )
 
@@ -181,4 +199,5 @@ class FeatureShard:
             }
             shard.source_watermarks = {(t, p): ts for t, p, ts in data["watermarks"]}
             shard.next_sweep_ms = data["next_sweep_ms"]
+            shard.synced = data.get("synced")  # absent in snapshots made before re-syncs
         return shard

@@ -75,7 +75,6 @@ class ServingState:
         registry: VersionSource,
         build_scorer: Callable[[Any], Scorer],
         producer: Producer,
-        corrupt_errors: tuple[type[BaseException], ...],
     ) -> None:
         serving = settings.serving
         self.settings = settings
@@ -124,7 +123,8 @@ class ServingState:
             category_refresh_s=serving.category_refresh_s,
             read_categories=lambda: read_item_categories(self.sync_redis, self.keys),
             metrics=self.metrics,
-            corrupt_errors=corrupt_errors,
+            retry_base_s=serving.model_retry_base_s,
+            retry_max_s=serving.model_retry_max_s,
         )
         self.impressions = ImpressionLog(
             producer,
@@ -224,8 +224,15 @@ class RecommendHandlers:
         batcher.begin()
         scoring = True
         try:
-            raw = await state.redis.hgetall(state.keys.session(request.session_id))
-            features = self._features(raw, request.session_id)
+            key = state.keys.session(request.session_id)
+            try:
+                raw = await state.redis.hgetall(key)
+            except redis.ResponseError as exc:
+                if not _is_wrong_type(exc):
+                    raise
+                raw = {}
+                self._unreadable("session", "wrong_type", key, request.session_id)
+            features = self._features(raw, key, request.session_id)
             history = model_history(snapshot, features)
             if history is not None and snapshot is not None and features is not None:
                 scoring = False
@@ -235,9 +242,15 @@ class RecommendHandlers:
                 scoring = False
                 batcher.end()
                 depth = popular_depth(request, features)
-                popular = await state.redis.zrevrange(
-                    state.keys.popular, 0, depth - 1, withscores=True
-                )
+                try:
+                    popular = await state.redis.zrevrange(
+                        state.keys.popular, 0, depth - 1, withscores=True
+                    )
+                except redis.ResponseError as exc:
+                    if not _is_wrong_type(exc):
+                        raise
+                    popular = []
+                    self._unreadable("popular", "wrong_type", state.keys.popular, None)
                 recommendation = recommend_popular(
                     [(item.decode(), score) for item, score in popular],
                     snapshot,
@@ -246,9 +259,13 @@ class RecommendHandlers:
                 )
                 state.metrics.fallbacks.inc()
         except (redis.RedisError, TimeoutError) as exc:
+            reason = _outage_reason(exc)
             state.metrics.redis_errors.inc()
-            log_event(logger, "redis_unavailable", logging.WARNING, error=repr(exc)[:200])
-            problem = RequestProblem(503, "feature_store_unavailable", "Redis did not answer")
+            log_event(
+                logger, "redis_unavailable", logging.WARNING, reason=reason,
+                error=repr(exc)[:200],
+            )  # fmt: skip
+            problem = RequestProblem(503, "feature_store_unavailable", f"Redis {reason}")
             return _problem(problem, {"Retry-After": "1"})
         finally:
             if scoring:  # failed before asking for scores: stop the batcher waiting for it
@@ -270,17 +287,25 @@ class RecommendHandlers:
         state.metrics.request_seconds.observe(time.perf_counter() - started)
         return response
 
-    def _features(self, raw: dict[bytes, bytes], session_id: str) -> SessionFeatures | None:
+    def _features(
+        self, raw: dict[bytes, bytes], key: str, session_id: str
+    ) -> SessionFeatures | None:
+        """The session's features; None (popular fallback) when unknown or corrupt."""
         if not raw:
             return None
         try:
             return decode_session_features(raw)
-        except ValueError as exc:
-            log_event(
-                logger, "session_hash_unreadable", logging.WARNING, session_id=session_id,
-                error=str(exc)[:200],
-            )  # fmt: skip
+        except ValueError:
+            self._unreadable("session", "corrupt", key, session_id)
             return None
+
+    def _unreadable(self, kind: str, reason: str, key: str, session_id: str | None) -> None:
+        """Count and log a key read as empty because of bad data (never its content)."""
+        self.state.metrics.unreadable_keys.labels(kind, reason).inc()
+        log_event(
+            logger, "redis_key_unreadable", logging.WARNING, key=kind, reason=reason,
+            redis_key=key, session_id=session_id,
+        )  # fmt: skip
 
     async def healthz(self, request: Request) -> Response:
         return _json({"status": "ok"})
@@ -301,7 +326,15 @@ class RecommendHandlers:
             return denied
         snapshot = self.state.holder.current
         follower = self.state.follower
-        failed = [{"version": v, "reason": r} for v, r in follower.state.failed_versions]
+        failed = [
+            {
+                "version": f.version,
+                "reason": f.reason,
+                "attempts": f.attempts,
+                "next_retry_at": round(f.next_retry_at, 3),
+            }
+            for f in follower.state.failures.values()
+        ]
         return _json(
             {
                 "version": snapshot.version if snapshot else None,
@@ -321,6 +354,22 @@ class RecommendHandlers:
 
     async def openapi(self, request: Request) -> Response:
         return Response(self.state.openapi, media_type=JSON)
+
+
+def _is_wrong_type(exc: redis.ResponseError) -> bool:
+    """A key holding another type than the command reads: bad data, not an outage."""
+    return str(exc).startswith("WRONGTYPE")
+
+
+def _outage_reason(exc: BaseException) -> str:
+    """Why Redis could not answer, in words for the 503 detail and the log."""
+    if isinstance(exc, TimeoutError | redis.TimeoutError):
+        return "did not answer in time"
+    if isinstance(exc, redis.ConnectionError):
+        return "connection failed"
+    if isinstance(exc, redis.ResponseError):
+        return f"answered an error ({str(exc).partition(' ')[0][:40]})"
+    return f"call failed ({type(exc).__name__})"
 
 
 def _response_body(request_id: str, session_id: str, recommendation: Recommendation) -> bytes:
@@ -381,12 +430,11 @@ def create_app(
     producer: Producer | None = None,
 ) -> Starlette:
     """The serving app for one worker; the defaults are the real registry, model and Kafka."""
-    corrupt_errors: tuple[type[BaseException], ...] = (ValueError,)
     if registry is None or build_scorer is None:
         import torch
 
         from online_models.model.scorer import SessionScorer
-        from online_models.registry.weight_registry import WeightLoadError, WeightRegistry
+        from online_models.registry.weight_registry import WeightRegistry
 
         # One scoring thread per worker: workers, not threads, use the cores.
         torch.set_num_threads(settings.model.scorer_threads or 1)
@@ -396,14 +444,13 @@ def create_app(
         )
         registry = registry or WeightRegistry(settings, client)
         build_scorer = build_scorer or (lambda w: SessionScorer.from_weights(w, settings.model))
-        corrupt_errors = (ValueError, WeightLoadError)
     if producer is None:
         from streamrec.kafka_clients import make_producer
 
         producer = make_producer(
             settings.kafka, **{"linger.ms": settings.serving.impression_batch_ms}
         )
-    state = ServingState(settings, registry, build_scorer, producer, corrupt_errors)
+    state = ServingState(settings, registry, build_scorer, producer)
     handlers = RecommendHandlers(state)
 
     @asynccontextmanager

@@ -6,19 +6,19 @@ built. ``ModelHolder.current`` is swapped with a single reference assignment, wh
 atomic under the GIL, and a request reads ``current`` exactly once, so every request is
 answered entirely by one version: none sees a half-updated model, none waits for a load.
 
-``ModelFollower`` is the only writer. A thread listens to the registry's pub/sub channel
-and another polls ``current_version()`` every ``poll_interval_s`` (the fallback when a
-message is lost or pub/sub is down). New versions are loaded and checked in the
-background; a version whose load fails is recorded, reported and skipped, and the
-previous snapshot keeps serving.
+``ModelFollower`` is the only writer. It serves the registry's ``current_version()``: a
+thread listening to the registry's pub/sub channel only wakes it up, and it also polls
+every ``poll_interval_s`` (the fallback when a message is lost or pub/sub is down).
+Versions are loaded and checked in the background; a version whose load fails is
+recorded, reported and retried with backoff, and the previous snapshot keeps serving.
 """
 
 from __future__ import annotations
 
 import logging
+import random
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
@@ -114,25 +114,57 @@ class ModelHolder:
         self.current = snapshot
 
 
+@dataclass(frozen=True, slots=True)
+class LoadFailure:
+    """A version that failed to load: why, how often, and when it is tried again."""
+
+    version: int
+    reason: str
+    attempts: int
+    retry_at: float  # on the follower's clock (monotonic): not loaded again before this
+    next_retry_at: float  # the same moment as Unix time, for people reading ``/model``
+
+
+def retry_delay_s(attempts: int, base_s: float, max_s: float, rng: random.Random) -> float:
+    """The wait before trying a version again after ``attempts`` failures in a row.
+
+    Doubles from ``base_s`` up to ``max_s``; half of it is random ("equal jitter"), so the
+    workers that failed on the same blob at the same moment do not retry in lockstep. The
+    result always lies in ``[ceiling / 2, ceiling]`` with ``ceiling <= max_s``.
+    """
+    ceiling = min(max_s, base_s * 2 ** min(attempts - 1, 64))
+    return ceiling / 2 + rng.uniform(0, ceiling / 2)
+
+
 @dataclass(slots=True)
 class FollowerState:
-    """What the follower has seen, for ``/model`` and tests."""
+    """What the follower has seen, for ``/model`` and tests.
 
-    failed_versions: deque[tuple[int, str]] = field(
-        default_factory=lambda: deque(maxlen=FAILED_VERSIONS_KEPT)
-    )
-    announced: int = 0
+    ``failures`` is replaced whole, never modified, so a request thread reading it while
+    the loader records a failure sees either the old mapping or the new one.
+    """
+
+    failures: Mapping[int, LoadFailure] = field(default_factory=dict)
     last_poll_at: float = 0.0
     pubsub_connected: bool = False
 
 
 class ModelFollower:
-    """Follows the registry and swaps new versions into ``holder`` (see module docstring).
+    """Follows the registry and swaps its current version into ``holder``.
 
-    ``build_scorer`` turns what ``registry.load`` returns into a ``Scorer``;
-    ``read_categories`` returns the current item -> category map. Exceptions of the types
-    in ``corrupt_errors`` mark a version as bad (skipped for good); any other exception is
-    an infrastructure fault, logged and retried at the next poll.
+    The registry's ``current_version()`` is the truth: the follower serves exactly that
+    version, whether it is above or below the one serving (a rollback, or a registry
+    reset that restarted the numbering). A pub/sub announcement is only a hint to look now:
+    its number is never used, so a bogus or stale message cannot steer serving.
+
+    Any exception while loading a version or building its scorer, non-finite weights, or
+    the registry falling back to an older version, is a failed load: counted, logged,
+    listed by ``/model``, and tried again after an exponential backoff (``retry_base_s``
+    doubling up to ``retry_max_s``, jittered) for as long as it stays current, because
+    an on-call engineer who repairs a blob or Redis expects serving to pick it up without
+    a restart, and a broken version must not be reloaded in a tight loop. Meanwhile the
+    previous snapshot keeps serving. When the registry fell back, its older version is
+    swapped in only if nothing newer is serving.
     """
 
     def __init__(
@@ -147,7 +179,9 @@ class ModelFollower:
         category_refresh_s: float,
         read_categories: Callable[[], Mapping[str, str]],
         metrics: ServingMetrics,
-        corrupt_errors: tuple[type[BaseException], ...] = (ValueError,),
+        retry_base_s: float,
+        retry_max_s: float,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.holder = holder
         self.registry = registry
@@ -158,9 +192,11 @@ class ModelFollower:
         self.category_refresh_s = category_refresh_s
         self.read_categories = read_categories
         self.metrics = metrics
-        self.corrupt_errors = corrupt_errors
+        self.retry_base_s = retry_base_s
+        self.retry_max_s = retry_max_s
+        self.clock = clock
         self.state = FollowerState()
-        self._failed: set[int] = set()
+        self._rng = random.Random()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -186,36 +222,46 @@ class ModelFollower:
             thread.join(timeout_s)
 
     def failed_versions(self) -> list[int]:
-        return [version for version, _ in self.state.failed_versions]
+        return list(self.state.failures)
 
     def check_now(self, source: str = "poll") -> None:
-        """One follow step: refresh categories if due, load the newest good version if new."""
-        now = time.monotonic()
+        """One follow step: refresh categories if due; load the registry's current version
+        if it is not the one serving and, when it failed before, its retry is due."""
+        now = self.clock()
         if now - self._categories_read_at >= self.category_refresh_s:
             self._refresh_categories(now)
         self.state.last_poll_at = time.time()
-        target = max(self.state.announced, self.registry.current_version() or 0)
+        target = self.registry.current_version()
         current = self.holder.current
-        if target <= (current.version if current else 0) or target in self._failed:
+        if target is None or (current is not None and target == current.version):
+            return
+        failure = self.state.failures.get(target)
+        if failure is not None and now < failure.retry_at:
             return
         self._load(target, source)
 
     def _load(self, version: int, source: str) -> None:
         started = time.perf_counter()
-        try:
-            weights = self.registry.load(version, base=self._weights)
-            if not weights.all_finite():
-                raise ValueError(f"version {weights.version} has non-finite weights")
-            scorer = self.build_scorer(weights)
-            snapshot = ModelSnapshot.build(scorer, source, self._categories)
-        except self.corrupt_errors as exc:
-            self._skip(version, f"{type(exc).__name__}: {exc}")
-            return
-        if weights.version != version:
-            # The registry fell back to an older version: the requested one is broken.
-            self._skip(version, f"registry fell back to version {weights.version}")
         current = self.holder.current
-        if current is not None and snapshot.version <= current.version:
+        # Deltas are applied on the serving weights only when moving forward; after a
+        # rollback or a registry reset (current went down) the version loads from scratch.
+        base = self._weights if current is not None and version > current.version else None
+        snapshot: ModelSnapshot | None = None
+        try:
+            weights = self.registry.load(version, base=base)
+            fell_back = weights.version != version
+            if not fell_back or current is None or weights.version > current.version:
+                if not weights.all_finite():
+                    raise ValueError(f"version {weights.version} has non-finite weights")
+                snapshot = ModelSnapshot.build(self.build_scorer(weights), source, self._categories)
+        except Exception as exc:  # whatever the cause, this version is not served (yet)
+            self._fail(version, f"{type(exc).__name__}: {exc}")
+            return
+        if fell_back:
+            self._fail(version, f"registry fell back to version {weights.version}")
+        elif version in self.state.failures:
+            self.state.failures = {v: f for v, f in self.state.failures.items() if v != version}
+        if snapshot is None:
             return
         self._weights = weights
         self.holder.swap(snapshot)
@@ -233,12 +279,22 @@ class ModelFollower:
             load_ms=round(elapsed * 1000, 1),
         )
 
-    def _skip(self, version: int, reason: str) -> None:
-        """Remember a bad version so it is never retried, and report it."""
-        self._failed.add(version)
-        self.state.failed_versions.append((version, reason[:300]))
+    def _fail(self, version: int, reason: str) -> None:
+        """Record a failed load of ``version``, schedule its retry, and report it."""
+        previous = self.state.failures.get(version)
+        attempts = previous.attempts + 1 if previous is not None else 1
+        delay_s = retry_delay_s(attempts, self.retry_base_s, self.retry_max_s, self._rng)
+        failure = LoadFailure(
+            version, reason[:300], attempts, self.clock() + delay_s, time.time() + delay_s
+        )
+        others = [f for v, f in self.state.failures.items() if v != version]
+        kept = [*others[-(FAILED_VERSIONS_KEPT - 1) :], failure]
+        self.state.failures = {f.version: f for f in kept}
         self.metrics.model_load_failures.inc()
-        log_event(logger, "model_version_skipped", logging.ERROR, version=version, error=reason)
+        log_event(
+            logger, "model_load_failed", logging.ERROR, version=version, attempt=attempts,
+            retry_in_s=round(delay_s, 2), error=reason[:300],
+        )  # fmt: skip
 
     def _refresh_categories(self, now: float) -> None:
         self._categories_read_at = now
@@ -256,7 +312,7 @@ class ModelFollower:
         while not self._stop.is_set():
             try:
                 self.check_now(source)
-            except Exception as exc:  # infrastructure fault: retried at the next poll
+            except Exception as exc:  # Redis unreachable: the pointer is read again next poll
                 log_event(logger, "model_follow_failed", logging.WARNING, error=repr(exc)[:300])
             woken = self._wake.wait(self.poll_interval_s)
             self._wake.clear()
@@ -272,9 +328,10 @@ class ModelFollower:
                 self.state.pubsub_connected = True
                 backoff_s = 0.1
                 while not self._stop.is_set():
-                    message = pubsub.get_message(timeout=0.5)
-                    if message is not None:
-                        self._announce(message.get("data"))
+                    # Any message is a hint to read the pointer now; its payload is not
+                    # trusted (a bogus number must not steer serving).
+                    if pubsub.get_message(timeout=0.5) is not None:
+                        self._wake.set()
             except redis.RedisError as exc:
                 self.state.pubsub_connected = False
                 log_event(logger, "model_updates_disconnected", logging.WARNING, error=repr(exc))
@@ -283,13 +340,3 @@ class ModelFollower:
             finally:
                 pubsub.close()
         self.state.pubsub_connected = False
-
-    def _announce(self, data: object) -> None:
-        try:
-            version = int(data)  # type: ignore[call-overload]
-        except (TypeError, ValueError):
-            log_event(logger, "model_update_ignored", logging.WARNING, data=repr(data)[:80])
-            return
-        if version > self.state.announced:
-            self.state.announced = version
-            self._wake.set()

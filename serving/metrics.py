@@ -40,6 +40,12 @@ class ServingMetrics:
             "Redis calls on the request path that failed or timed out (answered 503).",
             registry=r,
         )
+        self.unreadable_keys = Counter(
+            "streamrec_serving_unreadable_keys_total",
+            "Keys read as empty because of bad data: a corrupt session hash or a wrong type.",
+            ("key", "reason"),
+            registry=r,
+        )
         self.score_batch_size = Histogram(
             "streamrec_serving_score_batch_size",
             "Sessions scored together in one model call (micro-batching).",
@@ -65,7 +71,7 @@ class ServingMetrics:
         )
         self.model_load_failures = Counter(
             "streamrec_serving_model_load_failures_total",
-            "Versions that failed to load (corrupt, non-finite) and were skipped.",
+            "Failed loads of a version (any error, non-finite, registry fell back); retried.",
             registry=r,
         )
         self.impressions = Counter(

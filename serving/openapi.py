@@ -67,6 +67,10 @@ class ReadyResponse(_Strict):
 class FailedVersion(_Strict):
     version: int
     reason: str
+    attempts: int = Field(description="Failed loads of this version in a row.")
+    next_retry_at: float = Field(
+        description="Unix time it is loaded again if it is still the registry's current."
+    )
 
 
 class ModelResponse(_Strict):
@@ -75,7 +79,9 @@ class ModelResponse(_Strict):
     age_s: float | None = Field(description="Seconds since it was swapped in.")
     source: str | None = Field(description="startup, pubsub or poll: what triggered the load.")
     items: int
-    failed_versions: list[FailedVersion] = Field(description="Versions skipped, newest last.")
+    failed_versions: list[FailedVersion] = Field(
+        description="Versions that failed to load and never loaded since, newest last."
+    )
     pubsub_connected: bool
 
 
@@ -106,7 +112,7 @@ def _errors(*statuses: int) -> dict[str, Any]:
         405: "Method not allowed on this route.",
         413: "Request body larger than the configured limit.",
         415: "Body is not application/json.",
-        503: "Redis did not answer in time.",
+        503: "Redis is unavailable (timeout, connection failed, error reply); see detail.",
     }
     return {str(s): _json(ErrorResponse, meaning[s]) for s in statuses}
 

@@ -11,6 +11,10 @@ keep serving; without that, granian would stop the whole server.
 Graceful shutdown: on SIGTERM or SIGINT granian stops accepting connections, lets the
 workers finish in-flight requests, then runs the app's lifespan shutdown, which stops the
 registry follower and flushes queued impressions to Kafka (up to ``shutdown_grace_s``).
+
+A server never shares its port with another one: ``serve`` claims the port before
+granian binds (``serving.port_claim``) and exits with status 1 and one log line when it
+is taken.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+from serving.port_claim import PortInUseError, claim_port
 from streamrec.settings import ServingSettings
 from streamrec.structured_log import log_event
 
@@ -33,11 +38,19 @@ APP_FACTORY = "serving.app:app_from_environment"
 
 
 def serve(settings: ServingSettings) -> None:
-    """Serve until interrupted (blocks)."""
+    """Serve until interrupted (blocks); exit with status 1 if the port is taken."""
     from granian.constants import HTTPModes, Interfaces, Loops
     from granian.http import HTTP1Settings
     from granian.server import Server
 
+    try:
+        claim = claim_port(settings.host, settings.port)
+    except PortInUseError as exc:
+        log_event(
+            logger, "serving_port_in_use", logging.ERROR, host=settings.host,
+            port=settings.port, error=str(exc),
+        )  # fmt: skip
+        raise SystemExit(1) from None
     log_event(logger, "serving_started", port=settings.port, workers=settings.workers)
     Server(
         APP_FACTORY,
@@ -55,6 +68,8 @@ def serve(settings: ServingSettings) -> None:
         respawn_failed_workers=True,
         workers_kill_timeout=max(1, math.ceil(settings.shutdown_grace_s)),
     ).serve()
+    if claim is not None:
+        claim.close()
 
 
 def spawn_server(

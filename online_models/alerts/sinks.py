@@ -27,7 +27,7 @@ import redis
 from confluent_kafka import Producer
 
 from online_models.alerts.metrics import AlertMetrics
-from streamrec.alerts import Alert, alert_as_dict, encode_alert
+from streamrec.alerts import Alert, alert_as_dict, append_to_stream, encode_alert
 from streamrec.redis_keys import RedisKeys
 from streamrec.settings import Settings
 from streamrec.structured_log import log_event
@@ -76,7 +76,7 @@ class RedisAlertSink:
         self._maxlen = maxlen
 
     def send(self, alert: Alert, encoded: bytes) -> None:
-        self._client.xadd(self._key, {"alert": encoded}, maxlen=self._maxlen, approximate=True)
+        append_to_stream(self._client, self._key, encoded, self._maxlen)
 
     def close(self) -> None:
         return None

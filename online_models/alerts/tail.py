@@ -10,7 +10,7 @@ import orjson
 import redis
 from rich.console import Console
 
-from streamrec.alerts import Alert, alert_as_dict, decode_alert
+from streamrec.alerts import Alert, alert_as_dict, alert_from_stream
 
 _SEVERITY_STYLE = {"info": "cyan", "warning": "yellow", "critical": "bold red"}
 
@@ -55,13 +55,8 @@ def print_alert(alert: Alert, as_json: bool) -> None:
 
 def _decode_entry(entry: tuple[bytes | str, dict[bytes, bytes]]) -> tuple[str, Alert] | None:
     entry_id, fields = entry
-    raw = fields.get(b"alert")
-    if raw is None:
-        return None
-    try:
-        return _text(entry_id), decode_alert(raw)
-    except ValueError:
-        return None
+    alert = alert_from_stream(fields)
+    return None if alert is None else (_text(entry_id), alert)
 
 
 def _text(value: bytes | str) -> str:

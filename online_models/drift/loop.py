@@ -10,6 +10,10 @@ alerts during a fine-tune or right after it never start another (no fine-tune st
 It never blocks the learner: it only reads what the learner writes. Detector state is kept
 in memory; after a restart the detectors warm up again (the signal cursor and consumer
 offsets carry on, so no alert is raised twice for the same data).
+
+Repeated training examples (the flow delivers them at least once) are observed once:
+``streamrec.example_dedupe`` drops a record whose ``example_id`` came before; its window is
+rebuilt from the topic before the group's committed offsets when the monitor starts.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import time
 from multiprocessing.process import BaseProcess
 
 import redis
-from confluent_kafka import Consumer
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 from prometheus_client import CollectorRegistry
 
 from online_models.alerts.metrics import AlertMetrics
@@ -37,9 +41,10 @@ from online_models.finetune.status import (
     record_drift,
     save_signal_cursor,
 )
-from streamrec.alerts import Alert, decode_alert
+from streamrec.alerts import Alert, alert_from_stream, encode_alert
 from streamrec.events import Event, EventLimits, parse_event
-from streamrec.kafka_clients import make_consumer, make_producer
+from streamrec.example_dedupe import ExampleDedupe, rebuild_dedupe
+from streamrec.kafka_clients import emptied_end, make_consumer, make_producer
 from streamrec.redis_keys import RedisKeys
 from streamrec.settings import Settings
 from streamrec.structured_log import log_event
@@ -66,6 +71,7 @@ class DriftLoop:
         self.topics = Topics.from_settings(settings.kafka)
         self.monitor = DriftMonitor(settings)
         self.limits = EventLimits.from_settings(settings.events)
+        self.repeats = ExampleDedupe(settings.flow.repeat_window)
         self.fanout: AlertFanout = build_fanout(
             settings, client, make_producer(settings.kafka, **{"linger.ms": 0}), self.alert_metrics
         )
@@ -80,6 +86,7 @@ class DriftLoop:
 
     def run(self, stop: threading.Event) -> None:
         consumer = make_consumer(self.settings.kafka, self.settings.drift.consumer_group)
+        self._rebuild_repeats(consumer)
         consumer.subscribe(
             [self.topics.training_examples, self.topics.impressions, self.topics.clicks]
         )
@@ -98,6 +105,19 @@ class DriftLoop:
             self.fanout.close()
             log_event(logger, "drift_monitor_stopped", alerts=self.alerts_sent)
 
+    def _rebuild_repeats(self, consumer: Consumer) -> None:
+        """The repeat window as of the group's committed offsets on the examples topic."""
+        topic = self.topics.training_examples
+        try:
+            partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+            committed = consumer.committed([TopicPartition(topic, p) for p in partitions], 10)
+        except (KafkaException, KeyError) as exc:  # no topic yet: nothing to rebuild
+            log_event(logger, "repeat_window_not_rebuilt", logging.WARNING, error=repr(exc))
+            return
+        positions = {tp.partition: tp.offset for tp in committed if tp.offset > 0}
+        records = rebuild_dedupe(self.settings.kafka, topic, self.repeats, positions)
+        log_event(logger, "repeat_window_rebuilt", records=records)
+
     def _read_signals(self) -> None:
         reply = self.client.xread({self.keys.learner_signals: self.cursor}, count=500, block=20)
         for _, entries in reply or []:
@@ -112,6 +132,20 @@ class DriftLoop:
                 self.metrics.observations.labels("hit_rate").inc(signal.examples)
                 self._raise(self.monitor.on_learner_signal(signal))
 
+    def _forget_if_emptied(self, consumer: Consumer, partition: int, offset: int) -> None:
+        """A record at or below the newest one read is a re-read, unless the partition was
+        emptied under the monitor (a broker restarted empty: its group offsets are gone and
+        reading starts again at 0); then its repeat window starts afresh."""
+        newest = self.repeats.newest(partition)
+        topic = self.topics.training_examples
+        if (
+            newest is not None
+            and offset <= newest
+            and emptied_end(consumer, topic, partition, newest + 1) is not None
+        ):
+            self.repeats.forget(partition)
+            log_event(logger, "drift_topic_reset", logging.WARNING, partition=partition)
+
     def _read_bus(self, consumer: Consumer) -> None:
         for message in consumer.consume(2000, 0.05):
             if message.error() is not None:
@@ -122,7 +156,11 @@ class DriftLoop:
                     example = decode_example(message.value())
                 except ValueError:
                     continue
-                alerts = self.monitor.on_example(example, message.partition(), message.offset())
+                partition, offset = message.partition(), message.offset()
+                self._forget_if_emptied(consumer, partition, offset)
+                if not self.repeats.is_new(partition, offset, example.example_id):
+                    continue
+                alerts = self.monitor.on_example(example, partition, offset)
                 self._raise(alerts)
                 continue
             event = parse_event(message.value(), self.limits)
@@ -209,12 +247,9 @@ class DriftLoop:
         for _, entries in reply or []:
             for entry_id, fields in entries:
                 self._alerts_cursor = entry_id.decode()
-                try:
-                    alert = decode_alert(fields[b"alert"])
-                except (KeyError, ValueError):
-                    continue
-                if alert.detector not in self.monitor.detectors:
-                    self._prometheus.send(alert, fields[b"alert"])
+                alert = alert_from_stream(fields)
+                if alert is not None and alert.detector not in self.monitor.detectors:
+                    self._prometheus.send(alert, encode_alert(alert))
 
     def _export_finetune_result(self) -> None:
         """Turn a finished fine-tune (ours or a manual one) into metrics, once."""

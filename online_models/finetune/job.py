@@ -114,8 +114,9 @@ def _finetune(
     topics = Topics.from_settings(settings.kafka)
     registry = WeightRegistry(settings, client)
     examples = read_replay(
-        settings.kafka, topics.training_examples, request.replay_examples, request.since_ms
-    )
+        settings.kafka, topics.training_examples, request.replay_examples, request.since_ms,
+        repeat_window=settings.flow.repeat_window,
+    )  # fmt: skip
     train, holdout = split_replay(examples, settings.drift.finetune_holdout_fraction)
     base = registry.load()
     log_event(

@@ -11,6 +11,10 @@ newer than ``until_ms``, or when nothing more arrives for ``idle_s`` (its end). 
 and time lookups are only hints: a broker that answers them coarsely (the embedded tansu
 reports per-batch watermarks) costs a longer read, never a wrong buffer, because the
 timestamps of the messages themselves decide what is kept.
+
+Repeats (the flow delivers examples at least once) are dropped by ``example_id``
+(``streamrec.example_dedupe``, ``repeat_window`` records per partition), so the buffer
+holds each example once.
 """
 
 from __future__ import annotations
@@ -20,7 +24,8 @@ import time
 
 from confluent_kafka import Consumer, TopicPartition
 
-from streamrec.settings import KafkaSettings
+from streamrec.example_dedupe import ExampleDedupe
+from streamrec.settings import FlowSettings, KafkaSettings
 from streamrec.training_examples import TrainingExample, decode_example
 
 
@@ -32,8 +37,9 @@ def read_replay(
     until_ms: int | None = None,
     idle_s: float = 1.0,
     timeout_s: float = 120.0,
+    repeat_window: int = FlowSettings.model_fields["repeat_window"].default,
 ) -> list[TrainingExample]:
-    """Up to ``count`` of the newest examples in the time range, oldest first."""
+    """Up to ``count`` of the newest distinct examples in the time range, oldest first."""
     until_ms = int(time.time() * 1000) if until_ms is None else until_ms
     consumer = Consumer(
         kafka.client_config()
@@ -48,6 +54,7 @@ def read_replay(
         starts = _start_offsets(consumer, topic, partitions, count, since_ms)
         consumer.assign([TopicPartition(topic, p, starts[p]) for p in partitions])
         kept: list[tuple[int, int, int, TrainingExample]] = []
+        repeats = ExampleDedupe(repeat_window)
         open_partitions = set(partitions)
         deadline = time.monotonic() + timeout_s
         last_message = time.monotonic()
@@ -68,7 +75,9 @@ def read_replay(
                 # Not an example: the flow's dead-letter path owns bad input, skip it here.
                 with contextlib.suppress(ValueError):
                     example = decode_example(message.value())
-                    kept.append((example.ts, message.partition(), message.offset(), example))
+                    partition, offset = message.partition(), message.offset()
+                    if repeats.is_new(partition, offset, example.example_id):
+                        kept.append((example.ts, partition, offset, example))
             if len(kept) > 4 * count:
                 kept = sorted(kept, key=lambda entry: entry[:3])[-count:]
         kept.sort(key=lambda entry: entry[:3])

@@ -12,21 +12,29 @@ examples it contains; the Kafka group offsets are committed right after the vers
 published. On start the learner resumes from the newer of the two, so a crash loses no
 example: what was learned but not yet published is simply read again.
 
-Versions promoted by someone else (a fine-tune, a rollback) win: when the registry's
-current version is not the learner's last publication, the learner reloads it and
-rewinds to its own last published offsets, re-learning the unpublished examples on top.
+Repeats: the flow delivers examples at least once; a record whose ``example_id`` was read
+before is dropped (``streamrec.example_dedupe``, counted in
+``streamrec_learner_duplicate_examples_total``). The repeat window is rebuilt from the topic
+on start and on a rewind, so a restart neither re-learns what a version holds nor learns a
+re-emitted example twice.
 
-Those decisions live in ``LearnerPositions`` (``positions.py``, no I/O); this module only
-moves data between it, the head, Kafka, Redis and the metrics.
+Versions promoted by someone else (a fine-tune, a rollback) win: when the registry's
+current version is not the one the learner follows, the learner reloads it and rewinds to
+its own last published offsets, re-learning the unpublished examples on top.
+
+Which version the learner builds on (at start, when the pointer moves, when a version
+does not load or Redis lost the registry) is ``VersionFollower``'s (``version_follower.py``).
+
+The offset decisions live in ``LearnerPositions`` (``positions.py``, no I/O); this module
+only moves data between it, the follower, the head, Kafka, Redis and the metrics.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import redis
@@ -34,19 +42,16 @@ import torch
 from confluent_kafka import Consumer, Message, Producer, TopicPartition
 from prometheus_client import CollectorRegistry
 
+from online_models.learner.alerts import guard_alert, topic_reset_alert, unloadable_alert
 from online_models.learner.metrics import LearnerMetrics
 from online_models.learner.micro_batch import BatchOutcome, HeadLearner, pick_device
 from online_models.learner.positions import LearnerPositions
-from online_models.model.recommender import SessionRecommender
-from online_models.model.weights import ModelShape, ModelWeights
-from online_models.registry.weight_registry import (
-    Publication,
-    VersionInfo,
-    WeightLoadError,
-    WeightRegistry,
-)
-from streamrec.alerts import Alert, StreamOffset, encode_alert, make_alert
-from streamrec.kafka_clients import make_consumer, make_producer
+from online_models.learner.version_follower import SkippedVersion, VersionFollower
+from online_models.model.weights import ModelWeights
+from online_models.registry.weight_registry import Publication, VersionInfo, WeightRegistry
+from streamrec.alerts import Alert, alert_as_dict, encode_alert
+from streamrec.example_dedupe import rebuild_dedupe
+from streamrec.kafka_clients import emptied_end, make_consumer, make_producer
 from streamrec.redis_keys import RedisKeys
 from streamrec.settings import Settings
 from streamrec.structured_log import log_event
@@ -56,22 +61,6 @@ from streamrec.training_examples import TrainingExample, decode_example
 logger = logging.getLogger(__name__)
 
 SOURCE = "learner"
-GUARD_DETECTOR = "learner_guard"
-ALERT_OFFSETS = 10  # source offsets an alert carries: enough to read the batch back
-
-
-def guard_alert(
-    reason: str, examples: Sequence[TrainingExample], examples_seen: int, model_version: int
-) -> Alert:
-    """The alert for a micro-batch a guard skipped (``reason``: non-finite loss/gradient)."""
-    return make_alert(
-        GUARD_DETECTOR, reason, math.nan, math.nan, examples_seen, model_version,
-        message=f"skipped a micro-batch of {len(examples)} examples: {reason}",
-        offsets=tuple(
-            StreamOffset(e.source_topic, e.source_partition, e.source_offset)
-            for e in examples[:ALERT_OFFSETS]
-        ),
-    )  # fmt: skip
 
 
 @dataclass(slots=True)
@@ -112,8 +101,9 @@ class Learner:
         self.head: HeadLearner | None = None
         self.examples_seen = 0
         self.progress = LearnerPositions.from_settings(
-            self.topics.training_examples, settings.learner, now_s=time.monotonic()
+            self.topics.training_examples, settings, now_s=time.monotonic()
         )
+        self.follower = VersionFollower(self.registry, settings.model, self._version_skipped)
         self.publications: list[PublishRecord] = []
         self.on_publish: Callable[[PublishRecord], None] | None = None
         self.skipped = 0
@@ -131,9 +121,10 @@ class Learner:
     # -- lifecycle -----------------------------------------------------------------
 
     def start(self) -> None:
-        """Load (or create) the current version and assign the partitions at its offsets."""
-        info = self._adopt(self._load_or_bootstrap())
-        self.producer = make_producer(self.settings.kafka)
+        """Load the version to continue from and assign the partitions at its offsets."""
+        self.producer = make_producer(self.settings.kafka)  # first: a start can alert
+        weights = self.follower.start(time.monotonic())
+        info = self._adopt(weights)
         self.consumer = make_consumer(self.settings.kafka, self.settings.learner.consumer_group)
         topic = self.topics.training_examples
         metadata = self.consumer.list_topics(topic, timeout=10).topics[topic]
@@ -141,9 +132,12 @@ class Learner:
         assigned = [TopicPartition(topic, p) for p in partitions]
         committed = self.consumer.committed(assigned, timeout=10)
         resume = self.progress.resume(
-            partitions, info.offsets if info else {}, {tp.partition: tp.offset for tp in committed}
-        )
+            partitions, info.offsets if info else {},
+            {tp.partition: tp.offset for tp in committed},
+            fallback=weights.version != self.follower.followed,
+        )  # fmt: skip
         self._assign()
+        self._rebuild_repeats()
         if resume.commit:  # killed between a publish and its commit: finish that commit
             self._commit(resume.positions)
         log_event(
@@ -157,21 +151,23 @@ class Learner:
         positions = self.progress.positions
         self.consumer.assign([TopicPartition(topic, p, o) for p, o in positions.items()])
 
+    def _rebuild_repeats(self) -> None:
+        """Read back the records before the read positions into the repeat window."""
+        started = time.perf_counter()
+        records = rebuild_dedupe(
+            self.settings.kafka, self.topics.training_examples, self.progress.repeats,
+            self.progress.positions,
+        )  # fmt: skip
+        log_event(
+            logger, "learner_repeat_window_rebuilt", records=records,
+            seconds=round(time.perf_counter() - started, 3),
+        )  # fmt: skip
+
     def _commit(self, positions: dict[int, int]) -> None:
         assert self.consumer is not None
         topic = self.topics.training_examples
         offsets = [TopicPartition(topic, p, o) for p, o in positions.items()]
         self.consumer.commit(offsets=offsets, asynchronous=False)
-
-    def _load_or_bootstrap(self) -> ModelWeights:
-        try:
-            return self.registry.load()
-        except WeightLoadError:
-            shape = ModelShape.from_settings(self.settings.model)
-            empty = SessionRecommender(shape, self.settings.model.initial_items).to_weights(0, [])
-            publication = self.registry.publish_snapshot(empty, source=f"{SOURCE}-init")
-            log_event(logger, "learner_bootstrapped", version=publication.version)
-            return self.registry.load(publication.version)
 
     def _adopt(self, weights: ModelWeights) -> VersionInfo | None:
         """Continue from ``weights`` (a fresh optimizer state); returns its metadata."""
@@ -192,7 +188,7 @@ class Learner:
     # -- the loop ------------------------------------------------------------------
 
     def run(self, stop: threading.Event | None = None, idle_exit_s: float | None = None) -> None:
-        """Learn until ``stop`` is set (or after ``idle_exit_s`` without examples)."""
+        """Learn until ``stop`` is set (or after ``idle_exit_s`` without messages)."""
         stop = stop or threading.Event()
         last_example = time.monotonic()
         while not stop.is_set():
@@ -205,15 +201,17 @@ class Learner:
         self.publish_if_pending()
 
     def run_once(self) -> int:
-        """One micro-batch (possibly empty) plus whatever publishing is due; examples handled."""
-        self._follow_external_promotion()
+        """One micro-batch (possibly empty) plus whatever publishing is due; messages read."""
+        self._follow_registry()
         messages = self._poll_batch()
+        if not messages:
+            self._restart_emptied_partitions()
         examples = self._decode(messages)
         if examples:
             self.learn(examples)
         if self.progress.publish_due(time.monotonic()):
             self.publish()
-        return len(examples)
+        return len(messages)
 
     def _poll_batch(self) -> list[Message]:
         assert self.consumer is not None
@@ -234,14 +232,36 @@ class Learner:
                 break  # idle: return so the caller can publish or stop
         return batch
 
+    def _restart_emptied_partitions(self) -> None:
+        """Read again from its beginning any partition emptied under the learner, and say so."""
+        assert self.consumer is not None and self.head is not None
+        topic = self.topics.training_examples
+        for partition, offset in self.positions.items():
+            end = emptied_end(self.consumer, topic, partition, offset)
+            if end is None:
+                continue
+            self.progress.restart_partition(partition)
+            alert = topic_reset_alert(
+                topic, partition, offset, end, self.examples_seen, self.head.base_version
+            )
+            self._produce_alert(alert)
+            self._assign()
+
     def _decode(self, messages: list[Message]) -> list[TrainingExample]:
+        """The examples to learn: not undecodable, not repeats (both are counted)."""
         examples: list[TrainingExample] = []
         for message in messages:
-            self.progress.record_read(message.partition(), message.offset(), message.timestamp()[1])
             try:
-                examples.append(decode_example(message.value()))
+                example: TrainingExample | None = decode_example(message.value())
             except ValueError:
+                example = None
                 self.metrics.decode_errors.inc()
+            read = (message.partition(), message.offset(), message.timestamp()[1])
+            example_id = None if example is None else example.example_id
+            if self.progress.record_read(*read, example_id) and example is not None:
+                examples.append(example)
+            elif example is not None:
+                self.metrics.duplicates.inc()
         return examples
 
     def learn(self, examples: list[TrainingExample]) -> BatchOutcome:
@@ -295,10 +315,16 @@ class Learner:
         """The guard's alert record on the alerts topic."""
         assert self.producer is not None and self.head is not None and outcome.skipped
         alert = guard_alert(outcome.skipped, examples, self.examples_seen, self.head.base_version)
+        self._produce_alert(alert)
+        log_event(logger, "learner_step_skipped", logging.WARNING, reason=outcome.skipped)
+
+    def _produce_alert(self, alert: Alert) -> None:
+        """To the log and the alerts topic (the drift monitor and on-call read it there)."""
+        assert self.producer is not None
+        log_event(logger, "alert", logging.WARNING, **alert_as_dict(alert))
         # Keyed by detector, like the drift monitor's Kafka sink (one detector's alerts in order).
         self.producer.produce(self.topics.alerts, encode_alert(alert), key=alert.detector.encode())
         self.producer.poll(0)
-        log_event(logger, "learner_step_skipped", logging.WARNING, reason=outcome.skipped)
 
     def publish_if_pending(self) -> None:
         if self.progress.has_pending:
@@ -311,9 +337,12 @@ class Learner:
         checkpoint = self.progress.checkpoint()
         snapshot = checkpoint.snapshot
         offsets = checkpoint.offsets  # the version's metadata; the same offsets are committed
-        common = {"source": SOURCE, "examples_seen": self.examples_seen, "offsets": offsets}
+        common = {
+            "source": SOURCE, "examples_seen": self.examples_seen, "offsets": offsets,
+            "expected_current": self.follower.followed,
+        }  # fmt: skip
         try:
-            if snapshot:
+            if snapshot or self.follower.followed is None:
                 publication = self.registry.publish_snapshot(self.head.weights(), **common)
             else:
                 publication = self.registry.publish_delta(self.head.delta(), **common)
@@ -321,13 +350,14 @@ class Learner:
             log_event(logger, "learner_publish_refused", logging.ERROR, reason=str(exc))
             self.skipped += 1
             self.metrics.skipped.labels("non_finite_weights").inc()
-            self._adopt_external(self.head.base_version, rewind=False)
+            self._adopt_external(self.registry.load(self.head.base_version), rewind=False)
             return None
         elapsed = time.perf_counter() - started
         if not publication.current:
-            # Someone promoted another version meanwhile: theirs wins.
-            self._adopt_external(self.registry.current_version())
+            # Someone promoted another version meanwhile: theirs wins (if it loads).
+            self._follow_registry()
             return publication
+        self.follower.published(publication.version)
         self.head.mark_published(publication.version)
         if snapshot:
             self.registry.prune(self.settings.model.keep_snapshots)
@@ -355,22 +385,37 @@ class Learner:
         )  # fmt: skip
         return publication
 
-    def _follow_external_promotion(self) -> None:
-        assert self.head is not None
-        current = self.registry.current_version()
-        if current is not None and current != self.head.base_version:
-            self._adopt_external(current)
+    def _follow_registry(self) -> None:
+        """Adopt a version someone else made current (``VersionFollower.poll``)."""
+        weights = self.follower.poll(time.monotonic())
+        if weights is not None:
+            self._adopt_external(weights)
 
-    def _adopt_external(self, version: int | None, rewind: bool = True) -> None:
-        """Reload ``version``; rewind to the last published offsets so nothing is lost.
+    def _version_skipped(self, skipped: SkippedVersion) -> None:
+        """A current version does not load: count, log, alert (once per version)."""
+        self.metrics.unloadable_versions.inc()
+        log_event(
+            logger, "learner_version_unloadable", logging.ERROR, version=skipped.version,
+            continued_from=skipped.continued_from, reason=skipped.reason,
+            retry_in_s=skipped.retry_in_s,
+        )  # fmt: skip
+        if skipped.first:
+            self._produce_alert(
+                unloadable_alert(
+                    skipped.version, skipped.continued_from, skipped.reason, self.examples_seen
+                )
+            )
+
+    def _adopt_external(self, weights: ModelWeights, rewind: bool = True) -> None:
+        """Continue from ``weights``; rewind to the last published offsets so nothing is lost.
 
         Without ``rewind`` the unpublished examples are dropped (used when they produced
         non-finite weights: re-learning them would only repeat that).
         """
-        weights = self.registry.load(version)
         self._adopt(weights)
         if rewind:
             self.progress.rewind()
+            self._rebuild_repeats()
         else:
             self.progress.drop_unpublished()
         self._assign()

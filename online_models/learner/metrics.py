@@ -25,6 +25,16 @@ class LearnerMetrics:
         self.decode_errors = Counter(
             f"{PREFIX}decode_errors", "Undecodable training examples.", registry=registry
         )
+        self.duplicates = Counter(
+            f"{PREFIX}duplicate_examples",
+            "Repeated training examples dropped (an example_id read before).",
+            registry=registry,
+        )
+        self.unloadable_versions = Counter(
+            f"{PREFIX}unloadable_versions",
+            "Current versions that did not load (skipped, retried with backoff).",
+            registry=registry,
+        )
         self.step_seconds = Histogram(
             f"{PREFIX}step_seconds",
             "Score+update time per micro-batch.",

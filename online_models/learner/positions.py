@@ -13,6 +13,13 @@ Kafka's convention):
   values, so then committed == published == positions;
 - the pending examples lie in between: read but not yet in a version. A crash loses them
   from memory only; a restart (``resume``) reads them again.
+
+Repeats: the flow delivers examples at least once, so ``record_read`` also says whether a
+record is a repeat of an example read before (``streamrec.example_dedupe``); a repeat is
+read (its offset is covered) but not learned. The repeat window holds the records before
+the read positions: after ``resume`` and ``rewind`` it starts empty and the loop rebuilds
+it from the topic, so a restarted or rewound learner drops exactly what it would have
+dropped had it never stopped.
 """
 
 from __future__ import annotations
@@ -20,7 +27,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from streamrec.settings import LearnerSettings
+from streamrec.example_dedupe import ExampleDedupe
+from streamrec.settings import Settings
 
 
 def parse_offsets(topic: str, offsets: Mapping[str, int]) -> dict[int, int]:
@@ -69,6 +77,7 @@ class LearnerPositions:
     publish_every_steps: int
     publish_every_s: float
     snapshot_every: int
+    repeat_window: int  # records per partition (``FlowSettings.repeat_window``)
     last_publish_s: float = 0.0
     positions: dict[int, int] = field(default_factory=dict)
     published: dict[int, int] = field(default_factory=dict)
@@ -76,14 +85,17 @@ class LearnerPositions:
     versions_since_snapshot: int = 0
     # Produce timestamps (ms) of the pending messages, for the event-to-weights latency.
     pending_produce_ms: list[int] = field(default_factory=list)
+    repeats: ExampleDedupe = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.repeats = ExampleDedupe(self.repeat_window)
 
     @classmethod
-    def from_settings(
-        cls, topic: str, settings: LearnerSettings, now_s: float = 0.0
-    ) -> LearnerPositions:
+    def from_settings(cls, topic: str, settings: Settings, now_s: float = 0.0) -> LearnerPositions:
+        learner = settings.learner
         return cls(
-            topic, settings.publish_every_steps, settings.publish_every_s,
-            settings.snapshot_every, last_publish_s=now_s,
+            topic, learner.publish_every_steps, learner.publish_every_s, learner.snapshot_every,
+            settings.flow.repeat_window, last_publish_s=now_s,
         )  # fmt: skip
 
     # -- start ---------------------------------------------------------------------
@@ -93,25 +105,40 @@ class LearnerPositions:
         partitions: Iterable[int],
         version_offsets: Mapping[str, int],
         committed: Mapping[int, int],
+        fallback: bool = False,
     ) -> Resume:
         """Start at the newer of the version's and the group's offsets, per partition.
 
         ``version_offsets`` is the loaded version's metadata (other topics are ignored);
         a partition missing from either side, or with a negative committed offset (Kafka's
-        "none"), counts as 0. Nothing is pending afterwards.
+        "none"), counts as 0. With ``fallback`` (the current version did not load and an
+        older one of its lineage was loaded instead) the version's offsets win where it has
+        them: the group's may cover examples only the broken version held, which are then
+        learned again. Nothing is pending afterwards; the repeat window is to be rebuilt.
         """
         stored = parse_offsets(self.topic, version_offsets)
         group = {p: max(committed.get(p, 0), 0) for p in partitions}
-        self.positions = {p: max(stored.get(p, 0), offset) for p, offset in group.items()}
+        self.positions = {
+            p: stored[p] if fallback and p in stored else max(stored.get(p, 0), offset)
+            for p, offset in group.items()
+        }
         self._settle()
+        self.repeats = ExampleDedupe(self.repeat_window)
         return Resume(dict(self.positions), commit=self.positions != group)
 
     # -- reading and learning ------------------------------------------------------
 
-    def record_read(self, partition: int, offset: int, produced_ms: int = 0) -> None:
-        """The message at ``offset`` was read (whether it decodes or is learned or not)."""
+    def record_read(
+        self, partition: int, offset: int, produced_ms: int = 0, example_id: str | None = None
+    ) -> bool:
+        """The message at ``offset`` was read; whether it is an example to learn.
+
+        ``example_id`` is None for a message that is not an example (it does not decode);
+        True means it is one and not a repeat of an example read before.
+        """
         self.positions[partition] = offset + 1
         self.pending_produce_ms.append(produced_ms)
+        return example_id is not None and self.repeats.is_new(partition, offset, example_id)
 
     def record_step(self) -> None:
         """A micro-batch was learned (a guard-skipped batch is not a step)."""
@@ -164,11 +191,20 @@ class LearnerPositions:
         """Another version was promoted (a fine-tune, a rollback) and is now loaded.
 
         Reading goes back to the learner's own last publication, so the examples read
-        since are learned again, on top of the adopted version. Returns the positions.
+        since are learned again, on top of the adopted version; the repeat window is to be
+        rebuilt. Returns the positions.
         """
         self.positions = dict(self.published)
         self._settle()
+        self.repeats = ExampleDedupe(self.repeat_window)
         return dict(self.positions)
+
+    def restart_partition(self, partition: int) -> None:
+        """``partition`` was emptied under the learner (the broker restarted empty): read it
+        again from its beginning. What it holds now is all new; the next publication
+        records the new offsets (a restart before it finds the topic emptied again)."""
+        self.positions[partition] = 0
+        self.repeats.forget(partition)
 
     def drop_unpublished(self) -> dict[int, int]:
         """A publish was refused (non-finite weights) and the last version is reloaded.

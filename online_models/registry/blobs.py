@@ -2,34 +2,137 @@
 
 Item ids travel as two tensors (UTF-8 bytes and their lengths) rather than in the
 header, so a million-item catalog neither bloats the JSON header nor needs a separator
-that an id could contain. Never pickle: only arrays and a string-to-string header.
+that an id could contain. Never pickle: only arrays and a string-to-string header. The
+header also carries the version's metadata (``info``), so the store alone can rebuild
+the registry after Redis lost it.
+
+**Nothing is allocated for a blob that does not fit.** Decoding first reads the header
+and checks it against the blob's own length (every tensor's bytes inside the blob and
+matching its declared shape), then against the model (``WeightSpec``: a snapshot's own
+declared model shape, a delta's the weights it applies to): every tensor's name, dtype and
+shape, the item-row tensors' width and row count. Only then are the tensors read, so a
+header declaring a 10^9 x 64 table, a table of the wrong width or a delta without
+``start_row`` is a ``BlobFormatError``, never a huge allocation or a crash later in the
+model.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import struct
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 import numpy as np
 from safetensors.numpy import load as load_tensors
 from safetensors.numpy import save as save_tensors
 
-from online_models.model.weights import ROW_TENSORS, ModelShape, ModelWeights, WeightDelta
+from online_models.model.weights import (
+    ITEM_BIAS,
+    ITEM_TABLE,
+    ROW_TENSORS,
+    ModelShape,
+    ModelWeights,
+    WeightDelta,
+)
+from online_models.registry.weight_spec import ShapeError, WeightSpec
 
 _IDS_BYTES = "__item_ids.bytes"
 _IDS_LENGTHS = "__item_ids.lengths"
 _ROWS = "__rows"
 _ROW_PREFIX = "row."
 _DENSE_PREFIX = "dense."
+_METADATA = "__metadata__"
+INFO = "info"  # header key of the version's metadata (JSON), see ``version_info``
+_ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "U8": 1, "BOOL": 1}
+MAX_HEADER_BYTES = 100 * 2**20
 
 
 class BlobFormatError(ValueError):
-    """The bytes are not a blob this module wrote (or not the expected kind)."""
+    """The bytes are not a blob this module wrote for this model (or not the expected kind)."""
+
+
+@dataclass(frozen=True, slots=True)
+class TensorEntry:
+    """One tensor as the header declares it (checked against the blob's length)."""
+
+    dtype: str
+    shape: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class BlobHeader:
+    """A blob's header metadata and tensor index, checked for consistency with its length."""
+
+    metadata: dict[str, str]
+    tensors: dict[str, TensorEntry]
+
+    @property
+    def kind(self) -> str:
+        return self.metadata.get("kind", "")
+
+    def int_field(self, name: str) -> int:
+        try:
+            return int(self.metadata[name])
+        except (KeyError, ValueError) as exc:
+            raise BlobFormatError(f"header field {name!r} missing or not a number") from exc
+
+    @property
+    def n_ids(self) -> int:
+        """How many item ids the blob holds (from its ids-lengths tensor)."""
+        entry = self.tensors.get(_IDS_LENGTHS)
+        if entry is None or entry.dtype != "I64" or len(entry.shape) != 1:
+            raise BlobFormatError("no item ids")
+        return entry.shape[0]
 
 
 def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def header_length(prefix: bytes) -> int:
+    """The header's size in bytes, from a blob's first 8 bytes."""
+    if len(prefix) < 8:
+        raise BlobFormatError("too short for a safetensors header")
+    (size,) = struct.unpack("<Q", prefix[:8])
+    return size
+
+
+def read_header(head: bytes, blob_size: int) -> BlobHeader:
+    """The header of a ``blob_size``-byte blob, from at least its first 8 + header bytes.
+
+    Every tensor must lie inside the blob and be exactly as long as its dtype and shape
+    say; nothing else is read (the store reads headers without reading whole blobs).
+    """
+    size = header_length(head)
+    if size > min(MAX_HEADER_BYTES, blob_size - 8) or len(head) < 8 + size:
+        raise BlobFormatError(f"header of {size} bytes does not fit a {blob_size}-byte blob")
+    try:
+        raw = json.loads(head[8 : 8 + size])
+        if not isinstance(raw, dict):
+            raise TypeError("not a JSON object")
+        metadata = raw.pop(_METADATA, None) or {}
+        if not isinstance(metadata, dict):
+            raise TypeError("metadata is not a JSON object")
+        tensors = {name: _entry(entry, blob_size - 8 - size) for name, entry in raw.items()}
+        return BlobHeader({str(k): str(v) for k, v in metadata.items()}, tensors)
+    except (UnicodeDecodeError, json.JSONDecodeError, TypeError, KeyError, ValueError) as exc:
+        raise BlobFormatError(f"bad header: {exc}") from exc
+
+
+def _entry(entry: dict[str, object], data_bytes: int) -> TensorEntry:
+    dtype = str(entry["dtype"])
+    shape = entry["shape"]
+    begin, end = entry["data_offsets"]  # type: ignore[misc]
+    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+        raise ValueError(f"bad shape {shape!r}")
+    if not (isinstance(begin, int) and isinstance(end, int) and 0 <= begin <= end <= data_bytes):
+        raise ValueError(f"data {begin}..{end} outside the blob's {data_bytes} data bytes")
+    if end - begin != math.prod(shape) * _ITEMSIZE[dtype]:
+        raise ValueError(f"{dtype}{shape} does not fill {end - begin} bytes")
+    return TensorEntry(dtype, tuple(shape))
 
 
 def _encode_ids(ids: list[str]) -> dict[str, np.ndarray]:
@@ -43,6 +146,8 @@ def _encode_ids(ids: list[str]) -> dict[str, np.ndarray]:
 def _decode_ids(tensors: dict[str, np.ndarray]) -> list[str]:
     data = tensors.pop(_IDS_BYTES).tobytes()
     lengths = tensors.pop(_IDS_LENGTHS)
+    if (lengths < 0).any() or int(lengths.sum()) != len(data):
+        raise BlobFormatError("item id lengths do not match their bytes")
     ends = np.cumsum(lengths)
     starts = ends - lengths
     return [
@@ -51,20 +156,8 @@ def _decode_ids(tensors: dict[str, np.ndarray]) -> list[str]:
     ]
 
 
-def read_header_metadata(blob: bytes) -> dict[str, str]:
-    """The ``__metadata__`` of a safetensors blob."""
-    if len(blob) < 8:
-        raise BlobFormatError("too short for a safetensors header")
-    (size,) = struct.unpack("<Q", blob[:8])
-    try:
-        header = json.loads(blob[8 : 8 + size])
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BlobFormatError(f"bad header: {exc}") from exc
-    return dict(header.get("__metadata__") or {})
-
-
-def encode_snapshot(weights: ModelWeights) -> bytes:
-    """A complete model version as one safetensors blob."""
+def encode_snapshot(weights: ModelWeights, info: str = "") -> bytes:
+    """A complete model version as one safetensors blob (``info``: the version's metadata)."""
     tensors = {name: np.ascontiguousarray(v) for name, v in weights.tensors.items()}
     tensors.update(_encode_ids(weights.item_ids))
     meta = {
@@ -72,33 +165,47 @@ def encode_snapshot(weights: ModelWeights) -> bytes:
         "version": str(weights.version),
         "parent": "" if weights.parent is None else str(weights.parent),
         "shape": json.dumps(weights.shape.as_dict()),
+        INFO: info,
     }
     return save_tensors(tensors, metadata=meta)
 
 
-def _read_blob(blob: bytes, kind: str) -> tuple[dict[str, str], dict[str, np.ndarray], list[str]]:
-    """Metadata, tensors and item ids of a blob of ``kind``; ``BlobFormatError`` otherwise."""
-    meta = read_header_metadata(blob)
-    if meta.get("kind") != kind:
-        raise BlobFormatError(f"expected a {kind}, got {meta.get('kind')!r}")
+def _read_tensors(blob: bytes, header: BlobHeader) -> tuple[dict[str, np.ndarray], list[str]]:
+    """The tensors and item ids of a blob whose header was checked."""
     try:
         tensors = dict(load_tensors(blob))
-        return meta, tensors, _decode_ids(tensors)
     except Exception as exc:  # safetensors raises its own error types
-        raise BlobFormatError(f"unreadable {kind}: {exc}") from exc
+        raise BlobFormatError(f"unreadable {header.kind}: {exc}") from exc
+    return tensors, _decode_ids(tensors)
+
+
+def check_snapshot(header: BlobHeader) -> WeightSpec:
+    """The spec of the model the snapshot declares; ``BlobFormatError`` unless it fits it."""
+    if header.kind != "snapshot":
+        raise BlobFormatError(f"expected a snapshot, got {header.kind!r}")
+    header.int_field("version")
+    try:
+        shape = ModelShape(**json.loads(header.metadata["shape"]))
+        if not isinstance(shape.num_layers, int) or shape.num_layers > len(header.tensors):
+            raise ShapeError(f"{shape.num_layers} layers cannot fit {len(header.tensors)} tensors")
+        spec = WeightSpec.for_shape(shape)  # its cost is bounded by the header's size
+    except (KeyError, TypeError, ValueError, ShapeError) as exc:
+        raise BlobFormatError(f"unreadable snapshot shape: {exc}") from exc
+    n = _check_ids(header)
+    expected = {ITEM_TABLE: (n, spec.shape.hidden_size), ITEM_BIAS: (n,), **spec.dense}
+    _check_tensors(header, expected, spec.optional, ignore=(_IDS_BYTES, _IDS_LENGTHS))
+    return spec
 
 
 def decode_snapshot(blob: bytes) -> ModelWeights:
-    meta, tensors, ids = _read_blob(blob, "snapshot")
-    try:
-        shape = ModelShape(**json.loads(meta["shape"]))
-    except (KeyError, TypeError, ValueError) as exc:
-        raise BlobFormatError(f"unreadable snapshot shape: {exc}") from exc
-    parent = int(meta["parent"]) if meta.get("parent") else None
-    return ModelWeights(int(meta["version"]), shape, ids, tensors, parent=parent)
+    header = read_header(blob, len(blob))
+    spec = check_snapshot(header)
+    tensors, ids = _read_tensors(blob, header)
+    parent = int(header.metadata["parent"]) if header.metadata.get("parent") else None
+    return ModelWeights(header.int_field("version"), spec.shape, ids, tensors, parent=parent)
 
 
-def encode_delta(delta: WeightDelta) -> bytes:
+def encode_delta(delta: WeightDelta, info: str = "") -> bytes:
     """The touched rows, new item ids and changed dense tensors as one blob."""
     tensors: dict[str, np.ndarray] = {_ROWS: np.ascontiguousarray(delta.rows, dtype=np.int64)}
     for name in ROW_TENSORS:
@@ -111,28 +218,88 @@ def encode_delta(delta: WeightDelta) -> bytes:
         "version": str(delta.version),
         "parent": str(delta.parent),
         "start_row": str(delta.start_row),
+        INFO: info,
     }
     return save_tensors(tensors, metadata=meta)
 
 
-def decode_delta(blob: bytes) -> WeightDelta:
-    meta, tensors, ids = _read_blob(blob, "delta")
+def check_delta(header: BlobHeader, spec: WeightSpec) -> None:
+    """``BlobFormatError`` unless the header is a delta for the model ``spec`` describes
+    (that of the weights it applies to: a delta does not declare a model shape)."""
+    if header.kind != "delta":
+        raise BlobFormatError(f"expected a delta, got {header.kind!r}")
+    for name in ("version", "parent", "start_row"):
+        if header.int_field(name) < 0:
+            raise BlobFormatError(f"negative {name}")
+    _check_ids(header)
+    rows = header.tensors.get(_ROWS)
+    if rows is None or rows.dtype != "I64" or len(rows.shape) != 1:
+        raise BlobFormatError("a delta needs its row numbers")
+    k = rows.shape[0]
+    expected = {
+        _ROW_PREFIX + ITEM_TABLE: (k, spec.shape.hidden_size),
+        _ROW_PREFIX + ITEM_BIAS: (k,),
+        **{_DENSE_PREFIX + name: shape for name, shape in spec.dense.items()},
+    }
+    changed_only = {_DENSE_PREFIX + name for name in spec.dense}  # a delta carries what changed
+    _check_tensors(header, expected, changed_only, ignore=(_IDS_BYTES, _IDS_LENGTHS, _ROWS))
+
+
+def decode_delta(blob: bytes, spec: WeightSpec) -> WeightDelta:
+    header = read_header(blob, len(blob))
+    check_delta(header, spec)
+    tensors, ids = _read_tensors(blob, header)
     try:
         rows = tensors.pop(_ROWS)
         row_values = {name: tensors.pop(_ROW_PREFIX + name) for name in ROW_TENSORS}
     except KeyError as exc:
         raise BlobFormatError(f"unreadable delta: missing {exc}") from exc
+    start_row = header.int_field("start_row")
+    end_row = start_row + len(ids)
+    if len(rows) and (int(rows.min()) < 0 or int(rows.max()) >= end_row):
+        raise BlobFormatError(f"delta rows outside 0..{end_row - 1}")
+    if not np.isin(np.arange(start_row, end_row), rows).all():
+        raise BlobFormatError("a new item's row is missing from the delta")
     dense = {
         name[len(_DENSE_PREFIX) :]: value
         for name, value in tensors.items()
         if name.startswith(_DENSE_PREFIX)
     }
     return WeightDelta(
-        version=int(meta["version"]),
-        parent=int(meta["parent"]),
-        start_row=int(meta["start_row"]),
+        version=header.int_field("version"),
+        parent=header.int_field("parent"),
+        start_row=start_row,
         new_item_ids=ids,
         rows=rows,
         row_values=row_values,
         dense=dense,
     )
+
+
+def _check_ids(header: BlobHeader) -> int:
+    """How many item ids the blob holds; ``BlobFormatError`` when its id tensors are wrong."""
+    ids = header.tensors.get(_IDS_BYTES)
+    if ids is None or ids.dtype != "U8" or len(ids.shape) != 1:
+        raise BlobFormatError("no item ids")
+    return header.n_ids
+
+
+def _check_tensors(
+    header: BlobHeader,
+    expected: Mapping[str, tuple[int, ...]],
+    optional: set[str] | frozenset[str],
+    ignore: tuple[str, ...],
+) -> None:
+    """Every declared tensor is expected, float32 and of the expected shape; none missing."""
+    for name, entry in header.tensors.items():
+        if name in ignore:
+            continue
+        if name not in expected:
+            raise BlobFormatError(f"unexpected tensor {name!r}")
+        if entry.dtype != "F32" or entry.shape != tuple(expected[name]):
+            raise BlobFormatError(
+                f"{name} is {entry.dtype}{list(entry.shape)}, expected F32{list(expected[name])}"
+            )
+    missing = set(expected) - set(header.tensors) - set(optional)
+    if missing:
+        raise BlobFormatError(f"missing tensors {sorted(missing)}")

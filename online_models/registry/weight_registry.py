@@ -1,43 +1,47 @@
 """The weight registry: versioned model weights shared by learner, fine-tune and serving.
 
-Blobs (safetensors, see ``weight_blobs``) live in ``ModelSettings.store_dir``, a local
-directory by default that several processes or machines can share. Metadata lives in
-Redis (``RedisKeys.model_version(n)`` hashes, the ``model_versions`` zset, the
-``model_current`` pointer) and every new current version is announced on the
-``model_updates`` channel (the payload is the version number).
+Blobs (safetensors, see ``blobs``) live in ``ModelSettings.store_dir`` (``blob_store``),
+a local directory by default that several processes or machines can share. Metadata
+lives in Redis (``version_index``: ``RedisKeys.model_version(n)`` hashes, the
+``model_versions`` zset, the ``model_current`` pointer) and every new current version is
+announced on the ``model_updates`` channel (the payload is the version number).
 
 Guarantees:
 - **Atomic publishing.** The blob is written to a temporary file, fsynced and renamed;
   then metadata is written; the current pointer is flipped last. A reader following the
   pointer never sees a half-written version.
-- **Integrity.** Each blob's sha256 is kept in its metadata and checked on every read.
+- **Integrity.** Each blob's sha256 is kept in its metadata and its name and checked on
+  every read; its header is checked against the model it declares (``weight_spec``)
+  before a tensor is read, so a blob that does not fit is refused without allocating.
 - **Fallback.** ``load`` applies deltas on top of their snapshot in order; a delta that is
-  missing or fails its checksum ends the chain there (at worst: the snapshot alone); a
-  broken snapshot falls back to the newest older snapshot that loads. Only when nothing
-  loads does it raise ``WeightLoadError``.
-- **No lost race.** A delta only becomes current if its parent still is (compare-and-set),
-  so a learner cannot overwrite a version promoted meanwhile by a fine-tune or rollback.
+  missing, corrupt or does not fit ends the chain there (at worst: the snapshot alone); a
+  broken snapshot falls back to its parent (the same lineage one step back), else to the
+  newest older snapshot that loads. Only when nothing loads does it raise
+  ``WeightLoadError``. The returned ``version`` says what was loaded.
+- **No lost race, no orphan.** A publication given ``expected_current`` (every delta: its
+  parent) only becomes current if the pointer still is that version (compare-and-set), so
+  a learner cannot overwrite a version promoted meanwhile by a fine-tune or rollback. One
+  that loses keeps nothing: it writes nothing when the pointer already moved, and removes
+  its metadata and blob when it lost the race.
+- **No reused number or file.** Version numbers come from a Redis counter that, when Redis
+  lost it (restarted empty), restarts above every version in the store; blob names carry
+  their sha256, so no write can replace another version's file either way.
+- **Recovery.** ``recover_lineage`` puts back what Redis lost: the store's blobs carry
+  their metadata in their headers, and the newest one that loads becomes current again.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import tempfile
 import time
-from dataclasses import dataclass, field, replace
-from pathlib import Path
+from collections.abc import Callable
+from dataclasses import replace
 
 import numpy as np
 import redis
 
-from online_models.model.weights import (
-    DeltaMismatchError,
-    ModelWeights,
-    WeightDelta,
-    apply_delta,
-)
+from online_models.model.weights import ModelShape, ModelWeights, WeightDelta, apply_delta
+from online_models.registry.blob_store import BlobStore
 from online_models.registry.blobs import (
     BlobFormatError,
     decode_delta,
@@ -46,76 +50,21 @@ from online_models.registry.blobs import (
     encode_snapshot,
     sha256_hex,
 )
+from online_models.registry.version_index import VersionIndex
+from online_models.registry.version_info import BlobName, Publication, VersionInfo
+from online_models.registry.weight_spec import WeightSpec
 from streamrec.redis_keys import RedisKeys
 from streamrec.settings import Settings
 from streamrec.structured_log import log_event
 
 logger = logging.getLogger(__name__)
 
+# What reading a blob or applying a delta raises for a blob that is missing or unusable.
+_UNUSABLE = (OSError, ValueError, IndexError)
+
 
 class WeightLoadError(RuntimeError):
     """No valid weights could be loaded (no version, or every candidate is broken)."""
-
-
-@dataclass(frozen=True, slots=True)
-class VersionInfo:
-    """A version's metadata as stored in Redis."""
-
-    version: int
-    kind: str  # "snapshot" | "delta"
-    parent: int | None
-    file: str
-    sha256: str
-    size_bytes: int
-    created_ms: int
-    n_items: int
-    examples_seen: int = 0
-    source: str = ""
-    metrics: dict[str, float] = field(default_factory=dict)
-    offsets: dict[str, int] = field(default_factory=dict)
-
-    def to_redis(self) -> dict[str, str]:
-        return {
-            "version": str(self.version),
-            "kind": self.kind,
-            "parent": "" if self.parent is None else str(self.parent),
-            "file": self.file,
-            "sha256": self.sha256,
-            "size_bytes": str(self.size_bytes),
-            "created_ms": str(self.created_ms),
-            "n_items": str(self.n_items),
-            "examples_seen": str(self.examples_seen),
-            "source": self.source,
-            "metrics": json.dumps(self.metrics),
-            "offsets": json.dumps(self.offsets),
-        }
-
-    @classmethod
-    def from_redis(cls, raw: dict[bytes, bytes]) -> VersionInfo:
-        data = {k.decode(): v.decode() for k, v in raw.items()}
-        return cls(
-            version=int(data["version"]),
-            kind=data["kind"],
-            parent=int(data["parent"]) if data.get("parent") else None,
-            file=data["file"],
-            sha256=data["sha256"],
-            size_bytes=int(data["size_bytes"]),
-            created_ms=int(data["created_ms"]),
-            n_items=int(data["n_items"]),
-            examples_seen=int(data.get("examples_seen") or 0),
-            source=data.get("source", ""),
-            metrics=json.loads(data.get("metrics") or "{}"),
-            offsets=json.loads(data.get("offsets") or "{}"),
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class Publication:
-    """The outcome of a publish: the version, and whether it became current."""
-
-    version: int
-    current: bool
-    size_bytes: int
 
 
 class WeightRegistry:
@@ -123,8 +72,8 @@ class WeightRegistry:
 
     def __init__(self, settings: Settings, client: redis.Redis) -> None:
         self.keys = RedisKeys(settings.redis.key_prefix)
-        self.store_dir = Path(settings.model.store_dir)
-        self.client = client
+        self.index = VersionIndex(self.keys, client)
+        self.store = BlobStore(settings.model.store_dir)
 
     # -- writing -------------------------------------------------------------------
 
@@ -137,19 +86,23 @@ class WeightRegistry:
         metrics: dict[str, float] | None = None,
         offsets: dict[str, int] | None = None,
         make_current: bool = True,
+        expected_current: int | None = None,
     ) -> Publication:
-        """Store a complete version (a new number; ``weights.version`` becomes its parent)."""
+        """Store a complete version (a new number; ``weights.version`` becomes its parent).
+
+        With ``expected_current`` it becomes current only if that version still is.
+        """
         if not weights.all_finite():
             raise ValueError("refusing to publish non-finite weights")
-        version = self._allocate_version()
-        stored = replace(weights, version=version, parent=weights.version or None)
-        blob = encode_snapshot(stored)
-        info = self._store(
-            blob, version, "snapshot", stored.parent, weights.n_items, source, examples_seen,
-            metrics, offsets,
+        parent = weights.version or None
+
+        def encode(version: int, info: str) -> bytes:
+            return encode_snapshot(replace(weights, version=version, parent=parent), info)
+
+        return self._publish(
+            "snapshot", parent, weights.n_items, encode, source, examples_seen, metrics,
+            offsets, make_current, expected_current,
         )  # fmt: skip
-        current = self._flip(info, expected_parent=None) if make_current else False
-        return Publication(version, current, info.size_bytes)
 
     def publish_delta(
         self,
@@ -159,34 +112,65 @@ class WeightRegistry:
         examples_seen: int = 0,
         metrics: dict[str, float] | None = None,
         offsets: dict[str, int] | None = None,
+        expected_current: int | None = None,
     ) -> Publication:
         """Store a delta on ``delta.parent`` (``delta.version`` is assigned here).
 
-        It becomes current only if ``delta.parent`` still is; otherwise it is stored but
-        ``Publication.current`` is False and the caller should reload the current version.
+        It becomes current only if ``expected_current`` (default: ``delta.parent``) still
+        is; otherwise nothing is kept, ``Publication.current`` is False and the caller
+        should reload the current version.
         """
-        version = self._allocate_version()
-        delta = replace(delta, version=version)
         for values in (*delta.row_values.values(), *delta.dense.values()):
             if not bool(np.isfinite(values).all()):
                 raise ValueError("refusing to publish non-finite weights")
-        blob = encode_delta(delta)
+        expected = delta.parent if expected_current is None else expected_current
+
+        def encode(version: int, info: str) -> bytes:
+            return encode_delta(replace(delta, version=version), info)
+
         n_items = delta.start_row + len(delta.new_item_ids)
-        info = self._store(
-            blob, version, "delta", delta.parent, n_items, source, examples_seen, metrics,
-            offsets,
+        return self._publish(
+            "delta", delta.parent, n_items, encode, source, examples_seen, metrics, offsets,
+            True, expected,
         )  # fmt: skip
-        current = self._flip(info, expected_parent=delta.parent)
-        return Publication(version, current, info.size_bytes)
+
+    def _publish(
+        self,
+        kind: str,
+        parent: int | None,
+        n_items: int,
+        encode: Callable[[int, str], bytes],
+        source: str,
+        examples_seen: int,
+        metrics: dict[str, float] | None,
+        offsets: dict[str, int] | None,
+        make_current: bool,
+        expected_current: int | None,
+    ) -> Publication:
+        if expected_current is not None and self.current_version() != expected_current:
+            return Publication(0, False, 0)  # already lost: write nothing
+        version = self.index.allocate(floor=self._highest_version)
+        info = VersionInfo(
+            version, kind, parent, "", "", 0, int(time.time() * 1000), n_items, examples_seen,
+            source, dict(metrics or {}), dict(offsets or {}),
+        )  # fmt: skip
+        blob = encode(version, info.header_info())
+        digest = sha256_hex(blob)
+        file = self.store.write(BlobName(version, kind, digest), blob)
+        info = replace(info, file=file, sha256=digest, size_bytes=len(blob))
+        self.index.register(info)
+        if not make_current:
+            return Publication(version, False, info.size_bytes)
+        if self.index.flip(version, expected_current):
+            return Publication(version, True, info.size_bytes)
+        self._remove([info])  # lost the race: nothing refers to it
+        return Publication(0, False, 0)
 
     def set_current(self, version: int) -> None:
         """Make an existing version current (rollback, promotion) and announce it."""
-        if not self.client.exists(self.keys.model_version(version)):
+        if self.info(version) is None:
             raise KeyError(f"no model version {version}")
-        pipe = self.client.pipeline()
-        pipe.set(self.keys.model_current, version)
-        pipe.publish(self.keys.model_updates, str(version))
-        pipe.execute()
+        self.index.set_current(version)
         log_event(logger, "model_version_current", version=version)
 
     def prune(self, keep_snapshots: int) -> list[int]:
@@ -196,7 +180,7 @@ class WeightRegistry:
         Metadata goes first, then the blob, so a reader never finds metadata without a
         blob it could have loaded a moment ago. Returns the deleted version numbers.
         """
-        numbers = [int(n) for n in self.client.zrevrange(self.keys.model_versions, 0, -1)]
+        numbers = self.index.numbers()
         snapshots: list[int] = []
         for number in numbers:
             info = self.info(number)
@@ -206,96 +190,35 @@ class WeightRegistry:
                     break
         if len(snapshots) < keep_snapshots:
             return []
-        oldest_kept = snapshots[-1]
         current = self.current_version()
         protected = set()
-        if current is not None:
+        if current is not None and self.info(current) is not None:
             protected = {i.version for i in self._chain(current)}
-        doomed = [n for n in numbers if n < oldest_kept and n not in protected]
-        for number in doomed:
-            info = self.info(number)
-            pipe = self.client.pipeline()
-            pipe.zrem(self.keys.model_versions, str(number))
-            pipe.delete(self.keys.model_version(number))
-            pipe.execute()
-            if info is not None:
-                (self.store_dir / info.file).unlink(missing_ok=True)
+        doomed = [n for n in numbers if n < snapshots[-1] and n not in protected]
+        self._remove([info for n in doomed if (info := self.info(n)) is not None])
         return doomed
 
-    def _allocate_version(self) -> int:
-        return int(self.client.incr(self.keys.model_sequence))
+    def _remove(self, infos: list[VersionInfo]) -> None:
+        for info in infos:
+            self.index.unregister(info.version)
+            self.store.remove(info.file)
 
-    def _store(
-        self,
-        blob: bytes,
-        version: int,
-        kind: str,
-        parent: int | None,
-        n_items: int,
-        source: str,
-        examples_seen: int,
-        metrics: dict[str, float] | None,
-        offsets: dict[str, int] | None,
-    ) -> VersionInfo:
-        name = f"v{version:010d}.{kind}.safetensors"
-        write_atomically(self.store_dir / name, blob)
-        info = VersionInfo(
-            version=version,
-            kind=kind,
-            parent=parent,
-            file=name,
-            sha256=sha256_hex(blob),
-            size_bytes=len(blob),
-            created_ms=int(time.time() * 1000),
-            n_items=n_items,
-            examples_seen=examples_seen,
-            source=source,
-            metrics=dict(metrics or {}),
-            offsets=dict(offsets or {}),
-        )
-        pipe = self.client.pipeline()
-        pipe.hset(self.keys.model_version(version), mapping=info.to_redis())
-        pipe.zadd(self.keys.model_versions, {str(version): version})
-        pipe.execute()
-        return info
-
-    def _flip(self, info: VersionInfo, expected_parent: int | None) -> bool:
-        """Point ``current`` at ``info`` (if it still is ``expected_parent``) and announce."""
-        with self.client.pipeline() as pipe:
-            while True:
-                try:
-                    pipe.watch(self.keys.model_current)
-                    current = pipe.get(self.keys.model_current)
-                    if expected_parent is not None and (
-                        current is None or int(current) != expected_parent
-                    ):
-                        pipe.unwatch()
-                        return False
-                    pipe.multi()
-                    pipe.set(self.keys.model_current, info.version)
-                    pipe.publish(self.keys.model_updates, str(info.version))
-                    pipe.execute()
-                    return True
-                except redis.WatchError:
-                    continue
+    def _highest_version(self) -> int:
+        """The highest version number in Redis or in the store (0: none anywhere)."""
+        stored = [blob.name.version for blob in self.store.blobs()]
+        return max([*stored, *self.index.numbers(limit=1)], default=0)
 
     # -- reading -------------------------------------------------------------------
 
     def current_version(self) -> int | None:
-        raw = self.client.get(self.keys.model_current)
-        return None if raw is None else int(raw)
+        return self.index.current()
 
     def info(self, version: int) -> VersionInfo | None:
-        raw = self.client.hgetall(self.keys.model_version(version))
-        return VersionInfo.from_redis(raw) if raw else None
+        return self.index.info(version)
 
     def versions(self, limit: int = 1000) -> list[VersionInfo]:
         """Metadata of the newest ``limit`` versions, oldest first."""
-        numbers = self.client.zrevrange(self.keys.model_versions, 0, limit - 1)
-        pipe = self.client.pipeline()
-        for number in reversed(numbers):
-            pipe.hgetall(self.keys.model_version(int(number)))
-        return [VersionInfo.from_redis(raw) for raw in pipe.execute() if raw]
+        return self.index.infos(limit)
 
     def load(self, version: int | None = None, base: ModelWeights | None = None) -> ModelWeights:
         """The weights of ``version`` (default: current), or the best valid fallback.
@@ -306,20 +229,43 @@ class WeightRegistry:
         target = self.current_version() if version is None else version
         if target is None:
             raise WeightLoadError("no model version has been published")
+        return self._load(target, base, broken=set())
+
+    def load_newest(self, at_most: int | None = None) -> ModelWeights:
+        """What ``load`` gives for the newest version at or below ``at_most`` that has
+        metadata (for a pointer to a version whose metadata is gone)."""
+        newest = self.index.numbers(at_most, limit=1)
+        if not newest:
+            raise WeightLoadError(f"no model version at or below {at_most}")
+        return self.load(newest[0])
+
+    def load_info_chain(self, version: int) -> list[VersionInfo]:
+        """The snapshot ``version`` builds on, then its deltas in order (public for tools)."""
+        return self._chain(version)
+
+    def _load(self, target: int, base: ModelWeights | None, broken: set[int]) -> ModelWeights:
+        """``load`` for ``target``; ``broken``: snapshots already found not to load."""
         chain = self._chain(target)
-        snapshot_info, deltas = chain[0], chain[1:]
-        weights: ModelWeights | None = None
-        if base is not None and base.version in [i.version for i in chain]:
+        snapshot, deltas = chain[0], chain[1:]
+        if base is not None and base.version in {info.version for info in chain}:
             weights = base
-            deltas = [i for i in deltas if i.version > base.version]
-        if weights is None:
-            weights = self._load_snapshot_or_older(snapshot_info)
-            if weights.version != snapshot_info.version:
-                return weights
+            deltas = [info for info in deltas if info.version > base.version]
+        elif snapshot.version in broken:  # its stand-in is being (or was) looked for already
+            raise WeightLoadError(f"snapshot {snapshot.version} does not load")
+        else:
+            try:
+                weights = self._read_snapshot(snapshot)
+            except _UNUSABLE as exc:
+                log_event(
+                    logger, "model_snapshot_rejected", logging.WARNING,
+                    version=snapshot.version, reason=str(exc),
+                )  # fmt: skip
+                broken.add(snapshot.version)
+                return self._load_instead_of(snapshot, broken)
         for info in deltas:
             try:
-                weights = apply_delta(weights, decode_delta(self._read(info)))
-            except (OSError, BlobFormatError, DeltaMismatchError) as exc:
+                weights = apply_delta(weights, self._read_delta(info, weights.shape))
+            except _UNUSABLE as exc:
                 log_event(
                     logger, "model_delta_rejected", logging.WARNING,
                     version=info.version, loaded=weights.version, reason=str(exc),
@@ -327,9 +273,19 @@ class WeightRegistry:
                 break
         return weights
 
-    def load_info_chain(self, version: int) -> list[VersionInfo]:
-        """The snapshot ``version`` builds on, then its deltas in order (public for tools)."""
-        return self._chain(version)
+    def _load_instead_of(self, snapshot: VersionInfo, broken: set[int]) -> ModelWeights:
+        """A broken snapshot's stand-in: its parent (the same lineage one step back), else
+        the newest older snapshot that loads."""
+        candidates = [snapshot.parent] if snapshot.parent is not None else []
+        candidates += [info.version for info in self.index.snapshots(snapshot.version - 1)]
+        for candidate in candidates:
+            if self.info(candidate) is None:
+                continue
+            try:
+                return self._load(candidate, None, broken)
+            except WeightLoadError:
+                continue
+        raise WeightLoadError(f"no loadable version at or below {snapshot.version}")
 
     def _chain(self, version: int) -> list[VersionInfo]:
         chain: list[VersionInfo] = []
@@ -351,48 +307,71 @@ class WeightRegistry:
         return chain
 
     def _older_snapshot_info(self, below: int) -> VersionInfo:
-        for number in self.client.zrevrangebyscore(self.keys.model_versions, below, "-inf"):
-            info = self.info(int(number))
-            if info is not None and info.kind == "snapshot":
-                return info
+        for info in self.index.snapshots(below):
+            return info
         raise WeightLoadError(f"no snapshot at or below version {below}")
 
-    def _load_snapshot_or_older(self, info: VersionInfo) -> ModelWeights:
-        candidate: VersionInfo | None = info
-        while candidate is not None:
+    def _read_snapshot(self, info: VersionInfo) -> ModelWeights:
+        weights = decode_snapshot(self.store.read(info.file, info.sha256))
+        if weights.version != info.version:
+            raise BlobFormatError(f"{info.file} holds version {weights.version}")
+        return weights
+
+    def _read_delta(self, info: VersionInfo, shape: ModelShape) -> WeightDelta:
+        """The delta of ``info``, checked against a model of ``shape`` (what it applies to)."""
+        delta = decode_delta(self.store.read(info.file, info.sha256), WeightSpec.for_shape(shape))
+        if delta.version != info.version:
+            raise BlobFormatError(f"{info.file} holds version {delta.version}")
+        return delta
+
+    # -- recovery ------------------------------------------------------------------
+
+    def is_empty(self) -> bool:
+        """Nothing was ever published here: no metadata in Redis, no blob in the store."""
+        return not self.index.count() and not self.store.blobs()
+
+    def recover_lineage(self) -> int | None:
+        """Put back what Redis lost (it restarted empty, or keys were deleted).
+
+        Registers every blob of the store whose metadata is gone (read from its header),
+        raises the version counter above every stored version, and, when no version is
+        current, makes the newest one that loads current (announced like any other).
+        Returns that version, or None when the pointer was left alone. Safe to run from
+        several processes at once: registering writes the same values, the counter only
+        goes up and the pointer is only set where there is none.
+        """
+        registered = set(self.index.numbers())
+        restored: list[int] = []
+        for blob in self.store.blobs():
+            if blob.name.version in registered:
+                continue
             try:
-                weights = decode_snapshot(self._read(candidate))
-                weights.version = candidate.version
-                return weights
+                sha256 = blob.name.sha256 or self.store.sha256(blob.file)
+                info = VersionInfo.from_header(
+                    self.store.read_header(blob.file), blob.file, sha256, blob.size_bytes
+                )
+                if (info.version, info.kind) != (blob.name.version, blob.name.kind):
+                    raise BlobFormatError(f"{blob.file} holds v{info.version} {info.kind}")
             except (OSError, BlobFormatError) as exc:
                 log_event(
-                    logger, "model_snapshot_rejected", logging.WARNING,
-                    version=candidate.version, reason=str(exc),
+                    logger, "model_blob_not_restored", logging.WARNING,
+                    file=blob.file, reason=str(exc),
                 )  # fmt: skip
-                try:
-                    candidate = self._older_snapshot_info(candidate.version - 1)
-                except WeightLoadError:
-                    candidate = None
-        raise WeightLoadError(f"no loadable snapshot at or below version {info.version}")
-
-    def _read(self, info: VersionInfo) -> bytes:
-        blob = (self.store_dir / info.file).read_bytes()
-        digest = sha256_hex(blob)
-        if digest != info.sha256:
-            raise BlobFormatError(f"sha256 mismatch for {info.file}")
-        return blob
-
-
-def write_atomically(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so readers see either nothing or all of it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+                continue
+            self.index.register(info)
+            registered.add(info.version)
+            restored.append(info.version)
+        self.index.raise_counter(max(registered, default=0))
+        if restored:
+            log_event(logger, "model_versions_restored", count=len(restored), newest=restored[-1])
+        if self.current_version() is not None or not registered:
+            return None
+        try:
+            version = self.load_newest().version
+        except WeightLoadError as exc:
+            log_event(logger, "model_lineage_unloadable", logging.ERROR, reason=str(exc))
+            return None
+        if not self.index.set_current(version, only_if_none=True):
+            return None
+        log_event(logger, "model_lineage_recovered", logging.WARNING, current=version)
+        return version

@@ -13,7 +13,6 @@ from __future__ import annotations
 import itertools
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -29,11 +28,12 @@ import pytest
 import redis
 from confluent_kafka.admin import AdminClient
 
-from streamrec.local_services import free_port, redis_answers, wait_for
+from streamrec.local_services import free_port
 from streamrec.redis_keys import RedisKeys
 from streamrec.settings import KafkaSettings
 from streamrec.topics import Topics
 from tests.deploy_manifests import COMPOSE, Container, compose_containers, compose_model
+from tests.private_services import PrivateRedis
 
 pytestmark = pytest.mark.integration
 
@@ -45,21 +45,9 @@ READY_TIMEOUT_S = 180.0
 @pytest.fixture
 def redis_with_password(tmp_path: Path) -> Iterator[str]:
     """A private redis-server started with ``--requirepass``, like the compose service."""
-    server = shutil.which("redis-server")
-    if server is None:
-        pytest.skip("redis-server is not installed")
-    port, password = free_port(), uuid.uuid4().hex
-    proc = subprocess.Popen(
-        [server, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no"]
-        + ["--requirepass", password],
-        stdout=subprocess.DEVNULL,
-        cwd=tmp_path,
-    )
-    url = f"redis://:{password}@127.0.0.1:{port}/0"
-    wait_for(lambda: redis_answers(url, 0.2), 10, "redis")
-    yield url
-    proc.terminate()
-    proc.wait(10)
+    server = PrivateRedis(tmp_path / "redis", password=uuid.uuid4().hex)
+    yield server.url
+    server.kill()
 
 
 class Rehearsal:

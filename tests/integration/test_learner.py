@@ -165,3 +165,39 @@ def test_an_externally_promoted_version_is_adopted(
         assert "item-5" in learner.head.index  # learned on top of the promoted weights
     finally:
         learner.close()
+
+
+def duplicates_dropped(registry: CollectorRegistry) -> float:
+    return registry.get_sample_value("streamrec_learner_duplicate_examples_total") or 0.0
+
+
+def test_repeated_examples_are_learned_once_even_across_a_restart(
+    settings: Settings, redis_client: redis.Redis
+) -> None:
+    config = small_settings(settings)
+    examples = make_examples(200, seed=4)
+    produce(config, examples)
+    produce(config, examples)  # the flow, killed, emitted every example again
+    metrics = CollectorRegistry()
+    first = Learner(config, redis_client, metrics)
+    first.start()
+    try:
+        learn_until(first, 400)
+    finally:
+        first.close()
+    assert first.examples_seen == 200
+    assert duplicates_dropped(metrics) == 200
+    # Some come a third time, after the learner restarted, among new examples.
+    produce(config, [*examples[:50], *make_examples(100, seed=5), *examples[150:170]])
+    metrics = CollectorRegistry()
+    second = Learner(config, redis_client, metrics)
+    second.start()
+    try:
+        learn_until(second, 570)
+    finally:
+        second.close()
+    assert duplicates_dropped(metrics) == 70
+    registry = WeightRegistry(config, redis_client)
+    final = registry.info(registry.current_version())
+    assert final is not None and final.examples_seen == 300  # the distinct examples
+    assert sum(final.offsets.values()) == 570  # every record read, repeats included

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import orjson
+import pytest
 import redis
 
 from streamrec.topics import ALL_TOPICS
@@ -73,3 +74,25 @@ def test_services_start_private_redis_when_none_answers(tmp_path: Path) -> None:
     assert client.get("streamrec-test") == b"1"
     assert sorted(run_cli("services", "down", env=env)["stopped"]) == ["broker", "redis"]
     assert run_cli("services", "status", "--json", env=env)["redis_ok"] is False
+
+
+def test_services_up_gives_its_redis_the_decoded_password_of_the_url(
+    tmp_path: Path, broker: str
+) -> None:
+    port = free_port()
+    url = f"redis://:p%40ss%2Fw0rd@127.0.0.1:{port}/0"
+    env = dict(os.environ) | {
+        "STREAMREC_BOOTSTRAP_SERVERS": broker,
+        "STREAMREC_TOPIC_PREFIX": f"svc-{port}-",
+        "STREAMREC_REDIS_URL": url,
+        "STREAMREC_STATE_DIR": str(tmp_path / "state"),
+    }
+    try:
+        up = run_cli("services", "up", env=env)
+        assert up["redis_ok"] and up["redis_managed"] and not up["broker_managed"]
+        assert "p%40ss" not in str(up) and "p@ss" not in str(up)
+        assert redis.Redis.from_url(url).ping()
+        with pytest.raises(redis.AuthenticationError):
+            redis.Redis(port=port, password="p%40ss%2Fw0rd").ping()
+    finally:
+        assert run_cli("services", "down", env=env)["stopped"] == ["redis"]

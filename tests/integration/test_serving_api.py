@@ -7,6 +7,8 @@ weight registry holding a real (random-weight) model over 400 items.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -369,6 +371,31 @@ def test_versions_arrive_by_pubsub_and_by_polling_without_a_message(served: Serv
     served.redis.set(served.keys.model_current, silent.version)  # pointer moved, no message
     wait_until(lambda: model_state(served)[0] == silent.version, "polled version served")
     assert model_state(served)[1] == "poll"
+
+
+def test_a_second_server_on_the_same_port_exits_and_the_first_keeps_serving(
+    served: Served,
+) -> None:
+    port = str(served.client.base_url.port)
+    # Another config on the same port (no token): it must not take part of the traffic.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMREC_")}
+    second = subprocess.Popen(
+        [sys.executable, "-m", "cli", "serve"],
+        env=env | {"STREAMREC_SERVING_PORT": port},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        _, stderr = second.communicate(timeout=30)
+    finally:
+        stop_server(second)
+    assert second.returncode == 1
+    (line,) = [orjson.loads(row) for row in stderr.splitlines() if b"serving_port_in_use" in row]
+    assert line["level"] == "error" and line["port"] == int(port)
+    assert b"serving_started" not in stderr
+    for _ in range(20):  # spread over connections: every one reaches the first server
+        with httpx.Client(base_url=served.client.base_url, timeout=5) as fresh:
+            assert fresh.get("/model").status_code == 401, "the first (token) server answers"
 
 
 def test_an_unreadable_session_hash_falls_back_instead_of_failing(served: Served) -> None:

@@ -1,8 +1,11 @@
-"""The weight registry on the real Redis: publishing, loading, fallback, pointer, pub/sub."""
+"""The weight registry on the real Redis: publishing, loading, fallback, pointer, pub/sub,
+no orphan files, no reused names, and recovery from the store when Redis lost the registry."""
 
 from __future__ import annotations
 
+import hashlib
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,6 +24,21 @@ def _small(settings: Settings) -> ModelSettings:
     return settings.model.model_copy(
         update={"hidden_size": 16, "num_layers": 1, "num_heads": 2, "max_seq_len": 5}
     )
+
+
+def forget_registry(client: redis.Redis, settings: Settings) -> None:
+    """What a Redis that restarted empty leaves of this test's keys: nothing."""
+    keys = list(client.scan_iter(f"{settings.redis.key_prefix}:*"))
+    if keys:
+        client.delete(*keys)
+
+
+def store_digests(settings: Settings) -> dict[str, str]:
+    """File name -> sha256 of every file in the store."""
+    return {
+        path.name: hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in Path(settings.model.store_dir).iterdir()
+    }
 
 
 def _delta_on(parent: int, n_items: int, value: float, new_ids: list[str]) -> WeightDelta:
@@ -148,5 +166,104 @@ def test_prune_keeps_the_newest_snapshots_chains_and_the_current_one(
     registry.set_current(third)
     assert sorted(registry.prune(keep_snapshots=2)) == [first, old_delta]
     assert [i.version for i in registry.versions()] == [second, third]
-    assert not (settings.model.store_dir / f"v{first:010d}.snapshot.safetensors").exists()
+    assert not list(settings.model.store_dir.glob(f"v{first:010d}.*"))
+    assert len(list(settings.model.store_dir.iterdir())) == 2
     assert registry.load().version == third
+
+
+def test_a_publication_that_loses_its_compare_and_set_keeps_no_file(
+    settings: Settings, redis_client: redis.Redis
+) -> None:
+    registry = WeightRegistry(settings, redis_client)
+    v1 = registry.publish_snapshot(random_weights(3, _small(settings)), source="learner").version
+    promoted = registry.publish_snapshot(random_weights(3, _small(settings)), source="finetune")
+    files = store_digests(settings)
+    for _ in range(5):  # a learner that keeps trying on a superseded parent
+        late = registry.publish_delta(_delta_on(v1, 3, 1.0, ["z"]), source="learner")
+        assert not late.current and late.version == 0
+        snapshot = registry.publish_snapshot(
+            random_weights(3, _small(settings)), source="learner", expected_current=v1
+        )
+        assert not snapshot.current
+    assert store_digests(settings) == files  # nothing written, nothing left behind
+    assert [i.version for i in registry.versions()] == [v1, promoted.version]
+    assert registry.publish_delta(
+        _delta_on(v1, 3, 1.0, []), source="learner", expected_current=promoted.version
+    ).current  # expecting what is current: it wins (the learner replacing a broken version)
+
+
+def test_blobs_are_named_by_their_digest_and_never_replaced_after_redis_lost_the_registry(
+    settings: Settings, redis_client: redis.Redis
+) -> None:
+    registry = WeightRegistry(settings, redis_client)
+    trained = registry.publish_snapshot(random_weights(40, _small(settings)), source="train")
+    delta = registry.publish_delta(_delta_on(trained.version, 40, 1.0, ["x"]), source="t")
+    info = registry.info(delta.version)
+    assert info is not None and info.sha256 in info.file
+    before = store_digests(settings)
+    forget_registry(redis_client, settings)  # Redis restarted empty
+    after_reset = registry.publish_snapshot(random_weights(3, _small(settings)), source="init")
+    assert after_reset.version > delta.version  # the counter restarts above the store
+    assert {n: d for n, d in store_digests(settings).items() if n in before} == before
+    assert len(store_digests(settings)) == len(before) + 1
+
+
+def test_the_lineage_is_recovered_from_the_store_when_redis_lost_it(
+    settings: Settings, redis_client: redis.Redis
+) -> None:
+    registry = WeightRegistry(settings, redis_client)
+    assert registry.is_empty() and registry.recover_lineage() is None
+    v1 = registry.publish_snapshot(random_weights(30, _small(settings)), source="train").version
+    v2 = registry.publish_delta(
+        _delta_on(v1, 30, 1.0, ["x"]), source="learner", examples_seen=64,
+        offsets={"topic:0": 64}, metrics={"hr": 0.4},
+    ).version  # fmt: skip
+    v3 = registry.publish_delta(_delta_on(v2, 31, 2.0, []), source="learner").version
+    infos = registry.versions()
+    expected = registry.load()
+    forget_registry(redis_client, settings)
+    assert registry.current_version() is None and not registry.is_empty()
+    assert registry.recover_lineage() == v3
+    assert registry.current_version() == v3
+    assert registry.versions() == infos  # every field, offsets and examples_seen included
+    recovered = registry.load()
+    assert recovered.version == v3 and recovered.item_ids == expected.item_ids
+    np.testing.assert_array_equal(recovered.tensors[ITEM_TABLE], expected.tensors[ITEM_TABLE])
+    assert registry.recover_lineage() is None  # idempotent: the pointer is left alone
+    assert registry.publish_delta(_delta_on(v3, 31, 3.0, []), source="learner").version == v3 + 1
+
+
+def test_a_broken_snapshot_falls_back_to_its_parent_not_to_an_older_snapshot_alone(
+    settings: Settings, redis_client: redis.Redis
+) -> None:
+    registry = WeightRegistry(settings, redis_client)
+    v1 = registry.publish_snapshot(random_weights(3, _small(settings)), source="t").version
+    v2 = registry.publish_delta(_delta_on(v1, 3, 1.0, ["x"]), source="t").version
+    periodic = registry.load(v2)  # the learner's periodic snapshot of v2 (parent v2)
+    v3 = registry.publish_snapshot(periodic, source="t").version
+    (settings.model.store_dir / registry.info(v3).file).write_bytes(b"\x00" * 64)
+    loaded = registry.load()
+    assert loaded.version == v2 and loaded.item_ids == periodic.item_ids
+
+
+def test_a_version_that_does_not_fit_the_model_is_skipped_like_a_corrupt_one(
+    settings: Settings, redis_client: redis.Redis
+) -> None:
+    registry = WeightRegistry(settings, redis_client)
+    good = registry.publish_snapshot(random_weights(3, _small(settings)), source="t").version
+    wide = random_weights(3, _small(settings))
+    wide.tensors[ITEM_TABLE] = np.zeros((3, 8), dtype=np.float32)  # the wrong width
+    bad = registry.publish_snapshot(wide, source="t").version
+    assert registry.load().version == good
+    assert registry.load(bad).version == good
+
+
+def test_load_newest_stands_in_for_a_pointer_to_a_missing_version(
+    settings: Settings, redis_client: redis.Redis
+) -> None:
+    registry = WeightRegistry(settings, redis_client)
+    v1 = registry.publish_snapshot(random_weights(3, _small(settings)), source="t").version
+    redis_client.set(RedisKeys(settings.redis.key_prefix).model_current, v1 + 50)
+    with pytest.raises(WeightLoadError):
+        registry.load()
+    assert registry.load_newest(registry.current_version()).version == v1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import random
 
+import orjson
 import pytest
 
 from flows.item_popularity import REBASE_HALF_LIVES, ItemPopularity
@@ -67,3 +68,24 @@ def test_snapshot_and_restore_continue_where_they_left_off() -> None:
     resumed.add(events[40:])
     assert resumed.scores == pytest.approx(straight.scores, rel=1e-12)
     assert ItemPopularity.restore(HOUR_MS, 100, None).scores == {}
+
+
+def test_a_full_update_rebuilds_the_zset_from_every_score() -> None:
+    popularity = ItemPopularity(HOUR_MS, 100)
+    popularity.add([("a", T0, 1.0), ("b", T0 + 1, 2.0)])
+    popularity.add([("a", T0 + 2, 1.0)])
+    full = popularity.full_update()
+    assert full.rebuild and full.scores == popularity.scores and len(full.scores) == 2
+
+
+def test_the_synced_marker_survives_a_restart_and_old_snapshots_still_load() -> None:
+    popularity = ItemPopularity(HOUR_MS, 100)
+    popularity.add([("a", T0, 1.0)])
+    popularity.synced = "2026-01-01T00:00:00Z-abc"
+    back = ItemPopularity.restore(HOUR_MS, 100, popularity.snapshot())
+    assert (back.ref_ms, back.scores, back.synced) == (
+        popularity.ref_ms, popularity.scores, popularity.synced,
+    )  # fmt: skip
+    old = orjson.dumps([popularity.ref_ms, popularity.scores])  # before re-syncs existed
+    back = ItemPopularity.restore(HOUR_MS, 100, old)
+    assert back.scores == popularity.scores and back.synced is None

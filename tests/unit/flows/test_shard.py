@@ -10,6 +10,7 @@ import random
 from collections import Counter
 from itertools import islice
 
+import orjson
 import pytest
 
 from flows.event_routing import ShardInput
@@ -181,3 +182,28 @@ def test_a_topic_read_far_ahead_does_not_evict_sessions_still_receiving_events(
     }
     assert features == reference_features(purchases + clicks)
     assert evicted > 0, "sessions idle beyond the TTL on every partition must still go"
+
+
+def test_a_full_state_is_every_live_session_in_chunks_as_written(events: list[Event]) -> None:
+    config = FeatureConfig()
+    shard = FeatureShard(config)
+    written: dict[str, dict[str, bytes]] = {}
+    for start in range(0, 5000, 500):
+        part = events[start : start + 500]
+        out = shard.apply([ShardInput("t", 0, part, list(range(len(part))), [0] * len(part))])
+        written.update(out.sessions)
+    chunks = shard.full_state(chunk=300)
+    assert all(len(chunk.sessions) <= 300 for chunk in chunks)
+    full = {sid: fields for chunk in chunks for sid, fields in chunk.sessions.items()}
+    assert full == written and full.keys() == shard.sessions.keys()
+    assert not any(chunk.examples or chunk.popularity or chunk.produce_ms for chunk in chunks)
+
+
+def test_the_synced_marker_survives_a_restart_and_old_snapshots_have_none() -> None:
+    config = FeatureConfig()
+    shard = FeatureShard(config)
+    shard.synced = "2026-01-01T00:00:00Z-abc"
+    assert FeatureShard.restore(config, shard.snapshot()).synced == shard.synced
+    old = orjson.loads(shard.snapshot())
+    del old["synced"]
+    assert FeatureShard.restore(config, orjson.dumps(old)).synced is None

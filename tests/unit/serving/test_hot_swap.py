@@ -1,16 +1,26 @@
-"""Hot swap: newest good version served, bad versions skipped, swaps atomic for readers."""
+"""Hot swap: the registry's current version served, failures retried, swaps atomic."""
 
 from __future__ import annotations
 
+import random
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from itertools import pairwise
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
-from serving.hot_swap import ModelFollower, ModelHolder, ModelSnapshot
+from serving.hot_swap import (
+    FAILED_VERSIONS_KEPT,
+    ModelFollower,
+    ModelHolder,
+    ModelSnapshot,
+    retry_delay_s,
+)
 from serving.metrics import ServingMetrics
 
 
@@ -45,12 +55,15 @@ class FakeWeights:
 
 @dataclass
 class FakeRegistry:
-    """Versions by number; a version in ``broken`` loads as its predecessor (fallback)."""
+    """Versions by number; a version in ``broken`` loads as its predecessor (fallback);
+    a version in ``errors`` raises that exception (a blob the registry cannot read)."""
 
     current: int | None = None
     broken: set[int] = field(default_factory=set)
     non_finite: set[int] = field(default_factory=set)
+    errors: dict[int, Exception] = field(default_factory=dict)
     loads: list[int] = field(default_factory=list)
+    bases: list[object] = field(default_factory=list)
 
     def current_version(self) -> int | None:
         return self.current
@@ -59,16 +72,34 @@ class FakeRegistry:
         target = self.current if version is None else version
         assert target is not None
         self.loads.append(target)
+        self.bases.append(base)
+        if target in self.errors:
+            raise self.errors[target]
         while target in self.broken:
             target -= 1
         return FakeWeights(target, finite=target not in self.non_finite)
 
 
 ITEMS = [f"i{n}" for n in range(10)]
+RETRY_BASE_S = 1.0
+RETRY_MAX_S = 8.0
 
 
-def follower_for(registry: FakeRegistry, categories: dict[str, str] | None = None):
+class FakeClock:
+    """The follower's monotonic clock, moved by the test."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def follower_for(
+    registry: FakeRegistry, categories: dict[str, str] | None = None
+) -> tuple[ModelHolder, ModelFollower, FakeClock]:
     holder = ModelHolder()
+    clock = FakeClock()
     follower = ModelFollower(
         holder,
         registry,
@@ -79,68 +110,179 @@ def follower_for(registry: FakeRegistry, categories: dict[str, str] | None = Non
         category_refresh_s=3600,
         read_categories=lambda: categories or {},
         metrics=ServingMetrics(CollectorRegistry()),
+        retry_base_s=RETRY_BASE_S,
+        retry_max_s=RETRY_MAX_S,
+        clock=clock,
     )
-    return holder, follower
+    return holder, follower, clock
+
+
+def load_failures(follower: ModelFollower) -> float:
+    value = follower.metrics.registry.get_sample_value(
+        "streamrec_serving_model_load_failures_total"
+    )
+    assert value is not None
+    return value
 
 
 def test_follower_swaps_in_the_newest_version() -> None:
     registry = FakeRegistry(current=1)
-    holder, follower = follower_for(registry)
+    holder, follower, _ = follower_for(registry)
     follower.check_now("startup")
     assert holder.current is not None and holder.current.version == 1
     registry.current = 3
     follower.check_now()
     assert holder.current.version == 3
     assert holder.current.source == "poll"
+    assert registry.bases[-1] is not None, "moving forward reuses the serving weights"
 
 
-def test_an_announced_version_is_loaded_even_before_the_pointer_is_read() -> None:
+def test_a_registry_reset_is_followed_down_and_loaded_from_scratch() -> None:
+    registry = FakeRegistry(current=7)
+    holder, follower, _ = follower_for(registry)
+    follower.check_now()
+    assert holder.current is not None and holder.current.version == 7
+    registry.current = 1  # Redis was reset: the numbering started again
+    follower.check_now()
+    assert holder.current.version == 1
+    assert registry.bases[-1] is None, "old weights are no base for another lineage"
+    assert follower.failed_versions() == []
+
+
+def test_only_the_registry_pointer_is_followed_never_an_announced_number() -> None:
     registry = FakeRegistry(current=1)
-    holder, follower = follower_for(registry)
-    follower._announce(b"2")
+    holder, follower, _ = follower_for(registry)
+    follower.check_now("startup")
+    for _ in range(3):  # woken by announcements (say a bogus 99999): the pointer is read
+        follower.check_now("pubsub")
+    assert registry.loads == [1]
+    registry.current = 2
     follower.check_now("pubsub")
     assert holder.current is not None and holder.current.version == 2
+    assert holder.current.source == "pubsub"
 
 
-def test_a_version_that_falls_back_is_skipped_and_the_old_one_keeps_serving() -> None:
+def test_a_version_that_falls_back_is_failed_and_retried_after_a_backoff() -> None:
     registry = FakeRegistry(current=1, broken={2})
-    holder, follower = follower_for(registry)
+    holder, follower, clock = follower_for(registry)
     follower.check_now()
     registry.current = 2
     follower.check_now()
     assert holder.current is not None and holder.current.version == 1
     assert follower.failed_versions() == [2]
     follower.check_now()
-    assert registry.loads.count(2) == 1, "a failed version is not retried"
-    registry.current = 3
+    assert registry.loads.count(2) == 1, "not retried before its backoff"
+    clock.now += RETRY_BASE_S  # the first retry waits at most the base
     follower.check_now()
-    assert holder.current.version == 3
+    assert registry.loads.count(2) == 2
+    assert follower.state.failures[2].attempts == 2
+    registry.broken.clear()  # the blob was repaired
+    clock.now += RETRY_MAX_S
+    follower.check_now()
+    assert holder.current.version == 2
+    assert follower.failed_versions() == [], "a version that loads is no longer listed"
+
+
+def test_at_startup_the_registry_fallback_is_served_while_the_current_is_retried() -> None:
+    registry = FakeRegistry(current=3, broken={3})
+    holder, follower, _ = follower_for(registry)
+    follower.check_now("startup")
+    assert holder.current is not None and holder.current.version == 2
+    assert follower.failed_versions() == [3]
+
+
+def test_a_fallback_older_than_the_serving_version_is_not_swapped_in() -> None:
+    registry = FakeRegistry(current=5)
+    holder, follower, _ = follower_for(registry)
+    follower.check_now()
+    registry.current, registry.broken = 7, {7, 6}  # 7 falls back to 5: already serving
+    follower.check_now()
+    assert holder.current is not None and holder.current.version == 5
+    assert follower.failed_versions() == [7]
 
 
 def test_non_finite_weights_are_refused() -> None:
     registry = FakeRegistry(current=1, non_finite={2})
-    holder, follower = follower_for(registry)
+    holder, follower, _ = follower_for(registry)
     follower.check_now()
     registry.current = 2
     follower.check_now()
     assert holder.current is not None and holder.current.version == 1
     assert follower.failed_versions() == [2]
-    assert "non-finite" in follower.state.failed_versions[0][1]
+    assert "non-finite" in follower.state.failures[2].reason
 
 
-def test_a_scorer_that_cannot_be_built_is_skipped() -> None:
+@pytest.mark.parametrize(
+    "error", [RuntimeError("size mismatch"), KeyError("head.item_bias"), ValueError("shape")]
+)
+def test_any_error_building_the_scorer_fails_the_version(error: Exception) -> None:
     registry = FakeRegistry(current=1)
-    holder, follower = follower_for(registry)
+    holder, follower, _ = follower_for(registry)
     follower.check_now()
 
     def refuse(weights: FakeWeights) -> FakeScorer:
-        raise ValueError("shape mismatch")
+        raise error
 
     follower.build_scorer = refuse
     registry.current = 2
     follower.check_now()
     assert holder.current is not None and holder.current.version == 1
     assert follower.failed_versions() == [2]
+    assert follower.state.failures[2].reason.startswith(type(error).__name__)
+    assert load_failures(follower) == 1
+
+
+@pytest.mark.parametrize("error", [RuntimeError("safetensors"), KeyError("weight")])
+def test_a_failing_version_is_retried_with_bounded_backoff(error: Exception) -> None:
+    registry = FakeRegistry(current=1)
+    holder, follower, clock = follower_for(registry)
+    follower.check_now()
+    registry.current, registry.errors = 2, {2: error}
+    attempts_at: list[float] = []
+    window_s, tick_s = 120.0, 0.05
+    start = clock.now
+    while clock.now - start < window_s:
+        before = len(registry.loads)
+        follower.check_now()
+        if len(registry.loads) > before:
+            attempts_at.append(clock.now)
+        clock.now += tick_s
+    gaps = [b - a for a, b in zip(attempts_at, attempts_at[1:], strict=False)]
+    # Waits double from the base (half of each is jitter) and stop growing at the max.
+    assert all(RETRY_BASE_S / 2 - tick_s <= gap <= RETRY_MAX_S + tick_s for gap in gaps)
+    assert all(later >= earlier - tick_s for earlier, later in pairwise(gaps[:4]))
+    assert 15 <= len(attempts_at) <= 35, "bounded: about window / (max / 2 .. max)"
+    assert holder.current is not None and holder.current.version == 1, "the old one serves"
+    failure = follower.state.failures[2]
+    assert failure.attempts == len(attempts_at) == load_failures(follower)
+    assert failure.reason.startswith(type(error).__name__)
+    assert clock.now <= failure.retry_at <= clock.now + RETRY_MAX_S
+
+
+@given(
+    attempts=st.integers(1, 200),
+    base_s=st.floats(0.01, 10),
+    max_s=st.floats(0.01, 600),
+    seed=st.integers(0, 2**32),
+)
+def test_retry_delay_doubles_up_to_the_max_with_half_of_it_jittered(
+    attempts: int, base_s: float, max_s: float, seed: int
+) -> None:
+    ceiling = min(max_s, base_s * 2 ** (attempts - 1))
+    delay = retry_delay_s(attempts, base_s, max_s, random.Random(seed))
+    assert ceiling / 2 <= delay <= ceiling <= max_s
+
+
+def test_the_failed_versions_kept_are_bounded() -> None:
+    registry = FakeRegistry(current=1)
+    holder, follower, _ = follower_for(registry)
+    follower.check_now()
+    for version in range(2, 2 + FAILED_VERSIONS_KEPT + 5):
+        registry.current = version
+        registry.errors[version] = RuntimeError("bad blob")
+        follower.check_now()
+    assert len(follower.failed_versions()) == FAILED_VERSIONS_KEPT
+    assert follower.failed_versions()[-1] == registry.current
 
 
 def test_snapshot_indexes_items_and_categories() -> None:

@@ -45,7 +45,16 @@ def test_fields_are_encoded_in_the_documented_order() -> None:
 
 @pytest.mark.parametrize(
     "reply",
-    [{}, {b"items": b"not json"}, {name.encode(): b"x" for name in FIELDS}],
+    [
+        {},
+        {b"items": b"not json"},
+        {name.encode(): b"x" for name in FIELDS},
+        # Valid JSON of the wrong shape: ids must be strings (serving looks them up).
+        as_reply(encode_session_features(SessionFeatures(("a",), 1, 0, (), {}, 5, 5, 0)))
+        | {b"items": b'[["a"], ["b"]]'},
+        as_reply(encode_session_features(SessionFeatures(("a",), 1, 0, (), {}, 5, 5, 0)))
+        | {b"bought": b'"ab"'},
+    ],
 )
 def test_a_hash_the_flow_did_not_write_is_refused(reply: dict[bytes, bytes]) -> None:
     with pytest.raises(ValueError):

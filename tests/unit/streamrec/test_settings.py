@@ -3,19 +3,26 @@
 from __future__ import annotations
 
 import os
+import string
 import subprocess
 import sys
 from pathlib import Path
+from unittest import mock
+from urllib.parse import quote
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from typer.testing import CliRunner
 
+from cli.app import app
 from streamrec.recorded_events import (
     RecordedSourceMissing,
     read_recorded,
     require_recorded_source,
 )
-from streamrec.settings import load_settings, mask_url, masked_settings
+from streamrec.settings import FlowSettings, load_settings, mask_url, masked_settings
 from tests.conftest import REPO_ROOT, SAMPLE_DIR
 
 
@@ -73,6 +80,134 @@ def test_config_command_prints_effective_configuration() -> None:
 def test_mask_url_leaves_urls_without_password_alone() -> None:
     assert mask_url("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"
     assert mask_url("redis://user:pw@h:1/2") == "redis://user:****@h:1/2"
+
+
+def test_mask_url_masks_secret_query_parameters_and_keeps_the_others() -> None:
+    url = "redis://redis:6379/0?db=2&password=pw1&client_name=app&Api_Key=k2&x-auth-token=t3"
+    assert mask_url(url) == (
+        "redis://redis:6379/0?db=2&password=****&client_name=app&Api_Key=****&x-auth-token=****"
+    )
+    assert (
+        mask_url("unix:///run/redis.sock?pass%77ord=pw") == "unix:///run/redis.sock?pass%77ord=****"
+    )
+
+
+def test_a_password_with_unencoded_url_characters_is_still_masked() -> None:
+    # Base64 passwords (openssl rand -base64) carry /, + and =; some have ? or #.
+    assert mask_url("redis://:ab/c+d=?#e@redis:6379/0") == "redis://:****@redis:6379/0"
+
+
+# Secrets start and end with a marker, so a leak of either end of one shows; nothing
+# else in the generated URLs is upper case.
+SECRET_CORE = st.text(
+    st.characters(codec="utf-8", exclude_categories=("Cs", "Cc")), min_size=0, max_size=12
+)
+SECRETS = SECRET_CORE.map(lambda core: f"SECRET{core}TERCES")
+# Raw in a userinfo password: whatever an operator pastes, short of spaces and '@'
+# followed by a host-like tail (that would be a different URL).
+RAW_PASSWORD = st.text(
+    st.sampled_from(string.ascii_letters + string.digits + "-._~!$&'()*+,;=:/?#%[]"),
+    max_size=12,
+).map(lambda core: f"SECRET{core}TERCES")
+SECRET_PARAMS = st.sampled_from(
+    ["password", "Password", "PASSWORD", "token", "auth_token", "secret", "client_secret",
+     "api_key", "apikey", "key", "access_key", "ssl_password", "sig", "X-Amz-Credential"]
+)  # fmt: skip
+PLAIN_PARAMS = st.tuples(
+    st.sampled_from(["db", "socket_timeout", "client_name", "health_check_interval"]),
+    st.text(string.ascii_lowercase + string.digits, max_size=8),
+)
+
+
+@st.composite
+def urls_with_secrets(draw: st.DrawFn) -> tuple[str, list[str]]:
+    """A Redis-style URL of any shape and the secrets it carries."""
+    scheme = draw(st.sampled_from(["redis", "rediss", "unix"]))
+    host = draw(st.sampled_from(["127.0.0.1", "localhost", "redis", "[::1]", "cache.internal"]))
+    port = draw(st.sampled_from(["", ":6379", ":16390"]))
+    path = draw(st.sampled_from(["", "/0", "/15", "/run/redis.sock"]))
+    secrets, userinfo = [], ""
+    user = draw(st.sampled_from(["", "default", "app"]))
+    password_form = draw(st.sampled_from(["none", "user-only", "encoded", "raw"]))
+    if password_form == "user-only" and user:
+        userinfo = f"{user}@"
+    elif password_form == "encoded":
+        secrets.append(draw(SECRETS))
+        userinfo = f"{user}:{quote(secrets[-1], safe='')}@"
+    elif password_form == "raw":
+        secrets.append(draw(RAW_PASSWORD))
+        userinfo = f"{user}:{secrets[-1]}@"
+    params = [f"{name}={quote(value)}" for name, value in draw(st.lists(PLAIN_PARAMS, max_size=3))]
+    for name in draw(st.lists(SECRET_PARAMS, max_size=3)):
+        secrets.append(draw(SECRETS))
+        safe = draw(st.sampled_from(["", "/:@", "/:@!$'()*+,;=?"]))
+        params.insert(draw(st.integers(0, len(params))), f"{name}={quote(secrets[-1], safe=safe)}")
+    query = "?" + "&".join(params) if params else ""
+    return f"{scheme}://{userinfo}{host}{port}{path}{query}", secrets
+
+
+def assert_hidden(shown: str, secrets: list[str]) -> None:
+    for secret in secrets:
+        for form in (secret, quote(secret, safe=""), quote(secret)):
+            assert form not in shown
+    assert "SECRET" not in shown and "TERCES" not in shown
+
+
+@settings(max_examples=300, deadline=None)
+@given(urls_with_secrets())
+def test_no_secret_in_any_url_shape_survives_masking(case: tuple[str, list[str]]) -> None:
+    url, secrets = case
+    masked = mask_url(url)
+    assert_hidden(masked, secrets)
+    assert mask_url(masked) == masked
+    if not secrets:
+        assert masked == url
+
+
+@settings(max_examples=50, deadline=None)
+@given(urls_with_secrets())
+def test_streamrec_config_and_masked_settings_never_show_a_url_secret(
+    case: tuple[str, list[str]],
+) -> None:
+    url, secrets = case
+    with mock.patch.dict(os.environ, {"STREAMREC_REDIS_URL": url}):
+        shown = orjson.dumps(masked_settings(load_settings())).decode()
+    assert_hidden(shown, secrets)
+    result = CliRunner().invoke(app, ["config"], env={"STREAMREC_REDIS_URL": url})
+    assert result.exit_code == 0, result.output
+    assert_hidden(result.output, secrets)
+    assert orjson.loads(result.output)["redis"]["redis_url"] == mask_url(url)
+
+
+def test_the_state_dir_holds_recovery_and_the_model_store(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("STREAMREC_STATE_DIR", str(tmp_path))
+    settings = load_settings()
+    assert settings.flow.recovery_dir == tmp_path / "recovery"
+    assert settings.model.store_dir == tmp_path / "models"
+    assert load_settings(state_dir=tmp_path / "o").model.store_dir == tmp_path / "o" / "models"
+
+
+def test_explicit_recovery_and_store_dirs_win_over_the_state_dir(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("STREAMREC_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("STREAMREC_FLOW_RECOVERY_DIR", str(tmp_path / "recovery/partitions"))
+    monkeypatch.setenv("STREAMREC_MODEL_STORE_DIR", str(tmp_path / "models"))
+    settings = load_settings()
+    assert settings.flow.recovery_dir == tmp_path / "recovery/partitions"
+    assert settings.model.store_dir == tmp_path / "models"
+    passed = load_settings(flow=FlowSettings(recovery_dir=tmp_path / "mine"))
+    assert passed.flow.recovery_dir == tmp_path / "mine"
+
+
+def test_default_state_stays_under_dot_streamrec(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("STREAMREC_STATE_DIR", "STREAMREC_FLOW_RECOVERY_DIR", "STREAMREC_MODEL_STORE_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    settings = load_settings()
+    assert settings.flow.recovery_dir == Path(".streamrec/recovery")
+    assert settings.model.store_dir == Path(".streamrec/models")
 
 
 def test_data_dir_defaults_to_the_shared_sample_beside_the_repo(

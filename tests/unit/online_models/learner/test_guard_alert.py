@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from online_models.learner.loop import ALERT_OFFSETS, guard_alert
+from online_models.learner.alerts import ALERT_OFFSETS, guard_alert
 from streamrec.alerts import Severity, StreamOffset, alert_as_dict, decode_alert, encode_alert
 from streamrec.training_examples import TrainingExample
 

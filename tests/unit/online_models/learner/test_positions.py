@@ -12,15 +12,18 @@ from online_models.learner.positions import (
     format_offsets,
     parse_offsets,
 )
-from streamrec.settings import LearnerSettings
+from streamrec.settings import FlowSettings, LearnerSettings, Settings
 
 TOPIC = "training-examples"
+WINDOW = 6  # records per partition in which a repeat is recognised
 
 
 def fresh(
     every_steps: int = 2, every_s: float = 10.0, snapshot_every: int = 3, now_s: float = 0.0
 ) -> LearnerPositions:
-    return LearnerPositions(TOPIC, every_steps, every_s, snapshot_every, last_publish_s=now_s)
+    return LearnerPositions(
+        TOPIC, every_steps, every_s, snapshot_every, WINDOW, last_publish_s=now_s
+    )
 
 
 def read(state: LearnerPositions, partition: int, count: int) -> None:
@@ -160,11 +163,55 @@ def test_the_publish_clock_restarts_at_each_publication() -> None:
     assert state.publish_due(22.0)
 
 
-def test_from_settings_takes_the_schedule() -> None:
-    settings = LearnerSettings(publish_every_steps=7, publish_every_s=1.5, snapshot_every=4)
+def test_from_settings_takes_the_schedule_and_the_repeat_window() -> None:
+    settings = Settings(
+        learner=LearnerSettings(publish_every_steps=7, publish_every_s=1.5, snapshot_every=4),
+        flow=FlowSettings(repeat_window=123),
+    )
     state = LearnerPositions.from_settings(TOPIC, settings, now_s=3.0)
     assert (state.publish_every_steps, state.publish_every_s, state.snapshot_every) == (7, 1.5, 4)
     assert state.last_publish_s == 3.0
+    assert state.repeats.window == 123
+
+
+# -- repeats ---------------------------------------------------------------------------------
+
+
+def test_a_repeated_example_is_read_but_not_to_be_learned() -> None:
+    state = fresh()
+    state.resume([0], {}, {})
+    assert state.record_read(0, 0, example_id="a")
+    assert not state.record_read(0, 1, example_id="a")  # the flow emitted it again
+    assert not state.record_read(0, 2)  # not an example (it did not decode)
+    assert state.record_read(0, 3, example_id="b")
+    assert state.positions == {0: 4}
+    assert state.unpublished() == {0: 4}  # repeats are covered by the next version too
+
+
+def test_resume_and_rewind_start_an_empty_repeat_window_to_be_rebuilt() -> None:
+    state = fresh()
+    state.resume([0], {}, {})
+    state.record_read(0, 0, example_id="a")
+    state.record_step()
+    publish(state)
+    state.record_read(0, 1, example_id="b")
+    state.rewind()
+    assert len(state.repeats) == 0 and state.positions == {0: 1}
+    start, end = state.repeats.rebuild_range(state.positions[0])
+    assert (start, end) == (0, 1)
+    state.repeats.is_new(0, 0, "a")  # what the loop reads back from the topic
+    assert state.record_read(0, 1, example_id="b")  # read again on the adopted version
+    assert not state.record_read(0, 2, example_id="a")
+
+
+def test_a_fallback_resumes_at_the_loaded_versions_offsets_where_it_has_them() -> None:
+    # The current version did not load; an older one did: what only the broken version
+    # held (the group's offsets already cover it) is learned again.
+    state = fresh()
+    resume = state.resume([0, 1], {f"{TOPIC}:0": 4}, {0: 9, 1: 7}, fallback=True)
+    assert resume.positions == {0: 4, 1: 7}  # partition 1: the version has no offset
+    assert resume.commit  # the group goes back with it
+    assert fresh().resume([0], {f"{TOPIC}:0": 4}, {0: 9}).positions == {0: 9}  # no fallback
 
 
 # -- adopting another version ----------------------------------------------------------------
@@ -244,23 +291,31 @@ def test_a_crash_between_publish_and_commit_resumes_from_the_version() -> None:
 
 PARTITIONS = (0, 1, 2)
 Example = tuple[int, int]  # (partition, offset)
+# How a new record is made: 0 a new example, k > 0 a repeat of the record k offsets back
+# (within the window, as the flow's repeats are).
+RECORD_KINDS = st.integers(0, WINDOW)
 
 
 class LearnerLife(RuleBasedStateMachine):
-    """Reads, steps, guard skips, publishes, promotions, refused publishes and crashes.
+    """Reads (with repeats), steps, guard skips, publishes, promotions, refused publishes
+    and crashes.
 
-    A model of the world outside the learner: the registry's current version (its offsets,
-    and whether it is the learner's own), the group's committed offsets, and which examples
-    each publication carried. Checked: no example is in the learner's published lineage
-    twice, and everything below the published offsets is either published or was dropped.
+    A model of the world outside the learner: the topic (the example id at each offset),
+    the registry's current version (its offsets, and whether it is the learner's own), the
+    group's committed offsets, and which examples each publication carried. Checked: no
+    record and no example id is in the learner's published lineage twice, and everything
+    below the published offsets is either published, dropped or a repeat.
     """
 
     @initialize()
     def start(self) -> None:
+        self.topic: dict[int, list[str]] = {p: [] for p in PARTITIONS}
         self.version_offsets: dict[str, int] = {}
         self.committed: dict[int, int] = {}
         self.published_examples: set[Example] = set()  # in the learner's own publications
+        self.published_ids: set[str] = set()
         self.dropped: set[Example] = set()  # read, never learned (guard skip, refused publish)
+        self.repeated: set[Example] = set()  # read, not learned: a repeat of an earlier one
         self.learned: set[Example] = set()  # learned by the head since its base version
         self.read_unlearned: list[Example] = []  # read in the batch being filled
         self.now_s = 0.0
@@ -276,15 +331,33 @@ class LearnerLife(RuleBasedStateMachine):
         self._read_again_from(resume.positions)
 
     def _read_again_from(self, positions: dict[int, int]) -> None:
-        """Reading restarts at ``positions``: what lies beyond is read again, not dropped."""
-        self.dropped = {(p, o) for p, o in self.dropped if o < positions[p]}
+        """Reading restarts at ``positions``: what lies beyond is read again, not dropped.
 
-    @rule(partition=st.sampled_from(PARTITIONS), count=st.integers(1, 5))
-    def read_messages(self, partition: int, count: int) -> None:
+        The repeat window is rebuilt from the records before them, as the loop does.
+        """
+        self.dropped = {(p, o) for p, o in self.dropped if o < positions[p]}
+        self.repeated = {(p, o) for p, o in self.repeated if o < positions[p]}
+        for partition, position in positions.items():
+            start, end = self.state.repeats.rebuild_range(position)
+            for offset in range(start, end):
+                self.state.repeats.is_new(partition, offset, self.topic[partition][offset])
+
+    def _example_id(self, partition: int, offset: int, kind: int) -> str:
+        """The id at ``offset``: the topic's if it was produced, else a new record's."""
+        ids = self.topic[partition]
+        if offset == len(ids):
+            ids.append(ids[offset - kind] if 0 < kind <= offset else f"{partition}-{offset}")
+        return ids[offset]
+
+    @rule(partition=st.sampled_from(PARTITIONS), kinds=st.lists(RECORD_KINDS, max_size=5))
+    def read_messages(self, partition: int, kinds: list[int]) -> None:
         start = self.state.positions[partition]
-        for offset in range(start, start + count):
-            self.state.record_read(partition, offset)
-            self.read_unlearned.append((partition, offset))
+        for offset, kind in enumerate(kinds, start):
+            example_id = self._example_id(partition, offset, kind)
+            if self.state.record_read(partition, offset, example_id=example_id):
+                self.read_unlearned.append((partition, offset))
+            else:
+                self.repeated.add((partition, offset))
 
     @precondition(lambda self: self.read_unlearned)
     @rule()
@@ -308,8 +381,12 @@ class LearnerLife(RuleBasedStateMachine):
         self.learn_pending()
         checkpoint = self.state.checkpoint()
         assert not self.published_examples & self.learned, "published twice"
+        ids = [self.topic[p][o] for p, o in self.learned]
+        assert len(set(ids)) == len(ids), "a repeat learned with its first copy"
+        assert not self.published_ids & set(ids), "a repeat of a published example learned"
         self.version_offsets = checkpoint.offsets
         self.published_examples |= self.learned
+        self.published_ids |= set(ids)
         if commit:
             self.committed = dict(checkpoint.positions)
             self.state.mark_published(checkpoint, self.now_s)
@@ -358,8 +435,8 @@ class LearnerLife(RuleBasedStateMachine):
     def everything_read_is_accounted_for(self) -> None:
         published = self.state.published
         below = {(p, o) for p, end in published.items() for o in range(end)}
-        assert self.published_examples.isdisjoint(self.dropped)
-        assert below <= self.published_examples | self.dropped, "an example was lost"
+        assert self.published_examples.isdisjoint(self.dropped | self.repeated)
+        assert below <= self.published_examples | self.dropped | self.repeated, "lost"
         assert all(o < published[p] for p, o in self.published_examples)
         assert all(published[p] <= self.state.positions[p] for p in PARTITIONS)
         assert all(self.committed.get(p, 0) <= published[p] for p in PARTITIONS)
@@ -367,7 +444,7 @@ class LearnerLife(RuleBasedStateMachine):
     @invariant()
     def pending_means_read_since_the_last_publication(self) -> None:
         published = self.state.published
-        skipped = {(p, o) for p, o in self.dropped if o >= published[p]}
+        skipped = {(p, o) for p, o in self.dropped | self.repeated if o >= published[p]}
         pending = self.learned | set(self.read_unlearned) | skipped
         assert all(o >= published[p] for p, o in pending)
         assert sum(self.state.unpublished().values()) == len(pending)

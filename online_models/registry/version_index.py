@@ -1,0 +1,138 @@
+"""The registry's metadata in Redis: version hashes, their zset, the pointer, the counter.
+
+Keys (``streamrec.redis_keys``): ``model_version(n)`` hashes (``VersionInfo``), the
+``model_versions`` zset (scored by number), ``model_current`` and the ``model_sequence``
+counter; new current versions are announced on ``model_updates``. The rules (what
+becomes current, what loads) are ``weight_registry``'s; this module only reads and
+writes these keys, each change in one round trip.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import redis
+
+from online_models.registry.version_info import VersionInfo
+from streamrec.redis_keys import RedisKeys
+
+# INCR the counter only if it exists: a missing one means a new or reset Redis, and the
+# caller first raises it above every stored version.
+_ALLOCATE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return redis.call('INCR', KEYS[1]) end
+return false
+"""
+_RAISE_COUNTER = """
+local current = tonumber(redis.call('GET', KEYS[1]) or '-1')
+if current < tonumber(ARGV[1]) then redis.call('SET', KEYS[1], ARGV[1]) end
+return 1
+"""
+
+
+class VersionIndex:
+    """Version metadata under one key prefix."""
+
+    def __init__(self, keys: RedisKeys, client: redis.Redis) -> None:
+        self.keys = keys
+        self.client = client
+        self._allocate = client.register_script(_ALLOCATE)
+        self._raise_counter = client.register_script(_RAISE_COUNTER)
+
+    # -- reading -------------------------------------------------------------------
+
+    def current(self) -> int | None:
+        raw = self.client.get(self.keys.model_current)
+        return None if raw is None else int(raw)
+
+    def info(self, version: int) -> VersionInfo | None:
+        raw = self.client.hgetall(self.keys.model_version(version))
+        return VersionInfo.from_redis(raw) if raw else None
+
+    def infos(self, limit: int) -> list[VersionInfo]:
+        """Metadata of the newest ``limit`` versions, oldest first."""
+        numbers = self.client.zrevrange(self.keys.model_versions, 0, limit - 1)
+        pipe = self.client.pipeline()
+        for number in reversed(numbers):
+            pipe.hgetall(self.keys.model_version(int(number)))
+        return [VersionInfo.from_redis(raw) for raw in pipe.execute() if raw]
+
+    def numbers(self, at_most: int | None = None, limit: int | None = None) -> list[int]:
+        """Registered version numbers at or below ``at_most``, newest first."""
+        top = "+inf" if at_most is None else at_most
+        if limit is None:
+            found = self.client.zrevrangebyscore(self.keys.model_versions, top, "-inf")
+        else:
+            found = self.client.zrevrangebyscore(self.keys.model_versions, top, "-inf", 0, limit)
+        return [int(number) for number in found]
+
+    def snapshots(self, at_most: int) -> Iterator[VersionInfo]:
+        """Snapshots at or below ``at_most``, newest first."""
+        for number in self.numbers(at_most):
+            info = self.info(number)
+            if info is not None and info.kind == "snapshot":
+                yield info
+
+    def count(self) -> int:
+        return int(self.client.zcard(self.keys.model_versions))
+
+    # -- writing -------------------------------------------------------------------
+
+    def register(self, info: VersionInfo) -> None:
+        pipe = self.client.pipeline()
+        pipe.hset(self.keys.model_version(info.version), mapping=info.to_redis())
+        pipe.zadd(self.keys.model_versions, {str(info.version): info.version})
+        pipe.execute()
+
+    def unregister(self, version: int) -> None:
+        pipe = self.client.pipeline()
+        pipe.zrem(self.keys.model_versions, str(version))
+        pipe.delete(self.keys.model_version(version))
+        pipe.execute()
+
+    def allocate(self, floor: Callable[[], int]) -> int:
+        """A new version number; a missing counter first restarts above ``floor()``."""
+        sequence = self.keys.model_sequence
+        version = self._allocate(keys=[sequence])
+        if version is None:
+            self.raise_counter(floor())
+            version = self._allocate(keys=[sequence])
+        return int(version)
+
+    def raise_counter(self, floor: int) -> None:
+        """Make the next number above ``floor`` (the counter never goes down)."""
+        self._raise_counter(keys=[self.keys.model_sequence], args=[floor])
+
+    def set_current(self, version: int, only_if_none: bool = False) -> bool:
+        """Point ``current`` at ``version`` and announce it (with ``only_if_none``: only
+        where no version is current); whether it was set."""
+        if only_if_none:
+            if not self.client.set(self.keys.model_current, version, nx=True):
+                return False
+            self.client.publish(self.keys.model_updates, str(version))
+            return True
+        pipe = self.client.pipeline()
+        pipe.set(self.keys.model_current, version)
+        pipe.publish(self.keys.model_updates, str(version))
+        pipe.execute()
+        return True
+
+    def flip(self, version: int, expected_current: int | None) -> bool:
+        """Point ``current`` at ``version`` if it still is ``expected_current`` (None: in
+        any case) and announce it; whether it was set (compare-and-set)."""
+        with self.client.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(self.keys.model_current)
+                    current = pipe.get(self.keys.model_current)
+                    if expected_current is not None and (
+                        current is None or int(current) != expected_current
+                    ):
+                        pipe.unwatch()
+                        return False
+                    pipe.multi()
+                    pipe.set(self.keys.model_current, version)
+                    pipe.publish(self.keys.model_updates, str(version))
+                    pipe.execute()
+                    return True
+                except redis.WatchError:
+                    continue

@@ -1,0 +1,86 @@
+"""Redis restarts empty under a running flow: every session comes back, not only the busy ones.
+
+The flow writes a session when it changes; before re-syncs, the sessions that stayed quiet
+after Redis lost its data never came back (28.7% of them in the incident). The test's own
+redis-server is killed and started again, empty, on the same port.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import redis
+
+from flows.item_popularity import ItemPopularity
+from online_models.alerts.tail import latest_alerts
+from streamrec.redis_keys import RedisKeys
+from streamrec.settings import Settings
+from tests.faults.tailing_flow import flow_alerts, start_flow, stop_flow, wait_while_running
+from tests.integration.test_feature_flow import (
+    assert_popular_close,
+    decoded,
+    derived_keys_removed,  # noqa: F401 - autouse fixture: removes the tagged keys
+    flow_settings,
+    produce_events,
+    read_popular,
+    read_state,
+)
+from tests.private_services import PrivateRedis
+from tests.unit.flows.test_shard import reference_features, sample_events
+
+pytestmark = pytest.mark.faults
+
+# Long enough that no session of the sample leaves the flow's state (all stay live), and a
+# zset large enough to hold every item (no ties at its edge).
+FLOW_ENV = {
+    "STREAMREC_FLOW_SESSION_TTL_S": str(3650 * 86400),
+    "STREAMREC_FLOW_POPULAR_SIZE": "50000",
+}
+
+
+def expected_popularity(settings: Settings, events: list) -> dict[str, float]:
+    flow = settings.flow
+    popularity = ItemPopularity(flow.popular_half_life_s * 1000.0, flow.popular_state_items)
+    weights = {"click": 1.0, "purchase": flow.purchase_weight}
+    popularity.add([(e.item_id, e.ts, weights[e.type]) for e in events])
+    return popularity.scores
+
+
+def test_after_redis_restarts_empty_every_live_session_is_written_again(
+    settings: Settings, private_redis: PrivateRedis, tmp_path: Path
+) -> None:
+    events = sample_events(12_000)
+    first, second = events[:6000], events[6000:]
+    lossy = private_redis.attach(flow_settings(settings, "lossy"))
+    log = tmp_path / "flow.log"
+    flow = start_flow(lossy, log, **FLOW_ENV)
+    try:
+        produce_events(lossy, first)
+        before = reference_features(first)
+        wait_while_running(flow, log, lambda: decoded(read_state(lossy)) == before, "first half")
+
+        private_redis.restart_empty()
+        produce_events(lossy, second)
+        expected = reference_features(events)
+        quiet = before.keys() - {e.session_id for e in second}
+        assert len(quiet) > 1000, "most sessions of the first half must get no new event"
+        wait_while_running(flow, log, lambda: decoded(read_state(lossy)) == expected, "re-sync")
+        alerts = flow_alerts(lossy.kafka, 2, timeout_s=3)
+        assert flow.poll() is None, "the flow stopped"
+    finally:
+        stop_flow(flow)
+
+    assert [(a.detector, a.signal) for a in alerts] == [("redis_resync", "marker_missing")]
+    client = redis.Redis.from_url(private_redis.url)
+    keys = RedisKeys(lossy.redis.key_prefix)
+    streamed = [alert for _, alert in latest_alerts(client, keys.alerts, 10)]
+    assert [alert.alert_id for alert in streamed] == [alerts[0].alert_id]
+    assert_popular_close(read_popular(lossy), expected_popularity(lossy, events))
+    categories = {k.decode(): v.decode() for k, v in client.hgetall(keys.item_categories).items()}
+    clicked: dict[str, set[str]] = {}
+    for event in events:
+        if event.type == "click" and event.category:
+            clicked.setdefault(event.item_id, set()).add(event.category)
+    assert categories.keys() == clicked.keys()
+    assert all(category in clicked[item] for item, category in categories.items())
