@@ -79,3 +79,22 @@ def loadtest(
     print_json_line(report)
     if not report["passed"]:
         raise typer.Exit(1)
+
+
+@app.command()
+def chaos(
+    events: Annotated[int, typer.Option(help="Events to replay.")] = 30_000,
+    rate: Annotated[float, typer.Option(help="Replay rate, events/s.")] = 400.0,
+    since: Annotated[str, typer.Option(help="Train before this ISO time, replay from it.")] = (
+        "2014-06-15T00:00:00Z"
+    ),
+) -> None:
+    """The loop on its own broker and Redis through crashes and restarts; exit 1 if it lost."""
+    from loadtest.chaos_run import ChaosPlan, run_chaos
+    from streamrec.recorded_events import require_recorded_source
+
+    require_recorded_source(settings_from_env().data_dir)
+    report = run_chaos(ChaosPlan(since=since, events=events, rate=rate))
+    print_json_line(report)
+    if not report["passed"]:
+        raise typer.Exit(1)

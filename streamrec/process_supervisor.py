@@ -65,6 +65,13 @@ class Supervisor:
     def restarts(self) -> dict[str, int]:
         return {child.spec.name: child.restarts for child in self._children}
 
+    def pids(self) -> dict[str, int | None]:
+        """The pid of each process's latest start (None before the first)."""
+        return {
+            child.spec.name: child.process.pid if child.process else None
+            for child in self._children
+        }
+
     def running(self) -> dict[str, bool]:
         return {
             child.spec.name: child.process is not None and child.process.poll() is None
@@ -114,6 +121,19 @@ class Supervisor:
                 child.restarts += 1
                 child.next_start = 0.0
                 self._spawn(child)
+
+    def kill(self, name: str) -> int:
+        """SIGKILL the process ``name`` (a crash, for fault runs); ``check`` restarts it.
+
+        Returns the pid that was killed.
+        """
+        for child in self._children:
+            if child.spec.name == name and child.process and child.process.poll() is None:
+                _signal_group(child.process, signal.SIGKILL)
+                child.process.wait()
+                log_event(logger, "process_killed", name=name, pid=child.process.pid)
+                return child.process.pid
+        raise LookupError(f"no running process named {name!r}")
 
     def run_until_stopped(self, poll_s: float = 0.5) -> None:
         """Supervise until ``stop`` is called (or SIGINT/SIGTERM in the main thread)."""

@@ -23,7 +23,7 @@ def command_names(group: typer.Typer) -> set[str]:
 def test_every_stage_and_group_is_registered() -> None:
     assert command_names(app) == {
         "config", "up", "replay", "generate", "flow", "train", "learn", "evaluate", "drift",
-        "finetune", "serve", "demo", "loadtest", "services", "alerts", "model", "bench",
+        "finetune", "serve", "demo", "loadtest", "chaos", "services", "alerts", "model", "bench",
     }  # fmt: skip
 
 

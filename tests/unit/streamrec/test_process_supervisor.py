@@ -46,3 +46,22 @@ def test_crashed_process_is_restarted_and_all_are_stopped(tmp_path: Path) -> Non
     assert not runner.is_alive()
     assert supervisor.running() == {"crasher": False, "sleeper": False}
     assert (tmp_path / "logs" / "sleeper.log").exists()
+
+
+def test_a_killed_process_is_restarted_with_a_new_pid(tmp_path: Path) -> None:
+    sleeper = "import time; time.sleep(600)"
+    supervisor = Supervisor(
+        [ProcessSpec("sleeper", (sys.executable, "-c", sleeper))], tmp_path / "logs", grace_s=5
+    )
+    runner = threading.Thread(target=supervisor.run_until_stopped, kwargs={"poll_s": 0.05})
+    runner.start()
+    try:
+        assert poll_until(lambda: supervisor.running()["sleeper"])
+        killed = supervisor.kill("sleeper")
+        assert poll_until(lambda: supervisor.restarts["sleeper"] == 1)
+        assert poll_until(lambda: supervisor.running()["sleeper"])
+        assert killed not in supervisor.pids().values()
+    finally:
+        supervisor.stop()
+        runner.join(20)
+    assert supervisor.running() == {"sleeper": False}
