@@ -49,7 +49,7 @@ from rich.console import Console
 
 from flows.example_builder import examples_from_events
 from flows.feature_config import FeatureConfig
-from loadtest.loop_session import running_loop, train_first_model
+from loadtest.loop_session import isolated_environment, running_loop, train_first_model
 from loadtest.traffic_replay import replay
 from online_models.registry.weight_registry import WeightRegistry
 from streamrec.events import Event, EventLimits, iso_to_ms
@@ -144,20 +144,12 @@ class Figures:
     serving_samples: int
 
 
-def isolated_environment(run_dir: Path) -> dict[str, str]:
-    """A private broker, Redis, state directory and ports for this run."""
+def own_services(run_dir: Path) -> dict[str, str]:
+    """A broker and a Redis of this run's own (on free ports), and its state directory."""
     return {
         "STREAMREC_STATE_DIR": str(run_dir),
         "STREAMREC_BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}",
         "STREAMREC_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",
-        "STREAMREC_TOPIC_PREFIX": "chaos-",
-        "STREAMREC_KEY_PREFIX": "chaos",
-        "STREAMREC_MODEL_STORE_DIR": str(run_dir / "models"),
-        "STREAMREC_FLOW_RECOVERY_DIR": str(run_dir / "recovery"),
-        "STREAMREC_SERVING_PORT": str(free_port()),
-        "STREAMREC_FLOW_METRICS_PORT": str(free_port()),
-        "STREAMREC_LEARNER_METRICS_PORT": str(free_port()),
-        "STREAMREC_DRIFT_METRICS_PORT": str(free_port()),
     }
 
 
@@ -166,7 +158,7 @@ def run_chaos(plan: ChaosPlan = ChaosPlan()) -> dict[str, Any]:
     run = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     base = load_settings()
     run_dir = (base.state_dir / "chaos" / run).resolve()
-    os.environ.update(isolated_environment(run_dir))
+    os.environ.update(isolated_environment(f"chaos-{run}", run_dir) | own_services(run_dir))
     settings = load_settings()
     client = redis.Redis.from_url(settings.redis.redis_url.get_secret_value())
     registry = WeightRegistry(settings, client)

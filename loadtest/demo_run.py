@@ -34,11 +34,11 @@ from rich.console import Console
 from rich.table import Table
 
 from loadtest.load_run import LoadPlan, run_load
-from loadtest.loop_session import running_loop, train_first_model
+from loadtest.loop_session import isolated_environment, running_loop, train_first_model
 from loadtest.run_report import RunRecord, Series, write_report
 from streamrec.events import iso_to_ms
 from streamrec.kafka_clients import broker_answers, make_consumer
-from streamrec.local_services import free_port, services_down, services_up
+from streamrec.local_services import services_down, services_up
 from streamrec.redis_keys import RedisKeys
 from streamrec.settings import Settings, load_settings
 from streamrec.topics import Topics
@@ -60,21 +60,6 @@ class DemoPlan:
     shop_rate: float = 40.0
     train_epochs: int = 3
     reports_dir: Path = Path("reports")
-
-
-def isolate_run(run: str, state_dir: Path) -> dict[str, str]:
-    """Environment that gives this run its own prefixes, directories and free ports."""
-    run_dir = state_dir / "demo" / run
-    return {
-        "STREAMREC_TOPIC_PREFIX": f"demo-{run}-",
-        "STREAMREC_KEY_PREFIX": f"streamrec-demo-{run}",
-        "STREAMREC_MODEL_STORE_DIR": str(run_dir / "models"),
-        "STREAMREC_FLOW_RECOVERY_DIR": str(run_dir / "recovery"),
-        "STREAMREC_SERVING_PORT": str(free_port()),
-        "STREAMREC_FLOW_METRICS_PORT": str(free_port()),
-        "STREAMREC_LEARNER_METRICS_PORT": str(free_port()),
-        "STREAMREC_DRIFT_METRICS_PORT": str(free_port()),
-    }
 
 
 def _examples(settings: Settings) -> Iterator[TrainingExample]:
@@ -162,7 +147,7 @@ def run_demo(plan: DemoPlan = DemoPlan()) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     run = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     base = load_settings()
-    env = isolate_run(run, base.state_dir)
+    env = isolated_environment(f"demo-{run}", base.state_dir / "demo" / run)
     os.environ.update(env)
     settings = load_settings()
     run_dir = settings.state_dir / "demo" / run

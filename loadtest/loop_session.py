@@ -15,7 +15,7 @@ from pathlib import Path
 
 import orjson
 
-from streamrec.local_services import wait_for
+from streamrec.local_services import free_port, wait_for
 from streamrec.loop_processes import loop_specs
 from streamrec.process_supervisor import Supervisor, streamrec_command
 from streamrec.settings import Settings
@@ -27,6 +27,24 @@ def _ready(url: str) -> bool:
             return response.status == 200
     except OSError:
         return False
+
+
+def isolated_environment(label: str, run_dir: Path) -> dict[str, str]:
+    """Environment giving a run its own topics, Redis keys, directories and free ports.
+
+    The demo and the fault run use it so that they share nothing with a loop already
+    running on this machine (and clean up only what is theirs).
+    """
+    return {
+        "STREAMREC_TOPIC_PREFIX": f"{label}-",
+        "STREAMREC_KEY_PREFIX": f"streamrec-{label}",
+        "STREAMREC_MODEL_STORE_DIR": str(run_dir / "models"),
+        "STREAMREC_FLOW_RECOVERY_DIR": str(run_dir / "recovery"),
+        "STREAMREC_SERVING_PORT": str(free_port()),
+        "STREAMREC_FLOW_METRICS_PORT": str(free_port()),
+        "STREAMREC_LEARNER_METRICS_PORT": str(free_port()),
+        "STREAMREC_DRIFT_METRICS_PORT": str(free_port()),
+    }
 
 
 def train_first_model(until: str, epochs: int) -> dict[str, object]:

@@ -423,17 +423,23 @@ def _password_span(url: str) -> list[tuple[int, int]]:
 
 
 def _secret_param_spans(url: str) -> list[tuple[int, int]]:
-    """Where the values of secret-named query parameters are (the query starts after the
-    userinfo: a password may hold an unencoded ``?``)."""
+    """Where the values of secret-named query parameters are.
+
+    The query starts at the first ``?``, or, when the userinfo holds an unencoded ``?``,
+    at the first ``?`` after the last ``@``; a value may hold an ``@`` too. Which one is
+    meant cannot be told from the text, so the spans of both readings are returned (a
+    harmless value masked is cheaper than a password shown).
+    """
     spans = []
-    position = url.find("?", url.rfind("@") + 1) + 1
-    if position == 0:
-        return spans
-    for param in url[position:].split("&"):
-        name, equals, value = param.partition("=")
-        if equals and value and is_secret_name(name):
-            spans.append((position + len(name) + 1, position + len(param)))
-        position += len(param) + 1
+    for query in {url.find("?"), url.find("?", url.rfind("@") + 1)}:
+        position = query + 1
+        if position == 0:
+            continue
+        for param in url[position:].split("&"):
+            name, equals, value = param.partition("=")
+            if equals and value and is_secret_name(name):
+                spans.append((position + len(name) + 1, position + len(param)))
+            position += len(param) + 1
     return spans
 
 

@@ -56,6 +56,7 @@ def test_restart_resumes_from_the_cursor_without_repeating_alerts(
     config = settings.model_copy(
         update={
             "drift": DriftSettings(
+                consumer_group=settings.drift.consumer_group,
                 detectors="hit_rate", finetune_enabled=False, metrics_port=0,
                 webhook_url=dead_webhook, webhook_retries=3, webhook_backoff_s=0.5,
             )

@@ -88,12 +88,14 @@ def drift_settings(settings: Settings, webhook_url: str) -> Settings:
         update={
             "model": tiny_model(settings, initial_items=16),
             "learner": LearnerSettings(
+                consumer_group=settings.learner.consumer_group,
                 batch_size=64, batch_ms=20, publish_every_steps=5, publish_every_s=60.0,
                 snapshot_every=1000, sampled_negatives=0, metrics_port=0, lr=0.003,
                 row_lr=0.05, steps_per_batch=1,
             ),
             "train": TrainSettings(epochs=6, batch_size=64, lr=0.01, patience=2),
             "drift": DriftSettings(
+                consumer_group=settings.drift.consumer_group,
                 warmup_examples=1000, min_alert_spacing=2000, finetune_wait_examples=300,
                 finetune_wait_s=2,
                 finetune_lookback_s=3600, replay_examples=1500, finetune_min_holdout=100,

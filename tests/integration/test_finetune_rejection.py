@@ -48,6 +48,7 @@ def test_a_finetune_that_cannot_beat_serving_is_rejected_and_serving_stays(
             "model": tiny_model(settings),
             "train": TrainSettings(epochs=2, batch_size=128),
             "drift": DriftSettings(
+                consumer_group=settings.drift.consumer_group,
                 finetune_margin=0.05, replay_examples=1200, finetune_min_holdout=100,
                 finetune_cooldown_s=120, metrics_port=0,
             ),

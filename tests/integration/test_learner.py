@@ -34,7 +34,12 @@ def small_settings(settings: Settings, **learner: object) -> Settings:
         "batch_size": 32, "batch_ms": 20, "publish_every_steps": 2, "publish_every_s": 60.0,
         "snapshot_every": 3, "sampled_negatives": 8, "metrics_port": 0, "lr": 0.01,
     } | learner  # fmt: skip
-    return settings.model_copy(update={"model": model, "learner": LearnerSettings(**options)})
+    return settings.model_copy(
+        update={
+            "model": model,
+            "learner": LearnerSettings(consumer_group=settings.learner.consumer_group, **options),
+        }
+    )
 
 
 def make_examples(count: int, seed: int = 0, items: int = 60) -> list[TrainingExample]:

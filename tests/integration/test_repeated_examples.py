@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry
 
 from online_models.drift.loop import DriftLoop
 from online_models.finetune.replay import read_replay
-from streamrec.settings import DriftSettings, Settings
+from streamrec.settings import Settings
 from streamrec.topics import Topics
 from tests.integration.test_learner import make_examples, produce
 
@@ -63,7 +63,11 @@ def test_the_drift_monitor_observes_each_example_once_across_a_restart(
     settings: Settings, redis_client: redis.Redis
 ) -> None:
     config = settings.model_copy(
-        update={"drift": DriftSettings(finetune_enabled=False, metrics_port=0)}
+        update={
+            "drift": settings.drift.model_copy(
+                update={"finetune_enabled": False, "metrics_port": 0}
+            )
+        }
     )
     examples = make_examples(150, seed=42)
     produce(config, examples)
