@@ -10,7 +10,7 @@ import redis
 
 from online_models.registry.weight_registry import WeightRegistry
 from streamrec.settings import Settings
-from tests.faults.test_learner_restart import start_learner, wait_until
+from tests.faults.test_learner_restart import examples_seen, start_learner, wait_until
 from tests.integration.test_learner import make_examples, produce, small_settings
 
 pytestmark = pytest.mark.faults
@@ -23,9 +23,7 @@ def test_repeats_are_learned_once_by_a_learner_killed_and_restarted(
     registry = WeightRegistry(config, redis_client)
 
     def seen() -> int:
-        current = registry.current_version()
-        info = registry.info(current) if current is not None else None
-        return info.examples_seen if info else 0
+        return examples_seen(registry)
 
     examples = make_examples(300, seed=11)
     produce(config, examples)

@@ -39,6 +39,7 @@ def learner_env(settings: Settings) -> dict[str, str]:
         "STREAMREC_LEARNER_SNAPSHOT_EVERY": str(learner.snapshot_every),
         "STREAMREC_LEARNER_SAMPLED_NEGATIVES": str(learner.sampled_negatives),
         "STREAMREC_LEARNER_METRICS_PORT": "0",
+        "STREAMREC_LEARNER_CONSUMER_GROUP": learner.consumer_group,
         "OMP_NUM_THREADS": "1",
     }
 
@@ -50,6 +51,13 @@ def start_learner(settings: Settings, log: Path, *extra: str) -> subprocess.Pope
         stdout=subprocess.DEVNULL,
         stderr=log.open("ab"),
     )
+
+
+def examples_seen(registry: WeightRegistry) -> int:
+    """``examples_seen`` of the registry's current version (0 before the first)."""
+    current = registry.current_version()
+    info = registry.info(current) if current is not None else None
+    return info.examples_seen if info else 0
 
 
 def wait_until(check, timeout_s: float, what: str) -> None:
@@ -66,9 +74,7 @@ def test_killed_learner_resumes_from_its_last_version_without_losing_examples(
     registry = WeightRegistry(config, redis_client)
 
     def seen() -> int:
-        current = registry.current_version()
-        info = registry.info(current) if current is not None else None
-        return info.examples_seen if info else 0
+        return examples_seen(registry)
 
     produce(config, make_examples(400))
     log = tmp_path / "learner.log"
