@@ -18,11 +18,10 @@ from typing import Any
 
 import redis
 
-from online_models.alerts.sinks import build_fanout
+from online_models.alerts.sinks import send_alert
 from online_models.finetune.status import read_status, record_finetune
 from online_models.registry.weight_registry import VersionInfo, WeightRegistry
 from streamrec.alerts import make_alert
-from streamrec.kafka_clients import make_producer
 from streamrec.redis_keys import RedisKeys
 from streamrec.settings import Settings
 
@@ -78,12 +77,7 @@ def rollback_model(settings: Settings, client: redis.Redis, version: int | None)
         publication.version,
         message=f"rolled back from v{current}: v{version} serves again as v{publication.version}",
     )
-    producer = make_producer(settings.kafka, **{"linger.ms": 0})
-    fanout = build_fanout(settings, client, producer, metrics=None)
-    try:
-        fanout.send(alert)
-    finally:
-        fanout.close()
+    send_alert(settings, client, alert)
     return {
         "rolled_back_from": current,
         "restored_version": version,

@@ -28,6 +28,7 @@ from confluent_kafka import Producer
 
 from online_models.alerts.metrics import AlertMetrics
 from streamrec.alerts import Alert, alert_as_dict, append_to_stream, encode_alert
+from streamrec.kafka_clients import make_producer
 from streamrec.redis_keys import RedisKeys
 from streamrec.settings import Settings
 from streamrec.structured_log import log_event
@@ -288,3 +289,14 @@ def build_fanout(
             )
         )
     return AlertFanout(sinks, metrics)
+
+
+def send_alert(settings: Settings, client: redis.Redis, alert: Alert) -> None:
+    """Send one alert to every sink from a short-lived process (a fine-tune, a rollback):
+    nobody scrapes it, so no Prometheus sink; delivered before returning."""
+    producer = make_producer(settings.kafka, **{"linger.ms": 0})
+    fanout = build_fanout(settings, client, producer, metrics=None)
+    try:
+        fanout.send(alert)
+    finally:
+        fanout.close()

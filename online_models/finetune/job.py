@@ -25,14 +25,13 @@ from dataclasses import asdict, dataclass
 
 import redis
 
-from online_models.alerts.sinks import build_fanout
+from online_models.alerts.sinks import send_alert
 from online_models.finetune.gate import GateVerdict, judge_candidate, split_replay
 from online_models.finetune.replay import read_replay
 from online_models.finetune.status import record_finetune, start_cooldown
 from online_models.model.weights import ModelWeights
 from online_models.registry.weight_registry import WeightRegistry
 from streamrec.alerts import make_alert
-from streamrec.kafka_clients import make_producer
 from streamrec.redis_keys import RedisKeys
 from streamrec.settings import Settings
 from streamrec.structured_log import configure_logging, log_event
@@ -204,12 +203,7 @@ def _announce(settings: Settings, client: redis.Redis, report: FinetuneReport) -
         report.candidate_version if report.verdict == "promoted" else report.serving_version,
         message=f"fine-tune {report.finetune_id} ({report.trigger}): {report.reason}",
     )
-    producer = make_producer(settings.kafka, **{"linger.ms": 0})
-    fanout = build_fanout(settings, client, producer, metrics=None)
-    try:
-        fanout.send(alert)
-    finally:
-        fanout.close()
+    send_alert(settings, client, alert)
 
 
 def run_finetune_process(settings: Settings, request: FinetuneRequest) -> None:
