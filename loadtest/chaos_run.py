@@ -296,6 +296,44 @@ def _alerts_by_source(log_dir: Path) -> Counter[str]:
     return counts
 
 
+def _phase_names(figures: Figures) -> list[str]:
+    """``start``, then ``after <fault>`` for each fault in order."""
+    return ["start"] + [f"after {f['fault']} ({f['after_events']})" for f in figures.faults]
+
+
+def _phase_of(figures: Figures) -> dict[str, str]:
+    """Event id -> the phase of the run it was acknowledged in."""
+    names = _phase_names(figures)
+    bounds = [f["after_events"] for f in figures.faults]
+    phases = {}
+    for index, event in enumerate(figures.acked):
+        phases[event.event_id] = names[sum(1 for bound in bounds if index >= bound)]
+    return phases
+
+
+def _short_by_phase(figures: Figures, short: set[str]) -> dict[str, int]:
+    """Per phase: the events of sessions Redis counts short (where a gap comes from)."""
+    phases = _phase_of(figures)
+    counts = Counter(phases[e.event_id] for e in figures.acked if e.session_id in short)
+    return {name: counts[name] for name in _phase_names(figures) if counts[name]}
+
+
+def _write_short_sessions(
+    path: Path, figures: Figures, counted: dict[str, int], short: set[str]
+) -> None:
+    """Each short session's events (phase, time, type) and what Redis counts, to read after."""
+    phases = _phase_of(figures)
+    sessions: dict[str, dict[str, Any]] = {
+        s: {"counted": counted[s], "events": []} for s in sorted(short)
+    }
+    for event in figures.acked:
+        if event.session_id in short:
+            sessions[event.session_id]["events"].append(
+                [phases[event.event_id], event.ts, event.type, event.event_id]
+            )
+    path.write_bytes(orjson.dumps(sessions, option=orjson.OPT_INDENT_2))
+
+
 def _verdict(
     settings: Settings,
     client: redis.Redis,
@@ -310,6 +348,8 @@ def _verdict(
     counted = _counted(client, keys, sorted(expected))
     missing = sum(max(0, expected[s] - counted[s]) for s in expected)
     doubled = sum(max(0, counted[s] - expected[s]) for s in expected)
+    short = {s for s in expected if counted[s] < expected[s]}
+    _write_short_sessions(settings.state_dir / "short_sessions.json", figures, counted, short)
     alerts = _alerts_by_source(settings.state_dir / "logs")
     config = FeatureConfig.from_settings(settings.flow)
     distinct = sum(1 for _ in examples_from_events(figures.acked, config))
@@ -328,6 +368,7 @@ def _verdict(
         "events_in_redis": sum(min(expected[s], counted[s]) for s in expected),
         "events_missing": missing,
         "events_counted_twice": doubled,
+        "short_sessions_by_phase": _short_by_phase(figures, short),
         "examples_distinct": distinct,
         "examples_learned": learned,
         "duplicate_examples_learned": max(0, learned - distinct),
