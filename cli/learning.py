@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from cli.output import print_json_line, settings_from_env
+from cli.output import print_json_line, refuse, settings_from_env
 
 app = typer.Typer()
 
@@ -75,6 +75,7 @@ def learn_command(
     from prometheus_client import REGISTRY, start_http_server
 
     from online_models.learner.loop import Learner
+    from online_models.learner.version_follower import LearnerStartError
 
     settings = settings_from_env()
     client = redis.Redis.from_url(settings.redis.redis_url.get_secret_value())
@@ -84,9 +85,11 @@ def learn_command(
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    learner.start()
     try:
+        learner.start()
         learner.run(stop, idle_exit_s)
+    except LearnerStartError as exc:
+        refuse(str(exc))
     finally:
         learner.close()
 

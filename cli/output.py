@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import sys
+from typing import NoReturn
 
 import orjson
+import typer
 from rich.console import Console
 
 from streamrec.settings import Settings, load_settings
@@ -24,3 +26,10 @@ def print_json_line(data: object) -> None:
     """Benchmarks and ``--json`` outputs: exactly one JSON line on stdout."""
     sys.stdout.write(orjson.dumps(data).decode() + "\n")
     sys.stdout.flush()
+
+
+def refuse(reason: str) -> NoReturn:
+    """End a command that cannot do its job: the reason on one line, exit status 2 (no
+    traceback: the reason is the whole story, and the process's log has the details)."""
+    console.print(f"[red]error:[/] {reason}", highlight=False)
+    raise typer.Exit(2)

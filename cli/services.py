@@ -8,7 +8,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from cli.output import print_json_line, settings_from_env
+from cli.output import print_json_line, refuse, settings_from_env
 
 app = typer.Typer(no_args_is_help=True, help="Embedded broker and Redis.")
 
@@ -16,9 +16,13 @@ app = typer.Typer(no_args_is_help=True, help="Embedded broker and Redis.")
 @app.command("up")
 def services_up() -> None:
     """Start the embedded broker (and Redis if needed), create topics; idempotent."""
+    from streamrec.local_services import ServiceError
     from streamrec.local_services import services_up as up
 
-    print_json_line(up(settings_from_env()).as_dict())
+    try:
+        print_json_line(up(settings_from_env()).as_dict())
+    except (ServiceError, TimeoutError) as exc:
+        refuse(str(exc))
 
 
 @app.command("down")

@@ -90,7 +90,7 @@ SEVERITIES: dict[str, Severity] = {
     "learner_guard": Severity.WARNING,
     "model_version_unloadable": Severity.WARNING,
     "redis_resync": Severity.WARNING,
-    "topic_reset": Severity.WARNING,
+    "topic_reset": Severity.CRITICAL,
 }
 
 # Detectors whose alerts start a fine-tune (input shifts only warn; the model may cope).

@@ -103,6 +103,10 @@ def port_open(host: str, port: int) -> bool:
         return False
 
 
+class ServiceError(RuntimeError):
+    """A service is not there and cannot be started here (the message says why)."""
+
+
 def start_broker(settings: Settings) -> bool:
     """Start tansu at the bootstrap address unless something answers there; True if started."""
     kafka = settings.kafka
@@ -111,7 +115,7 @@ def start_broker(settings: Settings) -> bool:
         return False
     host, _, port = kafka.bootstrap_servers.split(",")[0].rpartition(":")
     if host not in LOCAL_HOSTS:
-        raise RuntimeError(f"broker {kafka.bootstrap_servers} does not answer and is not local")
+        raise ServiceError(f"broker {kafka.bootstrap_servers} does not answer and is not local")
     url = f"tcp://{host}:{port}"
     log = open(_log_dir(settings) / "broker.log", "ab")  # noqa: SIM115 - handed to the child
     proc = subprocess.Popen(
@@ -164,11 +168,11 @@ def start_redis(settings: Settings) -> bool:
     cannot = f"Redis at {mask_url(url)} does not answer and cannot be started here"
     server = shutil.which("redis-server")
     if server is None:
-        raise RuntimeError(f"{cannot}: redis-server is not installed")
+        raise ServiceError(f"{cannot}: redis-server is not installed")
     try:
         args = [server, *redis_server_options(url)]
     except ValueError as exc:
-        raise RuntimeError(f"{cannot}: {exc}") from None
+        raise ServiceError(f"{cannot}: {exc}") from None
     log = open(_log_dir(settings) / "redis.log", "ab")  # noqa: SIM115 - handed to the child
     proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     (_run_dir(settings) / "redis.pid").write_text(str(proc.pid))

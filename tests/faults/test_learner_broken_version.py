@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import struct
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,6 +25,7 @@ from online_models.registry.weight_registry import WeightRegistry
 from streamrec.redis_keys import RedisKeys
 from streamrec.settings import Settings
 from streamrec.topics import Topics
+from tests.faults.test_learner_restart import learner_env
 from tests.integration.test_learner import learn_until, make_examples, produce, small_settings
 from tests.kafka_reading import read_topic
 
@@ -196,6 +199,14 @@ def test_the_learner_refuses_to_start_when_versions_exist_but_none_loads(
     with pytest.raises(LearnerStartError, match="refusing to start"):
         learner.start()
     learner.close()
+    # The command says why on one line and exits 2, without a traceback.
+    run = subprocess.run(
+        [sys.executable, "-m", "cli", "learn"],
+        env=learner_env(config), capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert run.returncode == 2, run.stderr[-2000:]
+    assert "error:" in run.stderr and "refusing to start" in run.stderr
+    assert "Traceback" not in run.stderr
     assert [info.version for info in registry.versions()] == versions  # nothing published
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 import typer
@@ -10,6 +11,7 @@ from typer.testing import CliRunner
 
 from cli.app import app
 from streamrec.settings import ServingSettings
+from tests.conftest import free_port
 
 runner = CliRunner()
 
@@ -60,3 +62,16 @@ def test_serve_without_overrides_keeps_the_configured_values(
     assert runner.invoke(app, ["serve"]).exit_code == 0
     assert started[0].port == 18124
     assert started[0].workers == ServingSettings().workers
+
+
+def test_services_up_refuses_a_remote_broker_it_cannot_start_in_one_line(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("STREAMREC_STATE_DIR", str(tmp_path))
+    monkeypatch.setenv("STREAMREC_BOOTSTRAP_SERVERS", f"192.0.2.1:{free_port()}")
+
+    result = runner.invoke(app, ["services", "up"])
+
+    assert result.exit_code == 2
+    assert "error:" in result.output and "is not local" in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
