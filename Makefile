@@ -22,11 +22,13 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-# promtool (Debian's prometheus package) checks the alert rules in the tests.
+# promtool and amtool (Debian's prometheus and prometheus-alertmanager packages) check the
+# alert rules and Alertmanager's routes in the tests.
 tools:
-	@command -v promtool >/dev/null || (apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus \
-		>/dev/null) || echo "promtool unavailable: rule checks will be skipped"
+	@(command -v promtool && command -v amtool) >/dev/null || (apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+		prometheus prometheus-alertmanager >/dev/null) || \
+		echo "promtool/amtool unavailable: rule and route checks will be skipped"
 
 test: $(STAMP) tools lint
 	$(BIN)/pytest -q -p no:cacheprovider

@@ -28,6 +28,10 @@ STREAM_FIELD = "alert"
 
 
 class Severity(enum.StrEnum):
+    """What a person must do: ``critical`` pages (the system did not heal itself: act now),
+    ``warning`` goes to the team's channel (look today; the system is responding), ``info``
+    is kept for the record. deploy/alertmanager routes them so."""
+
     INFO = "info"
     WARNING = "warning"
     CRITICAL = "critical"
@@ -61,6 +65,7 @@ class Alert:
 # Runbook section (the anchor GitHub renders for the heading) for each alert source.
 RUNBOOK_ANCHORS: dict[str, str] = {
     "hit_rate": "hit-rate-drop",
+    "quality_not_recovered": "quality-not-recovered",
     "loss": "training-loss-rise",
     "category_share": "category-mix-shift",
     "new_items": "new-items-surge",
@@ -77,15 +82,16 @@ RUNBOOK_ANCHORS: dict[str, str] = {
 }
 
 SEVERITIES: dict[str, Severity] = {
-    "hit_rate": Severity.CRITICAL,
+    "hit_rate": Severity.WARNING,
+    "quality_not_recovered": Severity.CRITICAL,
     "loss": Severity.WARNING,
     "category_share": Severity.WARNING,
     "new_items": Severity.WARNING,
     "session_length": Severity.INFO,
-    "ctr": Severity.CRITICAL,
+    "ctr": Severity.WARNING,
     "finetune_rejected": Severity.WARNING,
     "finetune_promoted": Severity.INFO,
-    "finetune_failed": Severity.CRITICAL,
+    "finetune_failed": Severity.WARNING,
     "rollback": Severity.WARNING,
     "learner_guard": Severity.WARNING,
     "model_version_unloadable": Severity.WARNING,

@@ -304,6 +304,13 @@ class DriftSettings(BaseSettings):
         60.0, ge=0, description="Replay from this long before the alert (the change itself)."
     )
     replay_examples: int = Field(20000, ge=100, description="Most examples a fine-tune replays.")
+    page_after_s: float = Field(
+        1800.0, gt=0, description="A hit@20 drop not healed after this long (event time) pages."
+    )
+    recovered_within: float = Field(
+        0.1, gt=0, lt=1, description="Healed: hit@20 within this share of its level before."
+    )
+    recovery_window: int = Field(2000, ge=1, description="Examples in the healed check's window.")
     metrics_port: int = Field(9103, ge=0)
     consumer_group: str = "streamrec-drift"
 

@@ -3,8 +3,9 @@
 ``DriftMonitor`` owns one ``GuardedDetector`` per configured detector and feeds each the
 observations of its signal:
 
-- learner signals (per micro-batch): hit@20 spread over the batch's examples -> ``hit_rate``;
-  the batch's mean loss -> ``loss``;
+- learner signals (per micro-batch): hit@20 spread over the batch's examples -> ``hit_rate``
+  (a warning), and after a drop the ``RecoveryWatch`` -> ``quality_not_recovered`` (the
+  page: the drop did not heal); the batch's mean loss -> ``loss``;
 - training examples: category share, never-seen target, session position -> the
   input-distribution detectors;
 - impressions and clicks: one clicked/not outcome per impression -> ``ctr``.
@@ -19,6 +20,7 @@ from __future__ import annotations
 import math
 
 from online_models.drift.detectors import GuardedDetector, detector_specs
+from online_models.drift.recovery_watch import RecoveryWatch, Stalled
 from online_models.drift.signals import (
     CtrTracker,
     ImpressionOutcome,
@@ -32,6 +34,7 @@ from streamrec.topics import Topics
 from streamrec.training_examples import TrainingExample
 
 REFERENCE_SESSIONS = 300  # sessions that make the category reference
+NOT_RECOVERED = "quality_not_recovered"
 
 
 class DriftMonitor:
@@ -67,6 +70,9 @@ class DriftMonitor:
             session_idle_ms=int(drift.session_idle_s * 1000),
         )
         self.ctr = CtrTracker(drift.ctr_horizon)
+        self.recovery = RecoveryWatch(
+            drift.recovery_window, drift.recovered_within, int(drift.page_after_s * 1000)
+        )
         self.model_version: int | None = None
         self.examples_seen = 0
         self.signal_examples = 0
@@ -85,8 +91,14 @@ class DriftMonitor:
         hit_rate = self.detectors.get("hit_rate")
         for value in spread_hits(signal.hits_at_20, signal.examples):
             self.signal_examples += 1
-            if hit_rate is not None:
-                alerts += self._feed(hit_rate, value, where, self.signal_examples)
+            if hit_rate is None:
+                continue
+            for alert in self._feed(hit_rate, value, where, self.signal_examples):
+                self.recovery.dropped(alert.level_before, signal.ts_ms)
+                alerts.append(alert)
+            stalled = self.recovery.observe(value, signal.ts_ms)
+            if stalled is not None:
+                alerts.append(self._not_recovered(stalled, signal.ts_ms, where))
         loss = self.detectors.get("loss")
         if loss is not None and math.isfinite(signal.mean_loss):
             alerts += self._feed(loss, signal.mean_loss, where, self.signal_examples)
@@ -127,6 +139,19 @@ class DriftMonitor:
     def on_click(self, request_id: str | None, item_id: str) -> list[Alert]:
         outcome = self.ctr.click(request_id, item_id)
         return [] if outcome is None else self._feed_ctr(outcome)
+
+    def _not_recovered(
+        self, stalled: Stalled, ts_ms: int, where: tuple[StreamOffset, ...]
+    ) -> Alert:
+        minutes = (ts_ms - stalled.since_ms) / 60_000
+        return make_alert(
+            NOT_RECOVERED, "hit@20", stalled.level_before, stalled.level_now,
+            self.signal_examples, self.model_version,
+            message=f"hit@20 is {stalled.level_now:.4g}, {minutes:.0f} min (event time) after "
+            f"it dropped from {stalled.level_before:.4g}: the learner and the fine-tune did "
+            "not bring it back",
+            offsets=where,
+        )  # fmt: skip
 
     def levels(self) -> dict[str, float]:
         """Recent level of each detector's signal (for the gauges and ``model status``)."""

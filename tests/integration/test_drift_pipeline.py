@@ -188,7 +188,7 @@ def test_abrupt_drift_alerts_on_every_sink_and_a_finetune_is_promoted(
             getattr(r, "fields", {}).get("alert_id") == alert.alert_id for r in caplog.records
         )
         alerts = metrics_registry.get_sample_value(
-            "streamrec_drift_alerts_total", {"detector": "hit_rate", "severity": "critical"}
+            "streamrec_drift_alerts_total", {"detector": "hit_rate", "severity": "warning"}
         )
         assert alerts and alerts >= 1
         last_alert = metrics_registry.get_sample_value(
@@ -200,7 +200,7 @@ def test_abrupt_drift_alerts_on_every_sink_and_a_finetune_is_promoted(
                      if b["alerts"][0]["streamrec"]["alert_id"] == alert.alert_id],
             20, "the webhook post",
         )  # fmt: skip
-        assert posted[0]["alerts"][0]["labels"]["severity"] == "critical"
+        assert posted[0]["alerts"][0]["labels"]["severity"] == "warning"
         status = wait_for(
             lambda: (s := read_status(redis_client, keys)).get("finetune_verdict")
             not in (None, "running") and s,

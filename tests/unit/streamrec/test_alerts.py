@@ -48,7 +48,9 @@ def test_every_detector_has_a_runbook_section_and_severity() -> None:
         alert = make_alert(name, "s", 1.0, 0.5, 10, 3)
         assert alert.runbook == f"docs/runbook.md#{RUNBOOK_ANCHORS[name]}"
         assert isinstance(alert.severity, Severity)
-    assert make_alert("hit_rate", "s", 1, 0, 1, 1).severity is Severity.CRITICAL
+    # Only what a person must act on pages: a drop warns, a drop that did not heal pages.
+    assert make_alert("hit_rate", "s", 1, 0, 1, 1).severity is Severity.WARNING
+    assert make_alert("quality_not_recovered", "s", 1, 0, 1, 1).severity is Severity.CRITICAL
 
 
 def test_decode_refuses_other_bytes() -> None:

@@ -119,7 +119,7 @@ def test_webhook_payload_is_alertmanager_and_slack_shaped() -> None:
     payload = webhook_payload(an_alert())
     assert payload["version"] == "4" and payload["status"] == "firing"
     (entry,) = payload["alerts"]
-    assert entry["labels"]["severity"] == "critical"
+    assert entry["labels"]["severity"] == "warning"
     assert entry["annotations"]["runbook_url"].startswith("docs/runbook.md#")
     assert "hit_rate" in payload["text"] and "runbook" in payload["text"]
 
@@ -131,6 +131,6 @@ def test_a_failing_sink_does_not_stop_the_others() -> None:
     fanout = AlertFanout(sinks, metrics)
     fanout.send(an_alert("ctr"))
     assert len(recording.got) == 1
-    alerts = sample(metrics, "streamrec_drift_alerts_total", detector="ctr", severity="critical")
+    alerts = sample(metrics, "streamrec_drift_alerts_total", detector="ctr", severity="warning")
     assert alerts == 1
     assert sample(metrics, "streamrec_alerts_sink_failures_total", sink="broken") == 1

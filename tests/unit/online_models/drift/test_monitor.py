@@ -21,16 +21,21 @@ def monitor(**drift: object) -> DriftMonitor:
     )
 
 
-def batches(rng: np.random.Generator, rate: float, count: int, version: int, start: int):
+def batches(
+    rng: np.random.Generator, rate: float, count: int, version: int, start: int, minutes: int = 0
+):
+    """``count`` micro-batches of 100 examples at hit@20 ``rate``; with ``minutes``, one
+    batch per event-time minute, from minute ``start // 100``."""
     for index in range(count):
         hits = int(rng.binomial(100, rate))
+        ts_ms = (start // 100 + index) * 60_000 if minutes else 0
         yield LearnerSignal(
             version, 100, hits, hits * 0.3, 6.0 + rng.normal(0, 0.05),
-            start + index * 100, start + index * 100 + 99, 0,
+            start + index * 100, start + index * 100 + 99, ts_ms,
         )  # fmt: skip
 
 
-def test_hit_rate_drop_raises_one_critical_alert_with_version_and_offsets() -> None:
+def test_hit_rate_drop_raises_one_warning_with_version_and_offsets() -> None:
     rng = np.random.default_rng(0)
     drift = monitor()
     alerts = []
@@ -40,11 +45,38 @@ def test_hit_rate_drop_raises_one_critical_alert_with_version_and_offsets() -> N
     for signal in batches(rng, 0.1, 30, 4, 20_000):
         alerts += drift.on_learner_signal(signal)
     (alert,) = [a for a in alerts if a.detector == "hit_rate"]
-    assert alert.severity is Severity.CRITICAL and alert.model_version == 4
+    assert alert.severity is Severity.WARNING and alert.model_version == 4
     assert 20_000 < alert.position <= 22_000
     assert alert.offsets[0].topic == "p-clicks" and alert.offsets[0].offset >= 20_000
     assert alert.level_before > 0.35 and alert.level_after < 0.3
     assert wants_finetune(alert, enabled=True) and not wants_finetune(alert, enabled=False)
+
+
+def test_a_drop_that_does_not_heal_pages_once_and_one_that_heals_never_pages() -> None:
+    rng = np.random.default_rng(1)
+    stays_low = monitor(page_after_s=30 * 60, recovery_window=500)
+    alerts = []
+    for signal in batches(rng, 0.45, 200, 3, 0, minutes=1):
+        alerts += stays_low.on_learner_signal(signal)
+    for signal in batches(rng, 0.1, 90, 4, 20_000, minutes=1):
+        alerts += stays_low.on_learner_signal(signal)
+    assert [a.detector for a in alerts] == ["hit_rate", "quality_not_recovered"]
+    drop, page = alerts
+    assert drop.severity is Severity.WARNING and page.severity is Severity.CRITICAL
+    assert page.level_before == drop.level_before and page.level_after < 0.2
+    minutes_after_drop = (page.position - drop.position) / 100
+    assert 29 <= minutes_after_drop <= 40  # one batch per minute, each at its own ts
+    assert not wants_finetune(page, enabled=True)
+
+    heals = monitor(page_after_s=30 * 60, recovery_window=500)
+    alerts = []
+    for signal in batches(rng, 0.45, 200, 3, 0, minutes=1):
+        alerts += heals.on_learner_signal(signal)
+    for signal in batches(rng, 0.1, 20, 4, 20_000, minutes=1):
+        alerts += heals.on_learner_signal(signal)
+    for signal in batches(rng, 0.45, 100, 5, 22_000, minutes=1):
+        alerts += heals.on_learner_signal(signal)
+    assert [a.detector for a in alerts] == ["hit_rate"]
 
 
 def test_category_shift_and_new_items_raise_input_alerts() -> None:
