@@ -44,7 +44,7 @@ def model_rollback(
     """Make an earlier version current; serving and the learner pick it up from the registry."""
     import redis
 
-    from online_models.oncall import rollback_model
+    from online_models.finetune.rollback import rollback_model
 
     settings = settings_from_env()
     client = redis.Redis.from_url(settings.redis.redis_url.get_secret_value())

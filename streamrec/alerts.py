@@ -66,6 +66,7 @@ class Alert:
 RUNBOOK_ANCHORS: dict[str, str] = {
     "hit_rate": "hit-rate-drop",
     "quality_not_recovered": "quality-not-recovered",
+    "promotion_regressed": "model-rollback",
     "loss": "training-loss-rise",
     "category_share": "category-mix-shift",
     "new_items": "new-items-surge",
@@ -84,6 +85,7 @@ RUNBOOK_ANCHORS: dict[str, str] = {
 SEVERITIES: dict[str, Severity] = {
     "hit_rate": Severity.WARNING,
     "quality_not_recovered": Severity.CRITICAL,
+    "promotion_regressed": Severity.WARNING,
     "loss": Severity.WARNING,
     "category_share": Severity.WARNING,
     "new_items": Severity.WARNING,

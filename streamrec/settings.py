@@ -305,12 +305,20 @@ class DriftSettings(BaseSettings):
     )
     replay_examples: int = Field(20000, ge=100, description="Most examples a fine-tune replays.")
     page_after_s: float = Field(
-        1800.0, gt=0, description="A hit@20 drop not healed after this long (event time) pages."
+        1800.0, gt=0, description="A hit@20 drop not healed after this long pages."
     )
     recovered_within: float = Field(
         0.1, gt=0, lt=1, description="Healed: hit@20 within this share of its level before."
     )
-    recovery_window: int = Field(2000, ge=1, description="Examples in the healed check's window.")
+    recovery_window: int = Field(
+        2000, ge=1, description="Examples that judge a drop healed, or a promotion held."
+    )
+    auto_rollback: bool = Field(
+        True, description="Restore the previous version when a promoted one does worse live."
+    )
+    promotion_margin: float = Field(
+        0.02, ge=0, description="Worse live: hit@20 below the previous lineage's by this much."
+    )
     metrics_port: int = Field(9103, ge=0)
     consumer_group: str = "streamrec-drift"
 

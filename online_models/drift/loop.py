@@ -32,9 +32,10 @@ from prometheus_client import CollectorRegistry
 from online_models.alerts.metrics import AlertMetrics
 from online_models.alerts.sinks import AlertFanout, PrometheusAlertSink, build_fanout
 from online_models.drift.metrics import DriftMetrics
-from online_models.drift.monitor import DriftMonitor, wants_finetune
+from online_models.drift.monitor import REGRESSED, DriftMonitor, wants_finetune
 from online_models.drift.signals import LearnerSignal
 from online_models.finetune.job import FinetuneRequest, run_finetune_process
+from online_models.finetune.rollback import rollback_model
 from online_models.finetune.status import (
     acquire_finetune_lock,
     read_status,
@@ -182,6 +183,17 @@ class DriftLoop:
             record_drift(self.client, self.keys, alert)
             if wants_finetune(alert, self.settings.drift.finetune_enabled):
                 self._schedule_finetune(alert)
+            if alert.detector == REGRESSED and self.settings.drift.auto_rollback:
+                self._restore_previous(alert)
+
+    def _restore_previous(self, alert: Alert) -> None:
+        """A promoted version did worse live: serve the version before it again."""
+        try:
+            done = rollback_model(self.settings, self.client, None, reason=alert.message)
+        except (LookupError, KeyError, RuntimeError, redis.RedisError) as exc:
+            log_event(logger, "auto_rollback_failed", logging.ERROR, error=repr(exc))
+            return
+        log_event(logger, "auto_rollback", **done)
 
     def _schedule_finetune(self, alert: Alert) -> None:
         """Take the lock now; start once enough post-drift examples arrived (or time passed)."""
@@ -261,6 +273,9 @@ class DriftLoop:
             return
         self._last_finetune_id = finetune_id
         self.metrics.finetune_runs.labels(status["finetune_verdict"]).inc()
+        promoted = status.get("finetune_candidate_version")
+        if status["finetune_verdict"] == "promoted" and promoted:
+            self.monitor.watch_promotion(int(promoted))
         self.metrics.finetune_duration.set(float(status.get("finetune_duration_s", "nan")))
         self.metrics.finetune_last.set(float(status.get("finetune_finished_ms", "0")) / 1000)
         for model in ("candidate", "serving"):

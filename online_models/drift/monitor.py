@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 
 from online_models.drift.detectors import GuardedDetector, detector_specs
+from online_models.drift.promotion_watch import PromotionWatch, Regressed
 from online_models.drift.recovery_watch import RecoveryWatch, Stalled
 from online_models.drift.signals import (
     CtrTracker,
@@ -35,6 +36,7 @@ from streamrec.training_examples import TrainingExample
 
 REFERENCE_SESSIONS = 300  # sessions that make the category reference
 NOT_RECOVERED = "quality_not_recovered"
+REGRESSED = "promotion_regressed"
 
 
 class DriftMonitor:
@@ -73,6 +75,7 @@ class DriftMonitor:
         self.recovery = RecoveryWatch(
             drift.recovery_window, drift.recovered_within, int(drift.page_after_s * 1000)
         )
+        self.promotion = PromotionWatch(drift.recovery_window, drift.promotion_margin)
         self.model_version: int | None = None
         self.examples_seen = 0
         self.signal_examples = 0
@@ -91,6 +94,9 @@ class DriftMonitor:
         hit_rate = self.detectors.get("hit_rate")
         for value in spread_hits(signal.hits_at_20, signal.examples):
             self.signal_examples += 1
+            regressed = self.promotion.observe(value, signal.model_version)
+            if regressed is not None:
+                alerts.append(self._regressed(regressed, where))
             if hit_rate is None:
                 continue
             for alert in self._feed(hit_rate, value, where, self.signal_examples):
@@ -139,6 +145,23 @@ class DriftMonitor:
     def on_click(self, request_id: str | None, item_id: str) -> list[Alert]:
         outcome = self.ctr.click(request_id, item_id)
         return [] if outcome is None else self._feed_ctr(outcome)
+
+    def watch_promotion(self, version: int) -> None:
+        """A fine-tune made ``version`` current: judge it on the next examples it ranks
+        against the hit@20 the previous lineage had just now (nothing to judge against yet:
+        no watch)."""
+        hit_rate = self.detectors.get("hit_rate")
+        if hit_rate is not None and not math.isnan(hit_rate.level):
+            self.promotion.start(version, hit_rate.level)
+
+    def _regressed(self, regressed: Regressed, where: tuple[StreamOffset, ...]) -> Alert:
+        return make_alert(
+            REGRESSED, "hit@20", regressed.level_before, regressed.level_after,
+            self.signal_examples, regressed.version,
+            message=f"promoted v{regressed.version} ranks hit@20 {regressed.level_after:.4g} "
+            f"live, against {regressed.level_before:.4g} before it",
+            offsets=where,
+        )  # fmt: skip
 
     def _not_recovered(
         self, stalled: Stalled, ts_ms: int, where: tuple[StreamOffset, ...]

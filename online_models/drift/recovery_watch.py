@@ -3,12 +3,13 @@
 A drop of hit@20 (the ``hit_rate`` detector) is a warning: the online learner keeps
 learning and a fine-tune may start; most drops heal without anyone. What a person must see
 is a drop that did *not* heal: ``RecoveryWatch`` remembers the level before the drop and
-keeps hit@20 over the last ``window`` examples since the drop; once ``page_after_ms`` of
-event time has passed since the drop and that window is still below ``(1 - tolerance)``
-times the level before, it reports (once per drop; a new drop starts a new watch). A window
-back within the tolerance ends the watch: healed.
+keeps hit@20 over the last ``window`` examples since the drop; once ``page_after_ms`` has
+passed since the drop (by the signals' clock: the learner's wall clock live, event time in
+a replay) and that window is still below ``(1 - tolerance)`` times the level before, it
+reports (once per drop; a new drop starts a new watch). A window back within the
+tolerance ends the watch: healed.
 
-Pure: observations and event times in, a ``Stalled`` out.
+Pure: observations and times in, a ``Stalled`` out.
 
 >>> watch = RecoveryWatch(window=5, tolerance=0.1, page_after_ms=60_000)
 >>> watch.dropped(level_before=0.5, ts_ms=0)

@@ -1,10 +1,10 @@
-"""Which version a bare ``streamrec model rollback`` goes back to (pure)."""
+"""Which version a bare rollback (by hand, or the automatic restore) goes back to."""
 
 from __future__ import annotations
 
 import pytest
 
-from online_models.oncall import choose_rollback_target
+from online_models.finetune.rollback import choose_rollback_target
 from online_models.registry.weight_registry import VersionInfo
 
 
