@@ -6,6 +6,7 @@ its baseline in the same process run.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -109,8 +110,26 @@ def bench_drift(
     pipeline: Annotated[
         bool, typer.Option(help="Also run the abrupt scenario through broker, learner, monitor.")
     ] = False,
+    replay: Annotated[
+        Path | None,
+        typer.Option(
+            help="Instead: a recorded source (as `replay` reads) through learner and monitor; "
+            "alerts per simulated day by severity."
+        ),
+    ] = None,
+    warmup_until: Annotated[
+        str | None,
+        typer.Option(help="With --replay: ISO time; train before it (default: 40% of examples)."),
+    ] = None,
 ) -> None:
     """Detection delay, false alarms per million, recovery with/without a fine-tune."""
+    if replay is not None:
+        from loadtest.bench.drift_replay import run_drift_replay
+        from streamrec.events import iso_to_ms
+
+        until = iso_to_ms(warmup_until) if warmup_until else None
+        print_json_line(run_drift_replay(settings_from_env(), replay, until))
+        return
     from loadtest.bench.drift import run_drift_benchmark
 
     print_json_line(

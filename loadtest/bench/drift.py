@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,6 +43,7 @@ from online_models.finetune.training import hits_at_20, train_candidate
 from online_models.learner.micro_batch import HeadLearner
 from online_models.model.recommender import random_weights
 from online_models.model.weights import ModelWeights
+from streamrec.alerts import Alert
 from streamrec.events import Event, parse_event
 from streamrec.settings import Settings
 from streamrec.training_examples import TrainingExample
@@ -55,7 +56,7 @@ RECOVERED_WITHIN = 0.10
 class StreamRun:
     """What one pass of learner and monitor over a stream saw."""
 
-    alert_events: list[tuple[int, str]] = field(default_factory=list)  # (event index, detector)
+    alert_events: list[tuple[int, Alert]] = field(default_factory=list)  # (event index, alert)
     hits: list[float] = field(default_factory=list)  # per example, in stream order
     event_index: list[int] = field(default_factory=list)
     examples: int = 0
@@ -79,11 +80,19 @@ def event_index_of(example: TrainingExample) -> int:
 class _StreamReplayer:
     """Drives learner and monitor batch by batch; runs at most one fine-tune if asked."""
 
-    def __init__(self, settings: Settings, with_finetune: bool, seed: int) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        with_finetune: bool,
+        seed: int,
+        weights: ModelWeights | None,
+        index_of: Callable[[TrainingExample], int],
+    ) -> None:
         self.settings = settings
         self.with_finetune = with_finetune
+        self.index_of = index_of
         self.learner = HeadLearner.from_weights(
-            random_weights(0, settings.model, seed), settings.learner
+            weights or random_weights(0, settings.model, seed), settings.learner
         )
         self.monitor = DriftMonitor(settings)
         self.run = StreamRun()
@@ -99,7 +108,7 @@ class _StreamReplayer:
         self.version += 1
         first = len(run.hits)
         run.hits.extend(spread_hits(outcome.ranking.hits, len(batch)))
-        run.event_index.extend(event_index_of(example) for example in batch)
+        run.event_index.extend(self.index_of(example) for example in batch)
         run.examples += len(batch)
         signal = LearnerSignal(
             self.version, len(batch), outcome.ranking.hits, outcome.ranking.reciprocal_rank_sum,
@@ -107,11 +116,11 @@ class _StreamReplayer:
         )  # fmt: skip
         triggered = False
         for alert in monitor.on_learner_signal(signal):
-            run.alert_events.append((run.event_index[alert.position - 1], alert.detector))
+            run.alert_events.append((run.event_index[alert.position - 1], alert))
             triggered |= wants_finetune(alert, True)
         for example in batch:
             for alert in monitor.on_example(example, 0, 0):
-                run.alert_events.append((event_index_of(example), alert.detector))
+                run.alert_events.append((self.index_of(example), alert))
                 triggered |= wants_finetune(alert, True)
         self.recent.extend(batch)
         del self.recent[: max(0, len(self.recent) - 4 * self.settings.drift.replay_examples)]
@@ -150,10 +159,16 @@ class _StreamReplayer:
 
 
 def run_stream(
-    settings: Settings, examples: Iterable[TrainingExample], with_finetune: bool, seed: int = 0
+    settings: Settings,
+    examples: Iterable[TrainingExample],
+    with_finetune: bool,
+    seed: int = 0,
+    weights: ModelWeights | None = None,
+    index_of: Callable[[TrainingExample], int] = event_index_of,
 ) -> StreamRun:
-    """Learner + monitor over ``examples`` in micro-batches."""
-    replayer = _StreamReplayer(settings, with_finetune, seed)
+    """Learner + monitor over ``examples`` in micro-batches, from ``weights`` (random ones
+    by default); ``index_of`` places an example in the stream (the generator's event index)."""
+    replayer = _StreamReplayer(settings, with_finetune, seed, weights, index_of)
     batch: list[TrainingExample] = []
     for example in examples:
         batch.append(example)
@@ -254,7 +269,9 @@ def run_drift_benchmark(
                 else:
                     delays.append(delay)
                 result.setdefault(f"{key}_by_detector", []).append(
-                    sorted({d for i, d in run.alert_events if i >= (truth.drift_start or 0)})
+                    sorted(
+                        {a.detector for i, a in run.alert_events if i >= (truth.drift_start or 0)}
+                    )
                 )
                 progress.advance(task)
             result[key] = statistics.median(delays) if delays else None
