@@ -98,7 +98,14 @@ def run_flow(
             epoch_interval=timedelta(seconds=flow_settings.snapshot_interval_s),
             recovery_config=recovery,
         )
-    except Exception as exc:
-        log_failure("flow_failed", "bytewax", exc)
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:  # Bytewax's own failures are Rust panics: not ``Exception``
+        where = "bytewax"
+        if addresses and type(exc).__name__ == "PanicException":
+            # Seen when a member of the cluster went away (its connection broke): a Bytewax
+            # cluster cannot go on without it; every member is restarted (docs/runbook.md).
+            where = "bytewax cluster (a member went away?): restart every member"
+        log_failure("flow_failed", where, exc)
         raise
     log_event(logger, "flow_end")
