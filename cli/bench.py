@@ -46,12 +46,15 @@ def bench_flow(
         float | None,
         typer.Option(help="Events/s of the freshness phase (default: half the throughput)."),
     ] = None,
+    workers: Annotated[
+        int, typer.Option(min=1, help="Flow worker processes (a Bytewax cluster) in phase 1.")
+    ] = 1,
 ) -> None:
     """End-to-end flow throughput vs. its source ceiling, then freshness at half rate."""
     from loadtest.bench.flow import run_flow_benchmark
 
     print_json_line(
-        run_flow_benchmark(sample_settings(), events, freshness_s, rounds, freshness_rate)
+        run_flow_benchmark(sample_settings(), events, freshness_s, rounds, freshness_rate, workers)
     )
 
 

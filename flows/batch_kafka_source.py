@@ -8,6 +8,14 @@ is the unit: Bytewax's source builds a frozen ``KafkaSourceMessage`` per message
 runtime moves each one separately; here a whole poll travels as one item, which removes
 the per-message cost that otherwise bounds the flow (see docs/flow.md for the numbers).
 
+Polls are paced: after a poll that did not fill a batch, the partition is polled again only
+``fetch_wait_max_ms`` later (Bytewax would poll it again at once, or 1 ms after an empty
+poll). While tailing, an unpaced source hands the flow a batch of a few messages per
+partition per millisecond, and the per-batch work of every step (routing, one state update
+per shard, one Redis round trip) then costs more than the events; paced, batches grow with
+the traffic, at a cost of at most that interval of latency. A backlog fills every batch
+and is read without pause.
+
 With ``stop_at_end`` a partition finishes at the end of its topic (tests, benchmarks);
 otherwise it tails until ``stop`` is set, then finishes once it has caught up with the end.
 Consumer errors other than end-of-partition raise, so the flow stops and is restarted
@@ -37,6 +45,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
@@ -72,6 +81,7 @@ class _BatchPartition(StatefulSourcePartition[SourceBatch, int]):
         partition: int,
         offset: int,
         batch_size: int,
+        poll_interval: timedelta,
         stop: threading.Event,
         on_reset: OnReset,
     ) -> None:
@@ -81,6 +91,8 @@ class _BatchPartition(StatefulSourcePartition[SourceBatch, int]):
         self._partition = partition
         self._offset = offset
         self._batch_size = batch_size
+        self._poll_interval = poll_interval
+        self._awake_at: datetime | None = None
         self._stop = stop
         self._on_reset = on_reset
         self._caught_up = False
@@ -88,6 +100,8 @@ class _BatchPartition(StatefulSourcePartition[SourceBatch, int]):
     @logs_failure
     def next_batch(self) -> list[SourceBatch]:
         messages = self._consumer.consume(self._batch_size, 0)
+        full = len(messages) == self._batch_size
+        self._awake_at = None if full else datetime.now(UTC) + self._poll_interval
         if not messages:
             self._restart_if_beyond_end()
             if self._caught_up and self._stop.is_set():
@@ -101,6 +115,10 @@ class _BatchPartition(StatefulSourcePartition[SourceBatch, int]):
             self._caught_up = False
         self._offset = messages[-1].offset() + 1
         return [SourceBatch(self._topic, self._partition, messages, time.time() * 1000.0)]
+
+    def next_awake(self) -> datetime | None:
+        """Right away after a full batch; ``poll_interval`` after a short or empty one."""
+        return self._awake_at
 
     def _drop_end_markers(self, messages: list) -> list:
         """Remove end-of-partition markers (noting whether we ended caught up); raise on errors
@@ -197,8 +215,10 @@ class BatchKafkaSource(FixedPartitionedSource[SourceBatch, int]):
             "receive.message.max.bytes": RECEIVE_MAX_BYTES,
         }
         offset = OFFSET_BEGINNING if resume_state is None else resume_state
+        poll_interval = timedelta(milliseconds=self.fetch_wait_max_ms)
         part = _BatchPartition(
-            config, topic, int(index), offset, self.batch_size, self.stop, self.on_reset
-        )
+            config, topic, int(index), offset, self.batch_size, poll_interval, self.stop,
+            self.on_reset,
+        )  # fmt: skip
         self.ready.set()
         return part

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from flows.dead_letter import DeadLetter, dead_letter
-from streamrec.events import Event, EventLimits, Rejection, RejectReason, parse_event
+from streamrec.events import Event, EventLimits, Rejection, RejectReason, parse_events
 
 FEATURE_EVENT_TYPES = frozenset(("click", "purchase"))
 
@@ -82,33 +82,32 @@ class EventRouter:
 
     def route(self, batch: SourceBatch) -> list[tuple[str, ShardInput]]:
         """Parse every message; group events and dead letters by shard, keeping offset order."""
-        limits = self.limits
         shards = self.shards
         crc32 = zlib.crc32
-        topic, partition = batch.topic, batch.partition
+        topic, partition, read_ms = batch.topic, batch.partition, batch.read_ms
+        messages = batch.messages
+        results = parse_events([message.value() or b"" for message in messages], self.limits)
         by_shard: dict[int, ShardInput] = {}
-        for message in batch.messages:
-            raw = message.value() or b""
-            result = parse_event(raw, limits)
+        for message, result in zip(messages, results, strict=True):
             if type(result) is Event and result.type in FEATURE_EVENT_TYPES:
                 index = crc32(result.session_id.encode()) % shards
                 shard = by_shard.get(index)
                 if shard is None:
-                    shard = by_shard[index] = ShardInput(topic, partition, read_ms=batch.read_ms)
+                    shard = by_shard[index] = ShardInput(topic, partition, read_ms=read_ms)
                 shard.events.append(result)
                 shard.offsets.append(message.offset())
                 shard.produce_ms.append(message.timestamp()[1])
-            else:
-                if type(result) is Event:
-                    result = Rejection(RejectReason.UNKNOWN_TYPE, f"{result.type} on {topic}")
-                key = message.key() or b""
-                index = crc32(key) % shards
-                shard = by_shard.get(index)
-                if shard is None:
-                    shard = by_shard[index] = ShardInput(topic, partition, read_ms=batch.read_ms)
-                shard.dead_letters.append(
-                    dead_letter(
-                        raw, result.reason, result.detail, topic, partition, message.offset(), key
-                    )
-                )
+                continue
+            if type(result) is Event:
+                result = Rejection(RejectReason.UNKNOWN_TYPE, f"{result.type} on {topic}")
+            key = message.key() or b""
+            index = crc32(key) % shards
+            shard = by_shard.get(index)
+            if shard is None:
+                shard = by_shard[index] = ShardInput(topic, partition, read_ms=read_ms)
+            raw = message.value() or b""
+            offset = message.offset()
+            shard.dead_letters.append(
+                dead_letter(raw, result.reason, result.detail, topic, partition, offset, key)
+            )
         return [(self.keys[index], shard) for index, shard in by_shard.items()]

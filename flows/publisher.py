@@ -180,7 +180,7 @@ class _PublishPartition(StatefulSinkPartition[PublishItem, bytes]):
     def write_batch(self, values: list[PublishItem]) -> None:
         pipe = self._clients.redis.pipeline(transaction=False)
         commands = self._resync_categories(pipe)
-        session_key = self._keys.session
+        session_prefix = self._keys.session("")
         header: list[bytes | str | int] = [self._ttl_s, len(FIELDS), *FIELDS]
         args = list(header)
         produce_ms: list[int] = []
@@ -194,8 +194,8 @@ class _PublishPartition(StatefulSinkPartition[PublishItem, bytes]):
                 self._resynced(value)
                 continue
             for session_id, fields in value.sessions.items():
-                args.append(session_key(session_id))
-                args.extend(fields.values())
+                args.append(session_prefix + session_id)
+                args += fields
                 sessions += 1
                 if sessions % SESSIONS_PER_SCRIPT == 0:
                     self._clients.write_sessions(args=args, client=pipe)
@@ -305,8 +305,7 @@ class _PublishPartition(StatefulSinkPartition[PublishItem, bytes]):
         for value in values:
             if not isinstance(value, ShardOutput):
                 continue
-            for key, payload, source_ms in value.examples:
-                examples += self._produce_one(self._examples_topic, key, payload, source_ms)
+            examples += self._produce_examples(value.examples)
             for key, payload in value.dead_letters:
                 dead_letters += self._produce_one(self._dlq_topic, key, payload)
         producer.poll(0)
@@ -314,6 +313,20 @@ class _PublishPartition(StatefulSinkPartition[PublishItem, bytes]):
             self._metrics.messages_out.labels(self._examples_topic).inc(examples)
         if dead_letters:
             self._metrics.messages_out.labels(self._dlq_topic).inc(dead_letters)
+
+    def _produce_examples(self, examples: list[tuple[bytes, bytes, int]]) -> int:
+        """Produce ``(key, value, timestamp_ms)`` examples; how many were queued. The loop
+        stays tight: only a full queue or a refusal takes the slow path of ``_produce_one``."""
+        topic = self._examples_topic
+        produce = self._clients.producer.produce
+        queued = 0
+        for key, payload, timestamp_ms in examples:
+            try:
+                produce(topic, payload, key, timestamp=timestamp_ms)
+                queued += 1
+            except (BufferError, KafkaException):
+                queued += self._produce_one(topic, key, payload, timestamp_ms)
+        return queued
 
     def _produce_one(self, topic: str, key: bytes, payload: bytes, timestamp_ms: int = 0) -> bool:
         """Produce, waiting for queue space; ``timestamp_ms`` 0 lets the producer stamp it.

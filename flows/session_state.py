@@ -17,7 +17,7 @@ from bisect import bisect_right
 
 import orjson
 
-from streamrec.session_features import SessionFeatures
+from streamrec.session_features import SessionFeatures, encode_session_values
 
 NO_TS = -1
 
@@ -179,4 +179,19 @@ class SessionState:
             last_ts=self.last_ts,
             gap_ms=self.last_ts - self.prev_ts if self.prev_ts != NO_TS else 0,
             late=self.late,
+        )
+
+    def hash_values(self) -> list[bytes]:
+        """The session hash values in ``FIELDS`` order: ``features()`` encoded, without the
+        intermediate ``SessionFeatures`` (the flow's per-batch write path)."""
+        return encode_session_values(
+            self.items,
+            self.clicks,
+            self.purchases,
+            self.bought,
+            self.categories,
+            self.first_ts,
+            self.last_ts,
+            self.last_ts - self.prev_ts if self.prev_ts != NO_TS else 0,
+            self.late,
         )

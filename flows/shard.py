@@ -28,7 +28,6 @@ from flows.event_routing import ShardInput
 from flows.example_builder import DUPLICATE, apply_event
 from flows.feature_config import FeatureConfig
 from flows.session_state import NO_TS, SessionState
-from streamrec.session_features import encode_session_features
 from streamrec.training_examples import encode_example
 
 SWEEPS_PER_TTL = 8
@@ -38,7 +37,8 @@ SWEEPS_PER_TTL = 8
 class ShardOutput:
     """What one ``apply`` produced: writes for Redis, messages for Kafka, counts for metrics.
 
-    ``sessions`` holds only the sessions changed by this batch, each as its full hash.
+    ``sessions`` holds only the sessions changed by this batch, each as its full hash (the
+    values in ``streamrec.session_features.FIELDS`` order).
     ``dead_letters`` are ``(key, value)`` message bytes; ``examples`` are ``(key, value,
     timestamp_ms)`` where the timestamp is the source event's own Kafka timestamp, so the
     learner can measure event-to-weights latency from the moment the click was produced.
@@ -49,7 +49,7 @@ class ShardOutput:
     the flow read it (for freshness).
     """
 
-    sessions: dict[str, dict[str, bytes]] = field(default_factory=dict)
+    sessions: dict[str, list[bytes]] = field(default_factory=dict)
     examples: list[tuple[bytes, bytes, int]] = field(default_factory=list)
     dead_letters: list[tuple[bytes, bytes]] = field(default_factory=list)
     popularity: list[tuple[str, int, float]] = field(default_factory=list)
@@ -125,10 +125,7 @@ class FeatureShard:
                 self.source_watermarks[source] = newest
         out.duplicates, out.late = duplicates, late
         self.dirty.update(changed)
-        out.sessions = {
-            session_id: encode_session_features(state.features())
-            for session_id, state in changed.items()
-        }
+        out.sessions = {session_id: state.hash_values() for session_id, state in changed.items()}
         watermark = self.watermark_ms()
         if watermark != NO_TS and watermark >= self.next_sweep_ms:
             out.evicted = self._evict_idle(watermark)
@@ -140,10 +137,7 @@ class FeatureShard:
         ids = list(sessions)
         return [
             ShardOutput(
-                sessions={
-                    sid: encode_session_features(sessions[sid].features())
-                    for sid in ids[start : start + chunk]
-                }
+                sessions={sid: sessions[sid].hash_values() for sid in ids[start : start + chunk]}
             )
             for start in range(0, len(ids), chunk)
         ]

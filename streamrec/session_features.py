@@ -23,6 +23,7 @@ write byte-identical hashes (no wall-clock field on purpose).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import orjson
@@ -57,17 +58,47 @@ class SessionFeatures:
 
 def encode_session_features(features: SessionFeatures) -> dict[str, bytes]:
     """The hash fields for ``features``, in ``FIELDS`` order (values as HSET stores them)."""
-    return {
-        "items": orjson.dumps(features.items),
-        "clicks": str(features.clicks).encode(),
-        "purchases": str(features.purchases).encode(),
-        "bought": orjson.dumps(features.bought),
-        "categories": orjson.dumps(features.categories, option=orjson.OPT_SORT_KEYS),
-        "first_ts": str(features.first_ts).encode(),
-        "last_ts": str(features.last_ts).encode(),
-        "gap_ms": str(features.gap_ms).encode(),
-        "late": str(features.late).encode(),
-    }
+    values = encode_session_values(
+        features.items,
+        features.clicks,
+        features.purchases,
+        features.bought,
+        features.categories,
+        features.first_ts,
+        features.last_ts,
+        features.gap_ms,
+        features.late,
+    )
+    return dict(zip(FIELDS, values, strict=True))
+
+
+def encode_session_values(
+    items: Sequence[str],
+    clicks: int,
+    purchases: int,
+    bought: Sequence[str],
+    categories: dict[str, int],
+    first_ts: int,
+    last_ts: int,
+    gap_ms: int,
+    late: int,
+) -> list[bytes]:
+    """The hash values in ``FIELDS`` order, from the feature values themselves.
+
+    The flow writes every changed session of a batch this way (no ``SessionFeatures`` built
+    per session); ``encode_session_features`` goes through here too, so both are the same bytes.
+    """
+    return [
+        orjson.dumps(items),
+        str(clicks).encode(),
+        str(purchases).encode(),
+        orjson.dumps(bought),
+        orjson.dumps(categories, option=orjson.OPT_SORT_KEYS),
+        str(first_ts).encode(),
+        str(last_ts).encode(),
+        str(gap_ms).encode(),
+        str(late).encode(),
+    ]
 
 
 def decode_session_features(hash: dict[bytes, bytes]) -> SessionFeatures:  # noqa: A002

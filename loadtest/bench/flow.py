@@ -5,7 +5,9 @@ larger) to private topics, then runs in this process, one worker, recovery on, `
 times each (medians reported):
 
 - the *ceiling*: the same ``BatchKafkaSource`` over the same topics into a null sink;
-- the *flow*: the full dataflow into the real Redis and Kafka, to the end of the topics.
+- the *flow*: the full dataflow into the real Redis and Kafka, to the end of the topics;
+  with ``workers`` > 1, as that many processes of one worker each (a Bytewax cluster, as
+  ``streamrec flow -i/-a``: worker threads of one process share its GIL, processes do not).
 
 Phase 2 starts the flow tailing fresh topics, replays the sample from a separate process
 at half the measured throughput, and reports freshness (produce time to Redis ack) of
@@ -17,7 +19,10 @@ deleted at the end.
 
 from __future__ import annotations
 
+import multiprocessing
 import os
+import queue
+import socket
 import statistics
 import subprocess
 import sys
@@ -27,6 +32,8 @@ import time
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
+from multiprocessing.queues import Queue
+from multiprocessing.synchronize import Barrier
 from pathlib import Path
 
 import bytewax.operators as op
@@ -36,7 +43,7 @@ import redis
 from bytewax.dataflow import Dataflow
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from bytewax.recovery import RecoveryConfig
-from bytewax.testing import run_main
+from bytewax.testing import cluster_main, run_main
 from confluent_kafka.admin import AdminClient
 from prometheus_client import CollectorRegistry
 
@@ -55,6 +62,7 @@ from streamrec.settings import Settings
 from streamrec.topics import Topics
 
 WARMUP_S = 1.0
+FLOW_TIMEOUT_S = 600.0
 
 
 class _CountingPartition(StatelessSinkPartition[SourceBatch]):
@@ -119,6 +127,72 @@ def _run(flow: Dataflow, settings: Settings) -> float:
     return time.perf_counter() - started
 
 
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _cluster_worker(
+    settings: Settings,
+    addresses: list[str],
+    process_id: int,
+    start: Barrier,
+    counts: Queue[tuple[float, float]],
+) -> None:
+    """One process of a flow cluster: build, wait for the others, run to the end, report
+    the Redis counters."""
+    tune_flow_process()
+    registry = CollectorRegistry()
+    flow = build_flow(settings, FlowMetrics(registry))
+    start.wait(120)
+    cluster_main(
+        flow,
+        addresses,
+        process_id,
+        epoch_interval=timedelta(seconds=settings.flow.snapshot_interval_s),
+        recovery_config=RecoveryConfig(settings.flow.recovery_dir),
+    )
+    counts.put(
+        (
+            _counter(registry, "streamrec_flow_redis_commands_total"),
+            _counter(registry, "streamrec_flow_redis_write_seconds_count"),
+        )
+    )
+
+
+def _run_cluster(settings: Settings, workers: int) -> tuple[float, float, float]:
+    """Run the flow to its end as ``workers`` processes of one worker each; seconds from
+    all of them built to all of them done, Redis commands and round trips."""
+    ensure_recovery_dir(settings.flow.recovery_dir, settings.flow.recovery_partitions)
+    context = multiprocessing.get_context("spawn")
+    start = context.Barrier(workers + 1)
+    counts = context.Queue()
+    addresses = [f"127.0.0.1:{_free_port()}" for _ in range(workers)]
+    processes = [
+        context.Process(
+            target=_cluster_worker, args=(settings, addresses, index, start, counts), daemon=True
+        )
+        for index in range(workers)
+    ]
+    for process in processes:
+        process.start()
+    start.wait(120)
+    started = time.perf_counter()
+    reports: list[tuple[float, float]] = []
+    while len(reports) < workers:
+        try:
+            reports.append(counts.get(timeout=1.0))
+        except queue.Empty:
+            failed = [p.exitcode for p in processes if p.exitcode not in (None, 0)]
+            if failed or time.perf_counter() - started > FLOW_TIMEOUT_S:
+                raise RuntimeError(f"flow cluster failed (exit codes {failed})") from None
+    elapsed = time.perf_counter() - started
+    for process in processes:
+        process.join(30)
+    return elapsed, sum(c for c, _ in reports), sum(w for _, w in reports)
+
+
 def _counter(registry: CollectorRegistry, name: str) -> float:
     return registry.get_sample_value(name) or 0.0
 
@@ -141,11 +215,11 @@ def _log(message: str) -> None:
 
 
 def measure_throughput(
-    settings: Settings, events: int, rounds: int, work: Path
+    settings: Settings, events: int, rounds: int, work: Path, workers: int = 1
 ) -> dict[str, float]:
     """Phase 1: produce ``events``, then time the ceiling and the flow over them, ``rounds``
-    times each (every flow round with its own keys and recovery, so each starts cold);
-    medians of the rates."""
+    times each (every flow round with its own keys and recovery, so each starts cold; the
+    flow as ``workers`` processes); medians of the rates."""
     tag = uuid.uuid4().hex[:8]
     bench = _isolated(settings, f"{tag}a", True, work / "recovery-a")
     topics = Topics.from_settings(bench.kafka)
@@ -165,14 +239,17 @@ def measure_throughput(
             ceiling_flow = Dataflow("streamrec_ceiling")
             null = NullSink()
             op.output("null", op.input("kafka_in", ceiling_flow, source_for(bench)), null)
-            ceiling_s = _run(ceiling_flow, _for_round(bench, f"c{round_no}", work))
+            ceiling_s = _run(ceiling_flow, _for_round(bench, f"c{round_no}", work, 1))
             ceiling_rates.append(null.counts[0] / ceiling_s)
-            run = _for_round(bench, f"f{round_no}", work)
+            run = _for_round(bench, f"f{round_no}", work, workers)
             rounds_settings.append(run)
-            registry = CollectorRegistry()  # one per round: its counters are that round's
-            flow_s = _run(build_flow(run, FlowMetrics(registry)), run)
-            commands = _counter(registry, "streamrec_flow_redis_commands_total")
-            writes = _counter(registry, "streamrec_flow_redis_write_seconds_count")
+            if workers > 1:
+                flow_s, commands, writes = _run_cluster(run, workers)
+            else:
+                registry = CollectorRegistry()  # one per round: its counters are that round's
+                flow_s = _run(build_flow(run, FlowMetrics(registry)), run)
+                commands = _counter(registry, "streamrec_flow_redis_commands_total")
+                writes = _counter(registry, "streamrec_flow_redis_write_seconds_count")
             flow_rates.append(round(produced / flow_s))
             _log(f"round {round_no}: ceiling {ceiling_rates[-1]:.0f}/s, flow {flow_rates[-1]}/s")
         return {
@@ -189,14 +266,17 @@ def measure_throughput(
             _cleanup_keys(run)
 
 
-def _for_round(bench: Settings, name: str, work: Path) -> Settings:
-    """``bench`` with its own Redis keys and recovery directory (same topics)."""
+def _for_round(bench: Settings, name: str, work: Path, workers: int) -> Settings:
+    """``bench`` with its own Redis keys and recovery directory (same topics), and one
+    output partition per worker."""
     return bench.model_copy(
         update={
             "redis": bench.redis.model_copy(
                 update={"key_prefix": f"{bench.redis.key_prefix}-{name}"}
             ),
-            "flow": bench.flow.model_copy(update={"recovery_dir": work / f"recovery-{name}"}),
+            "flow": bench.flow.model_copy(
+                update={"recovery_dir": work / f"recovery-{name}", "publish_partitions": workers}
+            ),
         }
     )
 
@@ -262,18 +342,20 @@ def run_flow_benchmark(
     freshness_s: float,
     rounds: int = 3,
     freshness_rate: float | None = None,
+    workers: int = 1,
 ) -> dict[str, object]:
     """Both phases; one dict for the JSON line. ``freshness_rate`` replaces half the
-    measured throughput as phase 2's rate (to see freshness below saturation)."""
+    measured throughput as phase 2's rate (to see freshness below saturation). Phase 2
+    runs one worker, at half the throughput per worker."""
     services_up(settings)
     tune_flow_process()
     with tempfile.TemporaryDirectory(prefix="streamrec-bench-flow-") as work_dir:
         work = Path(work_dir)
-        throughput = measure_throughput(settings, events, rounds, work)
+        throughput = measure_throughput(settings, events, rounds, work, workers)
         produced = throughput["events"]
         events_per_s = throughput["flow_per_s"]
         ceiling_per_s = throughput["ceiling_per_s"]
-        rate = freshness_rate or events_per_s / 2
+        rate = freshness_rate or events_per_s / workers / 2
         freshness = measure_freshness(settings, rate, freshness_s, work)
     return {
         "bench": "flow",
@@ -286,7 +368,8 @@ def run_flow_benchmark(
         **freshness,
         "redis_ops_per_event": round(throughput["redis_commands"] / produced, 3),
         "redis_round_trips_per_event": round(throughput["redis_round_trips"] / produced, 5),
-        "workers": 1,
+        "workers": workers,
+        "events_per_s_per_worker": round(events_per_s / workers),
         "recovery": True,
         "snapshot_interval_s": settings.flow.snapshot_interval_s,
         "batch_size": settings.flow.batch_size,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, KafkaError
@@ -117,3 +118,19 @@ def test_a_tailing_partition_that_is_told_to_stop_ends_once_caught_up(
     stop.set()
     with pytest.raises(StopIteration):
         part.next_batch()
+
+
+def test_a_full_batch_is_followed_at_once_and_a_short_one_after_the_fetch_wait(
+    resets: list[TopicReset],
+) -> None:
+    source = BatchKafkaSource({}, ["clicks"], batch_size=3, fetch_wait_max_ms=7)
+    part = source.build_part("kafka_in", "3-clicks", None)
+    part._consumer.polls = [[Message(0), Message(1), Message(2)], [Message(3)]]
+    assert len(part.next_batch()[0].messages) == 3
+    assert part.next_awake() is None, "a backlog is read without pause"
+    before = datetime.now(UTC)
+    assert len(part.next_batch()[0].messages) == 1
+    after = datetime.now(UTC)
+    awake, wait = part.next_awake(), timedelta(milliseconds=7)
+    assert awake is not None and before + wait <= awake <= after + wait
+    assert part.next_batch() == [] and part.next_awake() is not None, "idle: paced too"

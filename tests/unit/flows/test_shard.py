@@ -18,7 +18,7 @@ from flows.feature_config import FeatureConfig
 from flows.shard import FeatureShard
 from streamrec.events import Event
 from streamrec.recorded_events import only_events, read_yoochoose
-from streamrec.session_features import SessionFeatures, decode_session_features
+from streamrec.session_features import FIELDS, SessionFeatures, decode_session_features
 from streamrec.training_examples import decode_example
 from tests.conftest import SAMPLE_DIR
 
@@ -79,12 +79,22 @@ def shuffled_within(events: list[Event], max_shift_ms: int, seed: int) -> list[E
     return [e for _, _, e in sorted(keyed)]
 
 
+def decoded_hashes(hashes: dict[str, list[bytes]]) -> dict[str, SessionFeatures]:
+    """Session hashes as the shard outputs them (values in ``FIELDS`` order), decoded as
+    serving decodes an HGETALL reply."""
+    names = [name.encode() for name in FIELDS]
+    return {
+        sid: decode_session_features(dict(zip(names, values, strict=True)))
+        for sid, values in hashes.items()
+    }
+
+
 def run_shard(
     events: list[Event], config: FeatureConfig, chunk: int = 500, restarts: tuple[int, ...] = ()
 ) -> tuple[dict[str, SessionFeatures], list[bytes]]:
     """Apply ``events`` in chunks, snapshot+restore after ``restarts`` chunks; hashes, examples."""
     shard = FeatureShard(config)
-    hashes: dict[str, dict[str, bytes]] = {}
+    hashes: dict[str, list[bytes]] = {}
     examples: list[bytes] = []
     for number, start in enumerate(range(0, len(events), chunk)):
         if number in restarts:
@@ -94,11 +104,7 @@ def run_shard(
         out = shard.apply([ShardInput("t", 0, part, offsets, [0] * len(part))])
         hashes.update(out.sessions)
         examples.extend(value for _, value, _ in out.examples)
-    decoded = {
-        sid: decode_session_features({k.encode(): v for k, v in fields.items()})
-        for sid, fields in hashes.items()
-    }
-    return decoded, examples
+    return decoded_hashes(hashes), examples
 
 
 @pytest.fixture(scope="module")
@@ -165,7 +171,7 @@ def test_a_topic_read_far_ahead_does_not_evict_sessions_still_receiving_events(
     purchases = [e for e in events if e.type == "purchase"]
     clicks = [e for e in events if e.type == "click"]
     shard = FeatureShard(config)
-    hashes: dict[str, dict[str, bytes]] = {}
+    hashes: dict[str, list[bytes]] = {}
     out = shard.apply(
         [ShardInput("purchases", 0, purchases, list(range(len(purchases))), [0] * len(purchases))]
     )
@@ -176,18 +182,14 @@ def test_a_topic_read_far_ahead_does_not_evict_sessions_still_receiving_events(
         out = shard.apply([ShardInput("clicks", 0, part, list(range(len(part))), [0] * len(part))])
         hashes.update(out.sessions)
         evicted += out.evicted
-    features = {
-        sid: decode_session_features({k.encode(): v for k, v in fields.items()})
-        for sid, fields in hashes.items()
-    }
-    assert features == reference_features(purchases + clicks)
+    assert decoded_hashes(hashes) == reference_features(purchases + clicks)
     assert evicted > 0, "sessions idle beyond the TTL on every partition must still go"
 
 
 def test_a_full_state_is_every_live_session_in_chunks_as_written(events: list[Event]) -> None:
     config = FeatureConfig()
     shard = FeatureShard(config)
-    written: dict[str, dict[str, bytes]] = {}
+    written: dict[str, list[bytes]] = {}
     for start in range(0, 5000, 500):
         part = events[start : start + 500]
         out = shard.apply([ShardInput("t", 0, part, list(range(len(part))), [0] * len(part))])

@@ -16,6 +16,7 @@ from streamrec.events import (
     RejectReason,
     encode_event,
     parse_event,
+    parse_events,
 )
 
 NOW_MS = int(time.time() * 1000)
@@ -107,6 +108,12 @@ def test_each_bad_input_gets_its_own_reason(raw: bytes, reason: RejectReason) ->
     assert isinstance(result, Rejection)
     assert result.reason is reason
     assert result.detail
+
+
+def test_a_batch_parses_as_each_payload_alone_in_order() -> None:
+    batch = [payload(), payload(item_id=...), payload(event_id="e2", ts=NOW_MS - 5), b"[1]"]
+    assert parse_events(batch) == [parse_event(raw) for raw in batch]
+    assert [type(result) for result in parse_events(batch)] == [Event, Rejection, Event, Rejection]
 
 
 def test_size_limit_is_configurable() -> None:
