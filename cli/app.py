@@ -19,6 +19,7 @@ from cli import (
     serving,
     traffic,
 )
+from streamrec.delimited_log import MappingError
 from streamrec.recorded_events import RecordedSourceMissing
 
 app = typer.Typer(
@@ -39,8 +40,8 @@ app.add_typer(bench.app, name="bench")
 def main() -> None:
     try:
         app(prog_name="streamrec")
-    except RecordedSourceMissing as error:
-        # A wrong data path is the user's to fix: one sentence, no traceback.
+    except (RecordedSourceMissing, MappingError) as error:
+        # A wrong data path or mapping is the user's to fix: one sentence, no traceback.
         sys.stderr.write(f"streamrec: error: {error}\n")
         raise SystemExit(2) from None
 

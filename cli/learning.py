@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from cli.output import print_json_line, refuse, settings_from_env
+from cli.output import SOURCE_HELP, print_json_line, refuse, settings_from_env
 
 app = typer.Typer()
 
@@ -21,7 +21,7 @@ app = typer.Typer()
 def train_command(
     source: Annotated[
         list[Path] | None,
-        typer.Option("--source", help="YooChoose dir or event JSON lines (default: the sample)."),
+        typer.Option("--source", help=SOURCE_HELP),
     ] = None,
     until: Annotated[
         str | None, typer.Option(help="Only events before this ISO time (UTC).")

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from cli.output import print_json_line, settings_from_env
+from cli.output import SOURCE_HELP, print_json_line, settings_from_env
 
 DEFAULT_SLO_FILE = Path(str(files("loadtest") / "default_slo.yaml"))
 
@@ -39,9 +39,7 @@ def demo(
 
 @app.command()
 def loadtest(
-    source: Annotated[
-        Path | None, typer.Argument(help="YooChoose dir or event JSON lines (default: the sample).")
-    ] = None,
+    source: Annotated[Path | None, typer.Argument(help=SOURCE_HELP)] = None,
     speed: Annotated[float | None, typer.Option(help="Replay at N x real time.")] = None,
     rate: Annotated[float | None, typer.Option(help="Replay at a fixed events/s.")] = None,
     limit: Annotated[int | None, typer.Option(help="Stop after this many events.")] = None,

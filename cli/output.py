@@ -13,6 +13,7 @@ from streamrec.settings import Settings, load_settings
 from streamrec.structured_log import configure_logging
 
 console = Console(stderr=True)
+SOURCE_HELP = "YooChoose dir, event JSON lines, or a log mapping .yaml (default: the sample)."
 
 
 def settings_from_env() -> Settings:

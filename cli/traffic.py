@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from cli.output import print_json_line, settings_from_env
+from cli.output import SOURCE_HELP, print_json_line, settings_from_env
 
 app = typer.Typer()
 
@@ -17,7 +17,7 @@ app = typer.Typer()
 def replay(
     source: Annotated[
         Path | None,
-        typer.Argument(help="YooChoose directory or event JSON-lines file (default: the sample)."),
+        typer.Argument(help=SOURCE_HELP),
     ] = None,
     rate: Annotated[float | None, typer.Option(help="Events per second.")] = None,
     speed: Annotated[float | None, typer.Option(help="Multiple of real (event) time.")] = None,

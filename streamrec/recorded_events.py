@@ -1,20 +1,20 @@
-"""Readers for recorded traffic: the YooChoose challenge format and event JSON lines.
+"""Readers for recorded traffic: the YooChoose challenge format, event JSON lines, and a
+shop's own delimited log described by a mapping file (``delimited_log.py``).
 
-Both yield ``Event`` or ``LineRejection`` in event-time order, so replay, training and
-evaluation read history the same way. Event ids are deterministic: the same file read
-twice gives the same ids (a ``salt`` gives fresh ids, for benchmarks that loop a file).
+All yield ``Event`` or ``LineRejection`` in event-time order, so replay, training and
+evaluation read history the same way, whatever the source. Event ids are deterministic:
+the same file read twice gives the same ids (a ``salt`` gives fresh ids, for benchmarks
+that loop a file).
 """
 
 from __future__ import annotations
 
-import gzip
-import hashlib
 import heapq
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
+from streamrec.delimited_log import MAPPING_SUFFIXES, load_mapping, read_delimited
 from streamrec.events import (
     Event,
     EventLimits,
@@ -24,34 +24,10 @@ from streamrec.events import (
     parse_event,
     validate_event,
 )
+from streamrec.recorded_lines import LineRejection, Record, open_text, stable_event_id
 
 CLICKS_FILE = "yoochoose-clicks.dat"
 BUYS_FILE = "yoochoose-buys.dat"
-
-
-@dataclass(frozen=True, slots=True)
-class LineRejection:
-    """A recorded line that is not a valid event, with where it came from."""
-
-    source: str
-    line_no: int
-    rejection: Rejection
-
-
-Record = Event | LineRejection
-
-
-def open_text(path: Path) -> IO[str]:
-    """Open a plain or gzip-compressed text file."""
-    if path.suffix == ".gz":
-        return gzip.open(path, "rt", encoding="utf-8", errors="replace")
-    return open(path, encoding="utf-8", errors="replace")  # noqa: SIM115 - caller closes
-
-
-def stable_event_id(kind: str, line_no: int, line: str, salt: str = "") -> str:
-    """A deterministic id for a recorded line (its source kind, position and content)."""
-    digest = hashlib.blake2b(f"{salt}|{kind}|{line_no}|{line}".encode(), digest_size=10)
-    return digest.hexdigest()
 
 
 SOURCE_HINT = (
@@ -67,13 +43,20 @@ class RecordedSourceMissing(FileNotFoundError):
 def require_recorded_source(source: Path) -> Path:
     """``source`` when it holds recorded traffic, else ``RecordedSourceMissing`` naming it.
 
-    A source is a YooChoose directory (clicks and buys files, plain or gzip) or an event
-    JSON-lines file. Commands call this before they start anything, so a wrong path ends
-    in one sentence saying how to point streamrec at the data, not in a reader's traceback.
+    A source is a YooChoose directory (clicks and buys files, plain or gzip), an event
+    JSON-lines file, or a delimited-log mapping (``.yaml``; its log must exist too).
+    Commands call this before they start anything, so a wrong path ends in one sentence
+    saying how to point streamrec at the data, not in a reader's traceback. A mapping that
+    does not read raises ``MappingError`` saying what is wrong with it.
     """
     if source.is_dir():
         for stem in (CLICKS_FILE, BUYS_FILE):
             find_file(source, stem)
+        return source
+    if source.suffix in MAPPING_SUFFIXES and source.exists():
+        log = load_mapping(source).path
+        if not log.exists():
+            raise RecordedSourceMissing(f"{source} names a log that is not there: {_shown(log)}")
         return source
     if source.exists():
         return source
@@ -193,13 +176,16 @@ def read_event_lines(path: Path, limits: EventLimits = EventLimits()) -> Iterato
 def read_recorded(
     source: Path, limits: EventLimits = EventLimits(), salt: str = ""
 ) -> Iterator[Record]:
-    """Any recorded source: a YooChoose directory, or an event JSON-lines file.
+    """Any recorded source: a YooChoose directory, a delimited-log mapping, or an event
+    JSON-lines file.
 
     A missing source raises ``RecordedSourceMissing`` here, before the first record is read.
     """
     require_recorded_source(source)
     if source.is_dir():
         return read_yoochoose(source, limits, salt)
+    if source.suffix in MAPPING_SUFFIXES:
+        return read_delimited(load_mapping(source), limits, salt)
     return read_event_lines(source, limits)
 
 
