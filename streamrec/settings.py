@@ -304,6 +304,9 @@ class DriftSettings(BaseSettings):
         60.0, ge=0, description="Replay from this long before the alert (the change itself)."
     )
     replay_examples: int = Field(20000, ge=100, description="Most examples a fine-tune replays.")
+    finetune_skip_recovered: bool = Field(
+        True, description="Skip a due fine-tune when hit@20 has healed since its alert."
+    )
     page_after_s: float = Field(
         1800.0, gt=0, description="A hit@20 drop not healed after this long pages."
     )

@@ -32,7 +32,7 @@ from prometheus_client import CollectorRegistry
 from online_models.alerts.metrics import AlertMetrics
 from online_models.alerts.sinks import AlertFanout, PrometheusAlertSink, build_fanout
 from online_models.drift.metrics import DriftMetrics
-from online_models.drift.monitor import REGRESSED, DriftMonitor, wants_finetune
+from online_models.drift.monitor import REGRESSED, DriftMonitor, QualityMark, wants_finetune
 from online_models.drift.signals import LearnerSignal
 from online_models.finetune.job import FinetuneRequest, run_finetune_process
 from online_models.finetune.rollback import rollback_model
@@ -41,8 +41,9 @@ from online_models.finetune.status import (
     read_status,
     record_drift,
     save_signal_cursor,
+    start_cooldown,
 )
-from streamrec.alerts import Alert, alert_from_stream, encode_alert
+from streamrec.alerts import Alert, alert_from_stream, encode_alert, make_alert
 from streamrec.events import Event, EventLimits, parse_event
 from streamrec.example_dedupe import ExampleDedupe, rebuild_dedupe
 from streamrec.kafka_clients import emptied_end, make_consumer, make_producer
@@ -78,7 +79,8 @@ class DriftLoop:
         )
         self.cursor = read_status(client, self.keys).get("signals_cursor", "0-0")
         self.finetune: BaseProcess | None = None
-        self.pending: tuple[Alert, int, float] | None = None
+        # The triggering alert, examples seen and time then, and where quality stood.
+        self.pending: tuple[Alert, int, float, QualityMark] | None = None
         self.alerts_sent = 0
         self._last_finetune_id = read_status(client, self.keys).get("finetune_id", "")
         newest = client.xrevrange(self.keys.alerts, count=1)
@@ -203,7 +205,8 @@ class DriftLoop:
         if not acquire_finetune_lock(self.client, self.keys, drift.finetune_timeout_s):
             log_event(logger, "finetune_skipped_cooldown", alert_id=alert.alert_id)
             return
-        self.pending = (alert, self.monitor.examples_seen, time.monotonic())
+        mark = self.monitor.quality_mark(alert)
+        self.pending = (alert, self.monitor.examples_seen, time.monotonic(), mark)
         log_event(
             logger,
             "finetune_scheduled",
@@ -214,12 +217,15 @@ class DriftLoop:
     def _start_due_finetune(self) -> None:
         if self.pending is None:
             return
-        alert, seen_at_alert, alert_at = self.pending
+        alert, seen_at_alert, alert_at, mark = self.pending
         drift = self.settings.drift
         collected = self.monitor.examples_seen - seen_at_alert >= drift.finetune_wait_examples
         if not collected and time.monotonic() - alert_at < drift.finetune_wait_s:
             return
         self.pending = None
+        if drift.finetune_skip_recovered and self.monitor.recovered(mark):
+            self._skip_finetune(alert, mark.reference)
+            return
         request = FinetuneRequest(
             trigger=alert.alert_id,
             replay_examples=drift.replay_examples,
@@ -233,6 +239,20 @@ class DriftLoop:
         self.finetune.start()
         self.metrics.finetune_running.set(1)
         log_event(logger, "finetune_started", alert_id=alert.alert_id, pid=self.finetune.pid)
+
+    def _skip_finetune(self, alert: Alert, reference: float) -> None:
+        """The learner healed while the fine-tune waited for its examples: say so, not run."""
+        level = self.monitor.levels()["hit_rate"]
+        skipped = make_alert(
+            "finetune_skipped", "hit@20", reference, level, self.monitor.signal_examples,
+            self.monitor.model_version,
+            message=f"no fine-tune for {alert.detector} alert {alert.alert_id}: the learner "
+            f"recovered by itself (hit@20 {level:.4g}, {reference:.4g} before)",
+        )  # fmt: skip
+        self.fanout.send(skipped)
+        self.alerts_sent += 1
+        start_cooldown(self.client, self.keys, 0)  # a later alert may start one
+        log_event(logger, "finetune_skipped", alert_id=alert.alert_id, hit_rate=level)
 
     def _housekeeping(self, consumer: Consumer) -> None:
         self._start_due_finetune()

@@ -18,6 +18,7 @@ of the observation that tripped it. Whether an alert starts a fine-tune is decid
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 from online_models.drift.detectors import GuardedDetector, detector_specs
 from online_models.drift.promotion_watch import PromotionWatch, Regressed
@@ -37,6 +38,16 @@ from streamrec.training_examples import TrainingExample
 REFERENCE_SESSIONS = 300  # sessions that make the category reference
 NOT_RECOVERED = "quality_not_recovered"
 REGRESSED = "promotion_regressed"
+MIN_RECOVERY_EXAMPLES = 200  # scored since an alert, to call the learner recovered
+
+
+@dataclass(frozen=True, slots=True)
+class QualityMark:
+    """hit@20 to recover to, and the monitor's hit and example counts at the time."""
+
+    reference: float
+    hits: float
+    examples: int
 
 
 class DriftMonitor:
@@ -79,6 +90,7 @@ class DriftMonitor:
         self.model_version: int | None = None
         self.examples_seen = 0
         self.signal_examples = 0
+        self.hits_seen = 0.0  # hit@20 values summed over ``signal_examples``
         self.impressions_resolved = 0
         self.topics = Topics.from_settings(settings.kafka)
 
@@ -94,6 +106,7 @@ class DriftMonitor:
         hit_rate = self.detectors.get("hit_rate")
         for value in spread_hits(signal.hits_at_20, signal.examples):
             self.signal_examples += 1
+            self.hits_seen += value
             regressed = self.promotion.observe(value, signal.model_version)
             if regressed is not None:
                 alerts.append(self._regressed(regressed, where))
@@ -145,6 +158,26 @@ class DriftMonitor:
     def on_click(self, request_id: str | None, item_id: str) -> list[Alert]:
         outcome = self.ctr.click(request_id, item_id)
         return [] if outcome is None else self._feed_ctr(outcome)
+
+    def quality_mark(self, alert: Alert) -> QualityMark:
+        """Where quality stood when ``alert`` came: hit@20 to recover to (the level before
+        a hit-rate drop, else the recent level) and the hit count so far."""
+        hit_rate = self.detectors.get("hit_rate")
+        if alert.detector == "hit_rate":
+            reference = alert.level_before
+        else:
+            reference = hit_rate.level if hit_rate is not None else math.nan
+        return QualityMark(reference, self.hits_seen, self.signal_examples)
+
+    def recovered(self, mark: QualityMark) -> bool:
+        """Whether hit@20 over the examples since ``mark`` (at least
+        ``MIN_RECOVERY_EXAMPLES``) is back within ``recovered_within`` of its reference: the
+        learner healed by itself, and a fine-tune has nothing to add."""
+        examples = self.signal_examples - mark.examples
+        if examples < MIN_RECOVERY_EXAMPLES or math.isnan(mark.reference):
+            return False
+        level = (self.hits_seen - mark.hits) / examples
+        return level >= (1 - self.recovery.tolerance) * mark.reference
 
     def watch_promotion(self, version: int) -> None:
         """A fine-tune made ``version`` current: judge it on the next examples it ranks

@@ -82,7 +82,9 @@ def drift_settings(settings: Settings, webhook_url: str) -> Settings:
 
     The head learns slowly (one small step per batch): the drift must outrun it, which is
     the case a full fine-tune is for; the default learner follows this synthetic shift on
-    its own and the gate then rightly rejects the fine-tune.
+    its own and the gate then rightly rejects the fine-tune. Even the slow head partly heals
+    before the fine-tune is due, which would skip it (``finetune_skip_recovered``, tested in
+    test_drift_responses.py); here it always runs, so the whole promotion path is tested.
     """
     return settings.model_copy(
         update={
@@ -100,6 +102,7 @@ def drift_settings(settings: Settings, webhook_url: str) -> Settings:
                 finetune_wait_s=2,
                 finetune_lookback_s=3600, replay_examples=1500, finetune_min_holdout=100,
                 finetune_cooldown_s=600, metrics_port=0, webhook_url=webhook_url,
+                finetune_skip_recovered=False,
                 webhook_backoff_s=0.05,
             ),
         }

@@ -1,5 +1,6 @@
-"""Guarded roll-out: the drift monitor restores the previous version when a promoted
-fine-tune does worse on live traffic than the lineage before it."""
+"""The drift monitor's automatic responses through its real loop: a promoted fine-tune that
+does worse live is rolled back (guarded roll-out); a fine-tune whose drop the learner healed
+by itself meanwhile is not started."""
 
 from __future__ import annotations
 
@@ -77,3 +78,35 @@ def test_a_promotion_that_does_worse_live_is_rolled_back(
     assert regressed.model_version == promoted.version
     assert regressed.level_before == pytest.approx(0.45) and regressed.level_after < 0.25
     assert f"promoted v{promoted.version} ranks" in alerts["rollback"].message
+
+
+def test_a_finetune_is_skipped_when_the_learner_healed_while_it_waited(
+    settings: Settings, redis_client: redis.Redis
+) -> None:
+    drift = settings.drift.model_copy(
+        update={"finetune_wait_examples": 10**9, "finetune_wait_s": 3.0, "warmup_examples": 500}
+    )
+    config = settings.model_copy(update={"model": tiny_model(settings), "drift": drift})
+    keys = RedisKeys(config.redis.key_prefix)
+    registry = WeightRegistry(config, redis_client)
+    version = registry.publish_snapshot(
+        random_weights(30, config.model, seed=1), source="train"
+    ).version
+    loop = DriftLoop(config, redis_client, CollectorRegistry())
+    stop = threading.Event()
+    runner = threading.Thread(target=loop.run, args=(stop,), daemon=True)
+    runner.start()
+    try:
+        add_signals(redis_client, keys, version, hits=45, count=100)
+        add_signals(redis_client, keys, version, hits=5, count=6)
+        wait_until(lambda: loop.pending is not None, "a fine-tune scheduled by the drop")
+        add_signals(redis_client, keys, version, hits=46, count=60)  # healed meanwhile
+        wait_until(lambda: loop.pending is None, "the fine-tune's turn")
+    finally:
+        stop.set()
+        runner.join(30)
+    alerts = [alert for _, alert in latest_alerts(redis_client, keys.alerts, 50)]
+    assert [a.detector for a in alerts] == ["hit_rate", "finetune_skipped"]
+    drop, skipped = alerts
+    assert drop.alert_id in skipped.message and "recovered by itself" in skipped.message
+    assert loop.finetune is None and redis_client.get(keys.finetune_lock) is None
