@@ -19,6 +19,7 @@ deleted at the end.
 
 from __future__ import annotations
 
+import math
 import multiprocessing
 import os
 import queue
@@ -32,6 +33,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
+from itertools import islice
 from multiprocessing.queues import Queue
 from multiprocessing.synchronize import Barrier
 from pathlib import Path
@@ -58,6 +60,7 @@ from streamrec.events import Event, EventLimits
 from streamrec.kafka_clients import ensure_topics
 from streamrec.local_services import services_up
 from streamrec.recorded_events import only_events, read_yoochoose
+from streamrec.redis_keys import RedisKeys
 from streamrec.settings import Settings
 from streamrec.topics import Topics
 
@@ -210,6 +213,27 @@ def _cleanup_keys(settings: Settings) -> None:
         client.delete(*keys[start : start + 5000])
 
 
+SIZE_SAMPLE = 2000  # session hashes whose memory is measured
+
+
+def session_bytes(settings: Settings) -> dict[str, float]:
+    """Redis memory per session hash (``MEMORY USAGE`` of a sample: median and p99) and how
+    many sessions the flow wrote: what the sizing guide multiplies out."""
+    client = redis.Redis.from_url(settings.redis.redis_url.get_secret_value())
+    keys = RedisKeys(settings.redis.key_prefix)
+    names = list(islice(client.scan_iter(keys.session_pattern(), count=5000), SIZE_SAMPLE))
+    pipe = client.pipeline(transaction=False)
+    for name in names:
+        pipe.memory_usage(name, samples=0)
+    sizes = [size for size in pipe.execute() if size]
+    sessions = sum(1 for _ in client.scan_iter(keys.session_pattern(), count=5000))
+    return {
+        "redis_sessions": sessions,
+        "redis_bytes_per_session": float(np.median(sizes)) if sizes else math.nan,
+        "redis_bytes_per_session_p99": float(np.percentile(sizes, 99)) if sizes else math.nan,
+    }
+
+
 def _log(message: str) -> None:
     sys.stderr.write(f"bench flow: {message}\n")
 
@@ -227,6 +251,7 @@ def measure_throughput(
     ceiling_rates: list[float] = []
     flow_rates: list[float] = []
     commands = writes = 0.0
+    sizes: dict[str, float] = {}
     rounds_settings: list[Settings] = []
     try:
         _log(f"producing {events} events")
@@ -251,6 +276,7 @@ def measure_throughput(
                 commands = _counter(registry, "streamrec_flow_redis_commands_total")
                 writes = _counter(registry, "streamrec_flow_redis_write_seconds_count")
             flow_rates.append(round(produced / flow_s))
+            sizes = session_bytes(run)
             _log(f"round {round_no}: ceiling {ceiling_rates[-1]:.0f}/s, flow {flow_rates[-1]}/s")
         return {
             "events": produced,
@@ -259,6 +285,7 @@ def measure_throughput(
             "flow_per_s_all": flow_rates,
             "redis_commands": commands,
             "redis_round_trips": writes,
+            **sizes,
         }
     finally:
         _cleanup(bench)
@@ -368,6 +395,9 @@ def run_flow_benchmark(
         **freshness,
         "redis_ops_per_event": round(throughput["redis_commands"] / produced, 3),
         "redis_round_trips_per_event": round(throughput["redis_round_trips"] / produced, 5),
+        "redis_sessions": throughput["redis_sessions"],
+        "redis_bytes_per_session": throughput["redis_bytes_per_session"],
+        "redis_bytes_per_session_p99": throughput["redis_bytes_per_session_p99"],
         "workers": workers,
         "events_per_s_per_worker": round(events_per_s / workers),
         "recovery": True,
