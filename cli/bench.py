@@ -63,11 +63,46 @@ def bench_learner(
     examples: Annotated[int, typer.Option(help="Examples through the head step.")] = 60_000,
     seconds: Annotated[float, typer.Option(help="Event-to-weights run length.")] = 20.0,
     rate: Annotated[float, typer.Option(help="Examples/s produced in that run.")] = 2000.0,
+    device: Annotated[
+        str | None, typer.Option(help="auto | cpu | cuda (default: STREAMREC_LEARNER_DEVICE).")
+    ] = None,
+    preset: Annotated[
+        str | None, typer.Option(help="Model sizes: default | large | xl (default: settings).")
+    ] = None,
+    step_only: Annotated[
+        bool, typer.Option(help="Time the step alone at B=256, 1024, 4096: no broker, no Redis.")
+    ] = False,
+    items: Annotated[
+        int, typer.Option(help="Synthetic items in the model before the sample (--step-only).")
+    ] = 0,
 ) -> None:
     """Head-update throughput, publish cost and event-to-weights latency (one JSON line)."""
+    from streamrec.settings import with_preset
+
+    settings = sample_settings()
+    if preset is not None:
+        settings = settings.model_copy(update={"model": with_preset(settings.model, preset)})
+    if device is not None:
+        learner = settings.learner.model_copy(update={"device": device})
+        settings = settings.model_copy(update={"learner": learner})
+    if step_only:
+        from loadtest.bench.learner_step import run_step_benchmark, sample_examples
+        from online_models.model.device import pick_device
+
+        report = run_step_benchmark(
+            settings, sample_examples(settings, examples), pick_device(settings.learner.device),
+            (256, 1024, 4096), items,
+        )  # fmt: skip
+        model = settings.model
+        report["config"] = {
+            "preset": model.preset, "hidden_size": model.hidden_size,
+            "num_layers": model.num_layers, "num_heads": model.num_heads,
+        }  # fmt: skip
+        print_json_line(report)
+        return
     from loadtest.bench.learner import run_learner_benchmark
 
-    print_json_line(run_learner_benchmark(sample_settings(), examples, seconds, rate))
+    print_json_line(run_learner_benchmark(settings, examples, seconds, rate))
 
 
 @app.command("serving")

@@ -96,9 +96,8 @@ def learn_command(
 
 @app.command("evaluate")
 def evaluate_command(
-    clicks: Annotated[list[Path], typer.Option("--clicks", help="YooChoose clicks file(s).")],
-    buys: Annotated[list[Path], typer.Option("--buys", help="YooChoose buys file(s).")],
     warmup_until: Annotated[str, typer.Option(help="ISO time: train before, stream after.")],
+    source: Annotated[list[Path] | None, typer.Option("--source", help=SOURCE_HELP)] = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON line on stdout.")] = False,
     plot: Annotated[Path, typer.Option(help="PNG of windowed HR@20.")] = Path(
         "reports/evaluation.png"
@@ -108,10 +107,12 @@ def evaluate_command(
     """Prequential comparison: popularity, session-kNN, static and online models."""
     from online_models.offline.evaluation import run_evaluation
     from streamrec.events import iso_to_ms
+    from streamrec.recorded_events import require_recorded_source
 
     settings = settings_from_env()
+    sources = [require_recorded_source(path) for path in source or [settings.data_dir]]
     report = run_evaluation(
-        settings, clicks, buys, iso_to_ms(warmup_until), plot, window, progress=sys.stderr.isatty()
+        settings, sources, iso_to_ms(warmup_until), plot, window, progress=sys.stderr.isatty()
     )
     if as_json:
         print_json_line(report)

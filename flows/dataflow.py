@@ -32,7 +32,6 @@ from bytewax.dataflow import Dataflow
 from bytewax.operators import StatefulBatchLogic
 from prometheus_client import REGISTRY
 
-from flows.alerts import FlowAlerts
 from flows.batch_kafka_source import BatchKafkaSource, OnReset, TopicReset, ignore_reset
 from flows.event_routing import EventRouter, ShardInput, SourceBatch
 from flows.failure_log import logs_failure
@@ -42,6 +41,7 @@ from flows.metrics import FlowMetrics
 from flows.publisher import FeaturePublisher, FreshnessLog
 from flows.redis_resync import RESYNC_CHUNK, RedisMarker, ResyncCheck, ResyncNote
 from flows.shard import FeatureShard, ShardOutput
+from streamrec.alert_sender import AlertSender
 from streamrec.alerts import StreamOffset, make_alert
 from streamrec.events import EventLimits
 from streamrec.redis_keys import RedisKeys
@@ -146,7 +146,7 @@ def source_for(settings: Settings, on_reset: OnReset = ignore_reset) -> BatchKaf
     )
 
 
-def topic_reset_handler(metrics: FlowMetrics, alerts: FlowAlerts) -> OnReset:
+def topic_reset_handler(metrics: FlowMetrics, alerts: AlertSender) -> OnReset:
     """Count a partition found emptied under the flow and raise the ``topic_reset`` alert."""
 
     def on_reset(reset: TopicReset) -> None:
@@ -180,7 +180,7 @@ def build_flow(
     router = EventRouter(EventLimits.from_settings(settings.events), flow_settings.state_shards)
     half_life_ms = flow_settings.popular_half_life_s * 1000.0
     state_items = max(flow_settings.popular_state_items, flow_settings.popular_size)
-    alerts = FlowAlerts(settings)
+    alerts = AlertSender(settings)
     marker = RedisMarker(
         redis.Redis.from_url(
             settings.redis.redis_url.get_secret_value(),

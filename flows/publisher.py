@@ -43,13 +43,13 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from flows.alerts import FlowAlerts
 from flows.background_writer import BackgroundWriter
 from flows.failure_log import closes_quietly, logs_failure
 from flows.item_popularity import PopularityUpdate
 from flows.metrics import FlowMetrics
 from flows.redis_resync import RedisMarker, ResyncCheck, ResyncNote
 from flows.shard import ShardOutput
+from streamrec.alert_sender import AlertSender
 from streamrec.alerts import make_alert
 from streamrec.kafka_clients import make_producer
 from streamrec.redis_keys import RedisKeys
@@ -115,7 +115,7 @@ class _Clients:
     the Redis marker their re-sync checks read."""
 
     def __init__(
-        self, settings: Settings, metrics: FlowMetrics, alerts: FlowAlerts, marker: RedisMarker
+        self, settings: Settings, metrics: FlowMetrics, alerts: AlertSender, marker: RedisMarker
     ) -> None:
         self.metrics = metrics
         self.alerts = alerts
@@ -390,7 +390,7 @@ class FeaturePublisher(FixedPartitionedSink[PublishItem, bytes]):
         self,
         settings: Settings,
         metrics: FlowMetrics,
-        alerts: FlowAlerts,
+        alerts: AlertSender,
         marker: RedisMarker,
         freshness_log: FreshnessLog | None = None,
     ) -> None:

@@ -3,9 +3,10 @@
 The app is an explicit Starlette object built by ``create_app`` from settings and the
 parts it runs on (registry, scorer factory, Kafka producer), so tests can build it with
 fakes and the server builds it once per worker process. Handlers only move data: they
-validate (``recommend_request``), read Redis once (HGETALL of the session hash), call the
-pure ``recommender`` functions on the snapshot read once from the ``ModelHolder``, queue
-the impression and write JSON with orjson.
+validate (``recommend_request``), read Redis once (HGETALL of the session hash, pipelined
+with concurrent requests' reads by ``session_reader``), ask the ``score_batcher`` for the
+model's top K, call the pure ``recommender`` functions on the snapshot read once from the
+``ModelHolder``, queue the impression and write JSON with orjson.
 
 A request never waits on a model load, on Kafka or on the category map: those happen on
 background threads (``hot_swap``, ``impression_log``).
@@ -52,9 +53,11 @@ from serving.recommender import (
     model_history,
     popular_depth,
     rank_items,
+    ranking_filters,
     recommend_popular,
 )
 from serving.score_batcher import ScoreBatcher
+from serving.session_reader import SessionReader
 from streamrec.redis_keys import RedisKeys
 from streamrec.session_features import SessionFeatures, decode_session_features
 from streamrec.settings import Settings, load_settings
@@ -104,6 +107,7 @@ class ServingState:
                 retry_on_timeout=True,
             )
         )
+        self.sessions = SessionReader(self.redis)
         self.sync_redis = redis.Redis.from_url(
             url, socket_timeout=settings.redis.redis_timeout_s, health_check_interval=10
         )
@@ -226,7 +230,7 @@ class RecommendHandlers:
         try:
             key = state.keys.session(request.session_id)
             try:
-                raw = await state.redis.hgetall(key)
+                raw = await state.sessions.read(key)
             except redis.ResponseError as exc:
                 if not _is_wrong_type(exc):
                     raise
@@ -236,8 +240,11 @@ class RecommendHandlers:
             history = model_history(snapshot, features)
             if history is not None and snapshot is not None and features is not None:
                 scoring = False
-                scores = await batcher.score(snapshot, history)
-                recommendation = rank_items(snapshot, features, request, scores)
+                excluded, candidates = ranking_filters(snapshot, features, request)
+                rows, scores = await batcher.top_k(
+                    snapshot, history, request.k, excluded, candidates
+                )
+                recommendation = rank_items(snapshot, rows, scores)
             else:
                 scoring = False
                 batcher.end()
@@ -433,6 +440,7 @@ def create_app(
     if registry is None or build_scorer is None:
         import torch
 
+        from online_models.model.device import pick_device
         from online_models.model.scorer import SessionScorer
         from online_models.registry.weight_registry import WeightRegistry
 
@@ -443,7 +451,10 @@ def create_app(
             socket_timeout=settings.redis.redis_timeout_s,
         )
         registry = registry or WeightRegistry(settings, client)
-        build_scorer = build_scorer or (lambda w: SessionScorer.from_weights(w, settings.model))
+        device = pick_device(settings.serving.device)
+        build_scorer = build_scorer or (
+            lambda w: SessionScorer.from_weights(w, settings.model, device)
+        )
     if producer is None:
         from streamrec.kafka_clients import make_producer
 

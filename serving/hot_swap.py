@@ -43,12 +43,16 @@ class Scorer(Protocol):
     @property
     def item_ids(self) -> Sequence[str]: ...
 
-    def score(self, history: Sequence[str]) -> np.ndarray:
-        """Scores (float32) of every item, in ``item_ids`` order, for a click history."""
-        ...
-
-    def score_batch(self, histories: Sequence[Sequence[str]]) -> np.ndarray:
-        """Scores for several histories at once (len(histories) x n_items)."""
+    def top_k_batch(
+        self,
+        histories: Sequence[Sequence[str]],
+        k: int,
+        excluded: Sequence[np.ndarray | None] = (),
+        candidates: Sequence[np.ndarray | None] = (),
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per click history, the ``k`` best rows (of ``item_ids``) and their float32
+        scores, best first, skipping ``excluded[i]`` rows and, when ``candidates[i]`` is
+        given, choosing among those rows only; non-finite scores are never returned."""
         ...
 
 

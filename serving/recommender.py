@@ -1,9 +1,10 @@
 """The recommendation itself: a session's features + a model snapshot -> top-K items.
 
-Pure functions, no I/O: the HTTP handler reads the session hash, the scores and the popular
-items and passes them in. ``model_history`` says whether the model can answer (a model is
-loaded and the session has a click it knows); if so ``rank_items`` turns the scores into
-the answer, otherwise ``recommend_popular`` answers, marked ``fallback="popular"``.
+Pure functions, no I/O: the HTTP handler reads the session hash, the model's top K and the
+popular items and passes them in. ``model_history`` says whether the model can answer (a
+model is loaded and the session has a click it knows); if so ``ranking_filters`` says what
+the model's top K must skip or keep to and ``rank_items`` turns that top K into the answer,
+otherwise ``recommend_popular`` answers, marked ``fallback="popular"``.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import numpy as np
 
 from serving.hot_swap import ModelSnapshot
 from serving.recommend_request import RecommendRequest
-from serving.top_k import top_k
 from streamrec.session_features import SessionFeatures
 
 POPULAR = "popular"
@@ -56,26 +56,22 @@ def model_history(
     return features.items
 
 
-def rank_items(
-    snapshot: ModelSnapshot,
-    features: SessionFeatures,
-    request: RecommendRequest,
-    scores: np.ndarray,
-) -> Recommendation:
-    """Top-K of ``scores`` (a fresh row, modified here) after exclusions and filters."""
+def ranking_filters(
+    snapshot: ModelSnapshot, features: SessionFeatures, request: RecommendRequest
+) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """The rows the model's answer must skip, and the only rows it may hold (or None)."""
     rows_of = snapshot.item_rows
     excluded = [rows_of[i] for i in excluded_ids(request, features) if i in rows_of]
     candidates = snapshot.categories.candidates(request.categories) if request.categories else None
-    rows, best = top_k(
-        scores,
-        request.k,
-        candidates=candidates,
-        excluded=np.asarray(excluded, dtype=np.int64) if excluded else None,
-    )
+    return (np.asarray(excluded, dtype=np.int64) if excluded else None), candidates
+
+
+def rank_items(snapshot: ModelSnapshot, rows: np.ndarray, scores: np.ndarray) -> Recommendation:
+    """The answer from the model's top-K rows and their scores (best first)."""
     item_ids = snapshot.scorer.item_ids
     return Recommendation(
-        item_ids=tuple(item_ids[row] for row in rows.tolist()),
-        scores=tuple(best.tolist()),
+        item_ids=tuple(map(item_ids.__getitem__, rows.tolist())),
+        scores=tuple(scores.tolist()),
         model_version=snapshot.version,
     )
 

@@ -1,9 +1,10 @@
 """Adaptive micro-batching of model scoring across concurrent requests of one worker.
 
-Encoding a session costs mostly fixed overhead (an encoder pass for one sequence takes
-~0.8 ms, for eight ~1 ms) and a batch reads the item table once for all its sessions,
-so scoring the requests that are in the worker at the same time together multiplies
-throughput. The batcher never waits for traffic that is not there: it counts the requests
+Encoding a session costs mostly fixed overhead (an encoder pass costs about the same for
+one session as for eight) and a batch reads the item table once for all its sessions (one
+matrix product), so ranking the requests that are in the worker at the same time together
+multiplies throughput. A request gets back only its top K (``Scorer.top_k_batch``), never
+a catalog-sized row. The batcher never waits for traffic that is not there: it counts the requests
 that have started but not yet asked for scores (``in_flight``, typically waiting on
 Redis) and flushes as soon as none is left, when ``max_batch`` is reached, or after
 ``max_wait_s``. A lone request is therefore scored at once, with no added delay.
@@ -23,16 +24,22 @@ from prometheus_client import Histogram
 
 from serving.hot_swap import ModelSnapshot
 
+# The best rows of a snapshot's items and their scores, best first.
+TopK = tuple[np.ndarray, np.ndarray]
+
 
 @dataclass(slots=True)
 class _Waiting:
     snapshot: ModelSnapshot
     history: Sequence[str]
-    future: asyncio.Future[np.ndarray]
+    k: int
+    excluded: np.ndarray | None
+    candidates: np.ndarray | None
+    future: asyncio.Future[TopK]
 
 
 class ScoreBatcher:
-    """Collects ``score`` calls and runs them through ``score_batch`` together."""
+    """Collects ``top_k`` calls and runs them through ``top_k_batch`` together."""
 
     def __init__(
         self, max_batch: int = 16, max_wait_s: float = 0.002, sizes: Histogram | None = None
@@ -54,11 +61,22 @@ class ScoreBatcher:
         if self._waiting and self.in_flight <= 0:
             self._flush()
 
-    async def score(self, snapshot: ModelSnapshot, history: Sequence[str]) -> np.ndarray:
-        """The scores of every item of ``snapshot`` for ``history`` (a fresh, writable row)."""
+    async def top_k(
+        self,
+        snapshot: ModelSnapshot,
+        history: Sequence[str],
+        k: int,
+        excluded: np.ndarray | None = None,
+        candidates: np.ndarray | None = None,
+    ) -> TopK:
+        """The ``k`` best rows of ``snapshot`` for ``history`` and their scores, best first.
+
+        ``excluded`` rows are left out; ``candidates``, when given, are the only rows
+        allowed (see ``Scorer.top_k_batch``).
+        """
         self.in_flight -= 1
-        future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
-        self._waiting.append(_Waiting(snapshot, history, future))
+        future: asyncio.Future[TopK] = asyncio.get_running_loop().create_future()
+        self._waiting.append(_Waiting(snapshot, history, k, excluded, candidates, future))
         if self.in_flight <= 0 or len(self._waiting) >= self.max_batch:
             self._flush()
         elif self._timer is None:
@@ -79,11 +97,12 @@ class ScoreBatcher:
     def _score_group(self, group: list[_Waiting]) -> None:
         scorer = group[0].snapshot.scorer
         try:
-            if len(group) == 1:
-                rows = [scorer.score(group[0].history)]
-            else:
-                matrix = scorer.score_batch([entry.history for entry in group])
-                rows = list(matrix)
+            answers = scorer.top_k_batch(
+                [entry.history for entry in group],
+                max(entry.k for entry in group),
+                [entry.excluded for entry in group],
+                [entry.candidates for entry in group],
+            )
         except Exception as exc:  # a scoring bug fails these requests, not the worker
             for entry in group:
                 if not entry.future.done():
@@ -91,6 +110,6 @@ class ScoreBatcher:
             return
         if self.sizes is not None:
             self.sizes.observe(len(group))
-        for entry, row in zip(group, rows, strict=True):
+        for entry, (rows, scores) in zip(group, answers, strict=True):
             if not entry.future.done():
-                entry.future.set_result(row)
+                entry.future.set_result((rows[: entry.k], scores[: entry.k]))

@@ -1,9 +1,12 @@
-"""Where the flow's alerts go: the alerts topic, the Redis alerts stream, and the log.
+"""Where a long-running process's alerts go: the alerts topic, the Redis alerts stream, and
+the log (the drift monitor delivers its own through ``online_models.alerts.sinks``, which
+adds the webhook and Prometheus).
 
-The flow raises few alerts (``redis_resync``, ``topic_reset``), and raises them from the
-middle of a recovery: the broker or Redis just came back. So sending never raises: each
-destination that fails is logged and the others still get the alert, and the flow goes on
-(the alert is about a fault the flow has already repaired). The topic record is keyed by
+The flow (``redis_resync``, ``topic_reset``) and the learner (``learner_guard``,
+``model_version_unloadable``, ``topic_reset``) raise few alerts, often from the middle of a
+recovery: the broker or Redis just came back. So sending never raises: each destination
+that fails is logged and the others still get the alert, and the process goes on (the
+alert is about a fault it has already repaired or stepped around). The topic record is keyed by
 detector, like every other alert; the stream entry is what ``streamrec alerts tail`` shows.
 The producer and the Redis client are made on the first alert.
 """
@@ -23,13 +26,13 @@ from streamrec.settings import Settings
 from streamrec.structured_log import log_event
 from streamrec.topics import Topics
 
-logger = logging.getLogger("streamrec.flow")
+logger = logging.getLogger("streamrec.alerts")
 
 DELIVERY_WAIT_S = 5.0
 
 
-class FlowAlerts:
-    """Sends the flow's alerts; one per process, safe to call from any worker thread."""
+class AlertSender:
+    """Sends a process's alerts; one per process, safe to call from any thread."""
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote_plus
 
-from pydantic import Field, SecretStr, ValidationInfo, field_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_STATE_DIR = Path(".streamrec")
@@ -124,10 +124,25 @@ class FlowSettings(BaseSettings):
     )
 
 
+# Model sizes by name, for ``STREAMREC_MODEL_PRESET`` and the benchmarks' ``--preset``.
+# "default" is the fields' own defaults (tiny, for CPU); the others are for a GPU.
+MODEL_PRESETS: dict[str, dict[str, int]] = {
+    "default": {},
+    "large": {"hidden_size": 256, "num_layers": 4, "num_heads": 4},
+    "xl": {"hidden_size": 512, "num_layers": 8, "num_heads": 8},
+}
+SIZE_FIELDS = ("hidden_size", "num_layers", "num_heads")
+
+
 class ModelSettings(BaseSettings):
     """Sizes of the transformer recommender: tiny on CPU, large on a GPU."""
 
     model_config = _group("STREAMREC_MODEL_")
+
+    preset: str = Field(
+        "default",
+        description="Named sizes (default | large | xl); a size set on its own still wins.",
+    )
 
     hidden_size: int = Field(64, ge=8)
     num_layers: int = Field(
@@ -155,6 +170,25 @@ class ModelSettings(BaseSettings):
         3, ge=1, description="Registry keeps versions from the Nth newest snapshot on."
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_preset(cls, data: Any) -> Any:
+        """Fill the sizes the preset names, where no size was given explicitly."""
+        if not isinstance(data, dict):
+            return data
+        preset = data.get("preset", "default")
+        if preset not in MODEL_PRESETS:
+            raise ValueError(f"unknown model preset {preset!r} (one of {sorted(MODEL_PRESETS)})")
+        return {**MODEL_PRESETS[preset], **data}
+
+
+def with_preset(model: ModelSettings, preset: str) -> ModelSettings:
+    """``model`` at the sizes of ``preset`` (a command-line choice: it beats the environment)."""
+    if preset not in MODEL_PRESETS:
+        raise ValueError(f"unknown model preset {preset!r} (one of {sorted(MODEL_PRESETS)})")
+    defaults = {name: ModelSettings.model_fields[name].default for name in SIZE_FIELDS}
+    return model.model_copy(update={**defaults, **MODEL_PRESETS[preset], "preset": preset})
+
 
 class TrainSettings(BaseSettings):
     """Full training and fine-tuning (streamrec train / finetune).
@@ -173,6 +207,7 @@ class TrainSettings(BaseSettings):
     seed: int = 7
     weight_decay: float = Field(0.0, ge=0)
     max_steps_per_epoch: int = Field(0, ge=0, description="Cap for quick runs (0 = none).")
+    device: str = Field("auto", description="auto | cpu | cuda: training and evaluation.")
 
 
 class LearnerSettings(BaseSettings):
@@ -195,6 +230,12 @@ class LearnerSettings(BaseSettings):
         4096, ge=0, description="Shared random negatives per step (0 = full softmax)."
     )
     device: str = Field("auto", description="auto | cpu | cuda.")
+    rank_dtype: str = Field(
+        "auto",
+        pattern="^(auto|float32|bfloat16)$",
+        description="The all-items ranking pass: a bfloat16 pass plus an exact float32 "
+        "re-check ranks the same; auto = bfloat16 on CUDA, float32 on CPU.",
+    )
     torch_threads: int = Field(
         1, ge=0, description="CPU threads for torch (0 = torch default); 1 on a shared box."
     )
@@ -249,6 +290,7 @@ class ServingSettings(BaseSettings):
     score_batch_wait_ms: float = Field(
         2.0, ge=0, description="Longest a request waits for others to join its batch."
     )
+    device: str = Field("cpu", description="Where the scorer runs: cpu | cuda | auto.")
 
 
 class DriftSettings(BaseSettings):

@@ -9,7 +9,11 @@
    training examples at a fixed rate; for each example, the time from its produce
    timestamp to the moment the version holding it became current. This starts at the
    ``training-examples`` topic: the feature flow's own click-to-example latency (its
-   freshness, measured by ``streamrec bench flow``) comes on top.
+   freshness, measured by ``streamrec bench flow``) comes on top. The ``steady`` figures
+   leave out examples produced in the first ``STARTUP_S`` seconds, which wait for the
+   learner's first batches.
+
+``--step-only`` (``learner_step.py``) times the step alone, without broker or Redis.
 
 Everything uses unique topic and key prefixes and a temporary model store, and cleans up.
 """
@@ -28,18 +32,20 @@ import redis
 import torch
 from prometheus_client import CollectorRegistry
 
-from flows.example_builder import examples_from_events
-from flows.feature_config import FeatureConfig
+from loadtest.bench.learner_step import sample_examples
 from online_models.learner.loop import Learner
-from online_models.learner.micro_batch import HeadLearner, pick_device
+from online_models.learner.micro_batch import HeadLearner
+from online_models.model.device import pick_device, synchronize
 from online_models.model.recommender import random_weights
 from online_models.registry.weight_registry import WeightRegistry
-from streamrec.events import EventLimits
 from streamrec.kafka_clients import broker_answers, ensure_topics, make_producer
-from streamrec.recorded_events import only_events, read_recorded
 from streamrec.settings import KafkaSettings, RedisSettings, Settings
 from streamrec.topics import Topics
 from streamrec.training_examples import TrainingExample, encode_example
+
+# Examples produced in the first seconds wait for the learner's first batches (start-up,
+# first-call costs): the steady-state figures leave them out.
+STARTUP_S = 2.0
 
 
 def _percentile(values: list[float], q: float) -> float | None:
@@ -61,10 +67,7 @@ def run_learner_benchmark(
     )
     if settings.learner.torch_threads:
         torch.set_num_threads(settings.learner.torch_threads)
-    limits = EventLimits.from_settings(settings.events)
-    events = only_events(read_recorded(settings.data_dir, limits))
-    features = FeatureConfig.from_settings(settings.flow)
-    examples = list(examples_from_events(events, features))[:n_examples]
+    examples = sample_examples(settings, n_examples)
     client = redis.Redis.from_url(settings.redis.redis_url.get_secret_value())
     try:
         report = _throughput_and_publish(settings, client, examples)
@@ -72,6 +75,7 @@ def run_learner_benchmark(
     finally:
         _delete_keys(client, settings.redis)
     report["config"] = {
+        "preset": settings.model.preset,
         "batch_size": settings.learner.batch_size,
         "hidden_size": settings.model.hidden_size,
         "num_layers": settings.model.num_layers,
@@ -99,11 +103,9 @@ def _throughput_and_publish(
     timed = 0
     for number, start in enumerate(range(warm, len(examples), batch), 1):
         chunk = examples[start : start + batch]
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        synchronize(device)
         outcome = learner.learn(chunk)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        synchronize(device)
         step_s.append(outcome.step_s)
         timed += len(chunk)
         if number % settings.learner.publish_every_steps == 0:
@@ -138,17 +140,21 @@ def _event_to_weights(
     topics = Topics.from_settings(settings.kafka)
     ensure_topics(settings.kafka, topics.all())
     latencies: list[float] = []
+    steady: list[float] = []  # examples produced after the learner's start-up
+    steady_from_ms = float("inf")  # set when production starts
     learner = Learner(settings, client, CollectorRegistry())
 
     def record(publication: Any) -> None:
         done_ms = publication.published_at * 1000
         latencies.extend(done_ms - produced for produced in publication.produce_ms)
+        steady.extend(done_ms - p for p in publication.produce_ms if p >= steady_from_ms)
 
     learner.on_publish = record
     learner.start()
     stop = threading.Event()
     worker = threading.Thread(target=learner.run, args=(stop,), daemon=True)
     worker.start()
+    steady_from_ms = time.time() * 1000 + STARTUP_S * 1000
     produced = _produce_at_rate(settings.kafka, topics, examples, seconds, rate)
     deadline = time.monotonic() + 30
     while len(latencies) < produced and time.monotonic() < deadline:
@@ -160,6 +166,8 @@ def _event_to_weights(
     return {
         "event_to_weights_p50_ms": _percentile(latencies, 50),
         "event_to_weights_p99_ms": _percentile(latencies, 99),
+        "event_to_weights_steady_p50_ms": _percentile(steady, 50),
+        "event_to_weights_steady_p99_ms": _percentile(steady, 99),
         "event_to_weights_examples": len(latencies),
         "event_to_weights_rate_per_s": rate,
         "versions_published": len(learner.publications),

@@ -323,8 +323,10 @@ def run_large_catalog(
         try:
             wait_ready(port, 180, workdir / "server-1m.log")
             load = run_load(
-                port, targets, config.large_concurrency, config.large_duration_s, workdir
-            )
+                port, targets, config.large_concurrency, config.large_duration_s, workdir,
+                server.pid,
+            )  # fmt: skip
+            batch_size = mean_batch_size(port)
         finally:
             stop_server(server)
         return {
@@ -334,6 +336,8 @@ def run_large_catalog(
             "p50_ms_1m_items": load["p50_ms"],
             "p99_ms_1m_items": load["p99_ms"],
             "errors_1m_items": load["errors"],
+            "mean_score_batch_1m_items": batch_size,
+            "server_cpu_ms_per_request_1m_items": load["server_cpu_ms_per_request"],
         }
     finally:
         delete_prefix(client, large_keys.prefix)

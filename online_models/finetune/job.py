@@ -168,8 +168,8 @@ def _judge(
 
     drift = settings.drift
     return judge_candidate(
-        candidate_hits=hits_at_20(candidate, holdout),
-        serving_hits=hits_at_20(serving, holdout),
+        candidate_hits=hits_at_20(candidate, holdout, settings.train.device),
+        serving_hits=hits_at_20(serving, holdout, settings.train.device),
         holdout=len(holdout),
         margin=drift.finetune_margin,
         min_holdout=drift.finetune_min_holdout,

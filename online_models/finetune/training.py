@@ -10,8 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
-
+from online_models.model.device import pick_device
 from online_models.model.item_index import ItemIndex
 from online_models.model.recommender import SessionRecommender
 from online_models.model.weights import ModelWeights
@@ -27,10 +26,13 @@ def train_candidate(
     return train(settings.model, settings.train, examples, init_from=base).weights
 
 
-def hits_at_20(weights: ModelWeights, examples: Sequence[TrainingExample]) -> int:
-    """How many ``examples`` have their target among the model's top 20 items."""
+def hits_at_20(
+    weights: ModelWeights, examples: Sequence[TrainingExample], device: str = "auto"
+) -> int:
+    """How many ``examples`` have their target among the model's top 20 items (on ``device``)."""
     if not examples:
         return 0
-    model = SessionRecommender.from_weights(weights)
-    totals = evaluate_examples(model, ItemIndex(weights.item_ids), examples, torch.device("cpu"))
+    run_on = pick_device(device)
+    model = SessionRecommender.from_weights(weights).to(run_on)
+    totals = evaluate_examples(model, ItemIndex(weights.item_ids), examples, run_on)
     return totals.hits

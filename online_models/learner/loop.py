@@ -39,19 +39,20 @@ from dataclasses import dataclass
 
 import redis
 import torch
-from confluent_kafka import Consumer, Message, Producer, TopicPartition
+from confluent_kafka import Consumer, Message, TopicPartition
 from prometheus_client import CollectorRegistry
 
 from online_models.learner.alerts import guard_alert, topic_reset_alert, unloadable_alert
 from online_models.learner.metrics import LearnerMetrics
-from online_models.learner.micro_batch import BatchOutcome, HeadLearner, pick_device
+from online_models.learner.micro_batch import BatchOutcome, HeadLearner
 from online_models.learner.positions import LearnerPositions
 from online_models.learner.version_follower import SkippedVersion, VersionFollower
+from online_models.model.device import pick_device
 from online_models.model.weights import ModelWeights
 from online_models.registry.weight_registry import Publication, VersionInfo, WeightRegistry
-from streamrec.alerts import Alert, alert_as_dict, encode_alert
+from streamrec.alert_sender import AlertSender
 from streamrec.example_dedupe import rebuild_dedupe
-from streamrec.kafka_clients import emptied_end, make_consumer, make_producer
+from streamrec.kafka_clients import emptied_end, make_consumer
 from streamrec.redis_keys import RedisKeys
 from streamrec.settings import Settings
 from streamrec.structured_log import log_event
@@ -97,7 +98,7 @@ class Learner:
             # thread per core made steps 10x slower here under contention (docs/model.md).
             torch.set_num_threads(settings.learner.torch_threads)
         self.consumer: Consumer | None = None
-        self.producer: Producer | None = None
+        self.alerts = AlertSender(settings)
         self.head: HeadLearner | None = None
         self.examples_seen = 0
         self.progress = LearnerPositions.from_settings(
@@ -122,7 +123,6 @@ class Learner:
 
     def start(self) -> None:
         """Load the version to continue from and assign the partitions at its offsets."""
-        self.producer = make_producer(self.settings.kafka)  # first: a start can alert
         weights = self.follower.start(time.monotonic())
         info = self._adopt(weights)
         self.consumer = make_consumer(self.settings.kafka, self.settings.learner.consumer_group)
@@ -182,8 +182,6 @@ class Learner:
         if self.consumer is not None:
             self.consumer.close()
             self.consumer = None
-        if self.producer is not None:
-            self.producer.flush(5)
 
     # -- the loop ------------------------------------------------------------------
 
@@ -244,7 +242,7 @@ class Learner:
             alert = topic_reset_alert(
                 topic, partition, offset, end, self.examples_seen, self.head.base_version
             )
-            self._produce_alert(alert)
+            self.alerts.send(alert)
             self._assign()
 
     def _decode(self, messages: list[Message]) -> list[TrainingExample]:
@@ -313,18 +311,10 @@ class Learner:
 
     def _alert(self, outcome: BatchOutcome, examples: list[TrainingExample]) -> None:
         """The guard's alert record on the alerts topic."""
-        assert self.producer is not None and self.head is not None and outcome.skipped
+        assert self.head is not None and outcome.skipped
         alert = guard_alert(outcome.skipped, examples, self.examples_seen, self.head.base_version)
-        self._produce_alert(alert)
+        self.alerts.send(alert)
         log_event(logger, "learner_step_skipped", logging.WARNING, reason=outcome.skipped)
-
-    def _produce_alert(self, alert: Alert) -> None:
-        """To the log and the alerts topic (the drift monitor and on-call read it there)."""
-        assert self.producer is not None
-        log_event(logger, "alert", logging.WARNING, **alert_as_dict(alert))
-        # Keyed by detector, like the drift monitor's Kafka sink (one detector's alerts in order).
-        self.producer.produce(self.topics.alerts, encode_alert(alert), key=alert.detector.encode())
-        self.producer.poll(0)
 
     def publish_if_pending(self) -> None:
         if self.progress.has_pending:
@@ -400,7 +390,7 @@ class Learner:
             retry_in_s=skipped.retry_in_s,
         )  # fmt: skip
         if skipped.first:
-            self._produce_alert(
+            self.alerts.send(
                 unloadable_alert(
                     skipped.version, skipped.continued_from, skipped.reason, self.examples_seen
                 )

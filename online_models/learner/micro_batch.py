@@ -7,6 +7,11 @@ move the head only (the projection and the item rows that took part in the loss;
 repeat bonus is left to full training) while the backbone stays frozen. Exactly the rows
 in the loss change, and the learner remembers them for the next delta.
 
+Host and device split the work: the host does the bookkeeping on small arrays (ids to rows
+in one lookup per batch, the histories' rows, the sampled candidates, which session items
+to mask), the device does the dense math on tensors of a few fixed shapes. The host reads
+from the device once after the ranking pass (the metrics) and once per step (the guard).
+
 Guards: a non-finite loss or gradient skips the step (nothing changes, the outcome says
 why); gradients are clipped to ``grad_clip`` in total norm.
 """
@@ -17,19 +22,23 @@ import contextlib
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 
-from online_models.model.item_index import ItemIndex
-from online_models.model.ranking_metrics import RankingTotals, ranking_totals, target_ranks
-from online_models.model.recommender import SessionRecommender
+from online_models.learner.prepared_batch import PreparedBatch, prepare_batch
+from online_models.model.device import pick_device
+from online_models.model.item_index import ItemIndex, last_known
+from online_models.model.prequential_ranks import exact_ranks, screened_ranks
+from online_models.model.ranking_metrics import RankingTotals, ranking_totals
+from online_models.model.recommender import EncoderBatch, SessionRecommender, history_tensors
 from online_models.model.weights import ModelWeights, WeightDelta
 from streamrec.settings import LearnerSettings
 from streamrec.training_examples import TrainingExample
 
 NEW_ROW_SCALE = 0.5
+RANK_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 @dataclass(slots=True)
@@ -45,6 +54,18 @@ class BatchOutcome:
 
 
 @dataclass(slots=True)
+class Histories:
+    """A batch's history rows: host arrays for the bookkeeping, device tensors for the math."""
+
+    rows: np.ndarray  # B x W, left-padded, W a bucket length
+    mask: np.ndarray
+    inputs: np.ndarray  # sorted distinct rows of the histories
+    device_rows: EncoderBatch  # item rows, for the ranking pass
+    device_inputs: torch.Tensor
+    input_columns: EncoderBatch  # the same layout, positions in ``inputs`` instead of rows
+
+
+@dataclass(slots=True)
 class HeadForward:
     """A batch's session vectors and the history rows (``inputs``) they depend on."""
 
@@ -53,11 +74,11 @@ class HeadForward:
     sessions: torch.Tensor  # B x H query vectors, in the autograd graph
 
 
-def pick_device(name: str) -> torch.device:
-    """``auto`` means CUDA when present, else CPU."""
+def rank_dtype(name: str, device: torch.device) -> torch.dtype:
+    """The dtype of the all-items ranking pass: ``auto`` is bfloat16 on CUDA, float32 on CPU."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return RANK_DTYPES[name]
 
 
 class HeadLearner:
@@ -79,11 +100,13 @@ class HeadLearner:
         self.settings = settings
         self.dense_parameters = list(self.model.projection.parameters())
         self.dense_optimizer = torch.optim.Adam(self.dense_parameters, lr=settings.lr)
-        self.generator = torch.Generator(device=self.device).manual_seed(seed)
+        # Negatives are host bookkeeping: the same stream of candidates on every device.
+        self.generator = torch.Generator().manual_seed(seed)
         self.base_version = version
         self.base_items = len(index)
         self.touched = torch.zeros(self.model.capacity, dtype=torch.bool, device=self.device)
         self.amp = self.device.type == "cuda"
+        self.rank_dtype = rank_dtype(settings.rank_dtype, self.device)
 
     @classmethod
     def from_weights(
@@ -97,7 +120,7 @@ class HeadLearner:
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    def learn(self, examples: Sequence[TrainingExample]) -> BatchOutcome:
+    def learn(self, batch: PreparedBatch | Sequence[TrainingExample]) -> BatchOutcome:
         """Score the batch with the current weights, then take the head steps on it.
 
         The first step reuses the scoring pass (one encoder forward per batch saved: with
@@ -106,63 +129,86 @@ class HeadLearner:
         them again with every item in.
         """
         started = time.perf_counter()
-        model, index, device = self.model, self.index, self.device
-        known = torch.tensor([index.row(e.target_item) for e in examples], device=device)
-        rows, mask = self._histories(examples)
-        forward = self._forward(rows, mask)
-        with torch.no_grad():  # float32: the lift must not eat the scores' low bits
-            scores = model.scores(forward.sessions.detach(), rows, mask, lift=True)
-            ranks = target_ranks(scores, known)
-        histories_grow = any(item not in index for e in examples for item in e.history)
-        new_ids = index.add_all(
-            item for e in examples for item in (*e.history, e.target_item) if item not in index
-        )
+        if not isinstance(batch, PreparedBatch):
+            batch = prepare_batch(batch)
+        item_rows = self.index.rows_of(batch.item_ids)  # -1: new in this batch
+        histories = self._histories(item_rows, batch.history_slots)
+        forward = self._forward(histories)
+        ranks = self._rank(forward.sessions.detach(), histories, item_rows[batch.target_slots])
+        new = item_rows < 0
+        histories_grow = bool(new[batch.history_slots[batch.history_slots >= 0]].any())
+        new_ids = [batch.item_ids[slot] for slot in np.flatnonzero(new)]
         if new_ids:
-            self._add_items(new_ids, examples, forward.sessions.detach())
-        targets = torch.tensor([index.row(e.target_item) for e in examples], device=device)
-        weights = torch.tensor([e.weight for e in examples], dtype=torch.float32, device=device)
-        outcome = BatchOutcome(
-            ranking_totals(ranks), ranks.cpu().numpy(), 0.0, "", len(new_ids), 0.0
-        )
+            start = len(self.index)
+            self.index.add_all(new_ids)
+            item_rows[new] = np.arange(start, start + len(new_ids))
+            self._add_items(len(new_ids), item_rows[batch.target_slots], forward.sessions)
+        targets = item_rows[batch.target_slots]
+        outcome = BatchOutcome(ranking_totals(torch.from_numpy(ranks)), ranks, 0.0, "",
+                               len(new_ids), 0.0)  # fmt: skip
         for number in range(self.settings.steps_per_batch):
             if number:
                 if histories_grow:  # encoded again only when they hold a new item
-                    rows, mask = self._histories(examples)
+                    histories = self._histories(item_rows, batch.history_slots)
                     histories_grow = False
-                forward = self._forward(rows, mask)
-            outcome.loss, outcome.skipped = self._step(forward, rows, mask, targets, weights)
+                forward = self._forward(histories)
+            outcome.loss, outcome.skipped = self._step(forward, histories, targets, batch.weights)
             if outcome.skipped:
                 break
         outcome.step_s = time.perf_counter() - started
         return outcome
 
-    def _histories(self, examples: Sequence[TrainingExample]) -> tuple[torch.Tensor, torch.Tensor]:
-        rows, mask = self.index.encode_histories(
-            [e.history for e in examples], self.model.shape.max_seq_len
-        )
-        return torch.from_numpy(rows).to(self.device), torch.from_numpy(mask).to(self.device)
+    def _histories(self, item_rows: np.ndarray, slots: np.ndarray) -> Histories:
+        """The last ``max_seq_len`` known rows of each history, on the host and the device."""
+        rows = np.where(slots >= 0, item_rows[slots.clip(min=0)], -1)
+        rows, mask = last_known(rows, self.model.shape.max_seq_len)
+        device_rows = history_tensors(rows, mask, self.device)
+        width = device_rows.rows.shape[1]
+        rows, mask = rows[:, -width:], mask[:, -width:]
+        inputs = np.unique(rows[mask > 0])
+        columns = np.searchsorted(inputs, rows).clip(max=max(len(inputs) - 1, 0))
+        input_columns = replace(device_rows, rows=self._to_device(columns))
+        return Histories(rows, mask, inputs, device_rows, self._to_device(inputs), input_columns)
 
-    def _forward(self, rows: torch.Tensor, mask: torch.Tensor) -> HeadForward:
+    def _to_device(self, values: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(values)).to(self.device)
+
+    def _rank(
+        self, sessions: torch.Tensor, histories: Histories, targets: np.ndarray
+    ) -> np.ndarray:
+        """Each target's rank before the step (host array; unknown targets miss)."""
+        target_rows = self._to_device(targets)
+        rows, mask = histories.device_rows.rows, histories.device_rows.mask
+        with torch.no_grad():
+            if self.rank_dtype == torch.float32:
+                return exact_ranks(self.model, sessions, rows, mask, target_rows).cpu().numpy()
+            ranks, uncertain = screened_ranks(
+                self.model, sessions, rows, mask, target_rows, self.rank_dtype
+            )
+            host = torch.stack([ranks, uncertain.long()]).cpu().numpy()
+            unsure = np.flatnonzero(host[1])
+            if len(unsure):  # near-ties the cheap pass could not settle: score them in full
+                pick = self._to_device(unsure)
+                exact = exact_ranks(self.model, sessions[pick], rows[pick], mask[pick],
+                                    target_rows[pick])  # fmt: skip
+                host[0, unsure] = exact.cpu().numpy()
+            return host[0]
+
+    def _forward(self, histories: Histories) -> HeadForward:
         """Session vectors, with the history rows they were encoded from as a leaf tensor.
 
         The rows get gradients as inputs of the frozen encoder, so a session made of new
         items, or of items whose meaning drifted, can learn a useful query vector: on the
         warm-up's own dev stream this took prequential HR@20 from 0.48 to 0.51.
         """
-        inputs = torch.unique(rows[mask > 0])
-        input_rows = self.model.item_table.detach()[inputs].clone().requires_grad_(True)
-        columns = torch.searchsorted(inputs, rows).clamp(max=max(len(inputs) - 1, 0))
+        inputs = histories.device_inputs
+        input_rows = self.model.item_table.detach()[inputs].requires_grad_(True)
         with self._autocast():
-            encoded = self.model.encode(columns, mask, table=input_rows)
+            encoded = self.model.encode(histories.input_columns, table=input_rows)
         return HeadForward(inputs, input_rows, self.model.projection(encoded.float()))
 
     def _step(
-        self,
-        forward: HeadForward,
-        rows: torch.Tensor,
-        mask: torch.Tensor,
-        targets: torch.Tensor,
-        weights: torch.Tensor,
+        self, forward: HeadForward, histories: Histories, targets: np.ndarray, weights: np.ndarray
     ) -> tuple[float, str]:
         """One head step; returns the loss and, when skipped, why.
 
@@ -179,51 +225,49 @@ class HeadLearner:
         """
         model = self.model
         candidates = self._candidates(targets)
-        labels = torch.searchsorted(candidates, targets)
-        columns = torch.searchsorted(candidates, rows).clamp(max=len(candidates) - 1)
-        present = (candidates[columns] == rows) & (mask > 0)
-        spare = torch.full_like(columns, len(candidates))  # padding and absent items land here
-        in_session = torch.zeros(
-            len(rows), len(candidates) + 1, dtype=torch.bool, device=self.device
-        ).scatter_(1, torch.where(present, columns, spare), True)[:, :-1]
-        explore = ~in_session.gather(1, labels[:, None]).squeeze(1)
-        if not bool(explore.any()):
+        rows, present = histories.rows, histories.mask > 0
+        explore = np.flatnonzero(~(present & (rows == targets[:, None])).any(axis=1))
+        if len(explore) == 0:
             return 0.0, ""  # every target repeats a session item: nothing left to learn
-        output_rows = model.item_table.detach()[candidates].clone().requires_grad_(True)
-        bias_rows = model.item_bias.detach()[candidates].clone().requires_grad_(True)
-        logits = torch.addmm(bias_rows, forward.sessions[explore], output_rows.T)
-        logits = logits.masked_fill(in_session[explore], float("-inf"))
-        losses = torch.nn.functional.cross_entropy(logits, labels[explore], reduction="none")
-        loss = (losses * weights[explore]).sum() / weights[explore].sum()
-        value = float(loss.detach())
-        if not math.isfinite(value):
-            return value, "non_finite_loss"
+        columns = np.searchsorted(candidates, rows[explore]).clip(max=len(candidates) - 1)
+        masked = present[explore] & (candidates[columns] == rows[explore])
+        masked_at = np.nonzero(masked)
+        device_candidates = self._to_device(candidates)
+        labels = self._to_device(np.searchsorted(candidates, targets[explore]))
+        chosen = self._to_device(explore)
+        example_weights = self._to_device(weights[explore])
+        output_rows = model.item_table.detach()[device_candidates].requires_grad_(True)
+        bias_rows = model.item_bias.detach()[device_candidates].requires_grad_(True)
+        logits = torch.addmm(bias_rows, forward.sessions[chosen], output_rows.T)
+        with torch.no_grad():  # a masked logit's gradient is zero anyway: no backward copy
+            logits[self._to_device(masked_at[0]), self._to_device(columns[masked_at])] = -math.inf
+        losses = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
+        loss = (losses * example_weights).sum() / example_weights.sum()
         self.dense_optimizer.zero_grad(set_to_none=True)
         loss.backward()
         rows_with_grad = [output_rows, bias_rows, forward.input_rows]
         norm = torch.nn.utils.clip_grad_norm_(
             [*self.dense_parameters, *rows_with_grad], self.settings.grad_clip
         )
-        if not torch.isfinite(norm):
+        value, norm_value = torch.stack([loss.detach(), norm]).tolist()  # the step's one read
+        if not math.isfinite(value) or not math.isfinite(norm_value):
             self.dense_optimizer.zero_grad(set_to_none=True)
-            return value, "non_finite_gradient"
+            return value, "non_finite_loss" if not math.isfinite(value) else "non_finite_gradient"
         self.dense_optimizer.step()
         step = -self.settings.row_lr
         with torch.no_grad():
             for tensor, index, leaf in (
-                (model.item_table, candidates, output_rows),
-                (model.item_bias, candidates, bias_rows),
+                (model.item_table, device_candidates, output_rows),
+                (model.item_bias, device_candidates, bias_rows),
                 (model.item_table, forward.inputs, forward.input_rows),
             ):
                 if leaf.grad is not None:
                     tensor.index_add_(0, index, leaf.grad, alpha=step)
-        self.touched[candidates] = True
+        self.touched[device_candidates] = True
         self.touched[forward.inputs] = True
         return value, ""
 
-    def _add_items(
-        self, new_ids: list[str], examples: Sequence[TrainingExample], sessions: torch.Tensor
-    ) -> None:
+    def _add_items(self, count: int, targets: np.ndarray, sessions: torch.Tensor) -> None:
         """Rows for new items: a new target starts in its session's direction.
 
         So the next session like the one that led to it already ranks it fairly well
@@ -231,37 +275,34 @@ class HeadLearner:
         half the median row norm (at full norm new items crowd out known ones: on the
         warm-up validation split, HR@20 0.507 at 0.5 vs 0.487 at 1.0 and 0.506 with no
         one-shot rows). Items only seen in histories start random; new biases start at
-        the median bias.
+        the median bias. A target that is new and repeated in the batch takes the
+        direction of its last session.
         """
         model = self.model
         start = model.n_items
-        added = model.add_rows(len(new_ids))
+        added = model.add_rows(count)
         self._grow_touched()
         self.touched[added.start : added.stop] = True
-        position = {
-            row: i
-            for i, e in enumerate(examples)
-            if (row := self.index.row(e.target_item)) >= start
-        }
         if start == 0:
             return
+        last = len(targets) - 1 - np.unique(targets[::-1], return_index=True)[1]
+        last = last[targets[last] >= start]
         with torch.no_grad():
             model.item_bias[added.start : added.stop] = model.item_bias[:start].median()
-            if position:
+            if len(last):
                 norm = model.item_table[:start].norm(dim=1).median()
-                rows = torch.tensor(list(position), device=self.device)
-                chosen = sessions[torch.tensor(list(position.values()), device=self.device)]
+                chosen = sessions.detach()[self._to_device(last)]
                 directions = torch.nn.functional.normalize(chosen, dim=1)
-                model.item_table[rows] = directions * norm * NEW_ROW_SCALE
+                model.item_table[self._to_device(targets[last])] = directions * norm * NEW_ROW_SCALE
 
-    def _candidates(self, targets: torch.Tensor) -> torch.Tensor:
+    def _candidates(self, targets: np.ndarray) -> np.ndarray:
         """Sorted unique rows in the loss: the targets and shared random negatives."""
         n = self.model.n_items
         negatives = self.settings.sampled_negatives
         if negatives == 0 or negatives >= n:
-            return torch.arange(n, device=self.device)
-        sampled = torch.randint(0, n, (negatives,), generator=self.generator, device=self.device)
-        return torch.unique(torch.cat([targets, sampled]))
+            return np.arange(n)
+        sampled = torch.randint(0, n, (negatives,), generator=self.generator).numpy()
+        return np.unique(np.concatenate([targets, sampled]))
 
     def _grow_touched(self) -> None:
         extra = self.model.capacity - self.touched.shape[0]

@@ -7,6 +7,7 @@ for the lifetime of a model lineage (deltas rely on it) and new ids never collid
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from itertools import repeat
 
 import numpy as np
 
@@ -49,6 +50,10 @@ class ItemIndex:
                 new.append(item_id)
         return new
 
+    def rows_of(self, item_ids: Sequence[str]) -> np.ndarray:
+        """Each id's row, -1 for an unknown id (one dict lookup per id, no Python loop body)."""
+        return np.fromiter(map(self._rows.get, item_ids, repeat(-1)), np.int64, len(item_ids))
+
     def encode_histories(
         self, histories: Sequence[Sequence[str]], max_len: int
     ) -> tuple[np.ndarray, np.ndarray]:
@@ -57,13 +62,29 @@ class ItemIndex:
         Unknown ids are dropped; the most recent ``max_len`` known items are kept, so the
         last column is always the latest click (or padding for an empty history).
         """
-        rows = np.zeros((len(histories), max_len), dtype=np.int64)
-        mask = np.zeros((len(histories), max_len), dtype=np.int64)
-        lookup = self._rows
-        for i, history in enumerate(histories):
-            known = [r for r in (lookup.get(item) for item in history) if r is not None]
-            known = known[-max_len:]
-            if known:
-                rows[i, max_len - len(known) :] = known
-                mask[i, max_len - len(known) :] = 1
-        return rows, mask
+        lengths = np.fromiter(map(len, histories), np.int64, len(histories))
+        rows = self.rows_of([item for history in histories for item in history])
+        return last_known(right_aligned(rows, lengths), max_len)
+
+
+def right_aligned(values: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """``values`` (concatenated sequences of ``lengths``) as a right-aligned matrix, -1 padded."""
+    width = int(lengths.max(initial=0))
+    out = np.full((len(lengths), width), -1, dtype=np.int64)
+    owner = np.repeat(np.arange(len(lengths)), lengths)
+    starts = np.cumsum(lengths) - lengths
+    out[owner, width - lengths[owner] + np.arange(len(values)) - starts[owner]] = values
+    return out
+
+
+def last_known(rows: np.ndarray, max_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """The last ``max_len`` known rows (>= 0) of each line, left-padded, and their mask."""
+    known = rows >= 0
+    at_or_after = np.cumsum(known[:, ::-1], axis=1)[:, ::-1]  # known rows from here on
+    line, column = np.nonzero(known & (at_or_after <= max_len))
+    out = np.zeros((len(rows), max_len), dtype=np.int64)
+    mask = np.zeros((len(rows), max_len), dtype=np.int64)
+    target = max_len - at_or_after[line, column]
+    out[line, target] = rows[line, column]
+    mask[line, target] = 1
+    return out, mask

@@ -29,11 +29,14 @@ def last_position_state(
     attention = last.attention.self
     batch, length, size = hidden.shape
     heads, width = attention.num_attention_heads, attention.attention_head_size
-    query = attention.query(hidden[:, -1:]).view(batch, 1, heads, width).transpose(1, 2)
-    key = attention.key(hidden).view(batch, length, heads, width).transpose(1, 2)
-    value = attention.value(hidden).view(batch, length, heads, width).transpose(1, 2)
-    weights = torch.softmax(query @ key.transpose(2, 3) * attention.scaling + blocked, dim=-1)
-    weights = attention.dropout(weights)
-    context = (weights @ value).transpose(1, 2).reshape(batch, 1, size)
+    # One query per session: its attention is a weighted sum over positions, computed
+    # elementwise (a batched matmul would copy the transposed keys and values, forward
+    # and backward, for a product with one row).
+    query = attention.query(hidden[:, -1:]).view(batch, 1, heads, width)
+    key = attention.key(hidden).view(batch, length, heads, width)
+    value = attention.value(hidden).view(batch, length, heads, width)
+    logits = (query * key).sum(dim=3) * attention.scaling + blocked[:, 0, 0, :, None]
+    weights = attention.dropout(torch.softmax(logits, dim=1))  # B x positions x heads
+    context = (weights[..., None] * value).sum(dim=1).reshape(batch, 1, size)
     attended = last.attention.output(context, hidden[:, -1:])
     return last.output(last.intermediate(attended), attended)[:, 0]

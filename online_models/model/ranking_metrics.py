@@ -37,19 +37,20 @@ def target_ranks(
 ) -> torch.Tensor:
     """0-based rank of each target when it is within ``cutoff``, else ``MISS_RANK``.
 
-    Only the top ``cutoff + 1`` scores are looked at (HR and MRR at the cutoff need no
-    more, and a full comparison pass over a large catalog costs several times more).
-    Ties count against the target, so a constant model never looks good; targets the
-    model does not know (row -1) are misses.
+    The rank is the number of other items scoring at least as high: ties count against
+    the target, so a constant model never looks good; targets the model does not know
+    (row -1) are misses. One comparison pass, which on CPU costs less than a top-k.
+    ``scores`` (float32) is overwritten: callers pass a matrix they own. Counts stay
+    exact in float32 up to 2**24 items.
     """
     if scores.shape[1] == 0:
         return torch.full_like(target_rows, MISS_RANK)
     known = target_rows >= 0
     target_scores = scores.gather(1, target_rows.clamp(min=0).unsqueeze(1))
-    top = torch.topk(scores, min(cutoff + 1, scores.shape[1]), dim=1, sorted=False).values
-    at_or_above = (top >= target_scores).sum(dim=1)
-    ranks = at_or_above - 1
-    inside = known & (at_or_above <= cutoff)
+    # In place (1.0 where at least the target's score): a bool matrix and its sum would
+    # cost two more passes over the largest tensor of the step.
+    ranks = scores.ge_(target_scores).sum(dim=1).long() - 1
+    inside = known & (ranks < cutoff)
     return torch.where(inside, ranks, torch.full_like(ranks, MISS_RANK))
 
 

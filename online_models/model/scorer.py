@@ -2,7 +2,8 @@
 
 Built once per model version (``SessionScorer.from_weights``); the item matrix is kept
 as one contiguous float32 tensor and each call does one encoder pass plus one
-matrix-vector product. On CPU the encoder runs as a traced TorchScript graph
+matrix-vector product, on the device it was built for (``STREAMREC_SERVING_DEVICE``, CPU
+by default). On CPU the encoder runs as a traced TorchScript graph
 (``traced_backbone``: about half the time per call, shared by every version with the same
 backbone). The scorer is read-only after construction, so one instance can
 be shared by threads and swapped atomically when a new version arrives.
@@ -16,40 +17,56 @@ import numpy as np
 import torch
 
 from online_models.model.item_index import ItemIndex
-from online_models.model.recommender import SessionRecommender, bucket_lengths
+from online_models.model.recommender import SessionRecommender, bucket_lengths, history_tensors
 from online_models.model.traced_backbone import traced_backbone
 from online_models.model.weights import ModelWeights
 from streamrec.settings import ModelSettings
 
 BF16_MIN_ITEMS = 262_144
+BLOCK_ROWS = 32  # columns per block of ``block_top_k``
 
 
 class SessionScorer:
     """Scores over ``item_ids`` (index-aligned) for a session history of item ids."""
 
     def __init__(
-        self, model: SessionRecommender, index: ItemIndex, version: int, table_dtype: str = "auto"
+        self,
+        model: SessionRecommender,
+        index: ItemIndex,
+        version: int,
+        table_dtype: str = "auto",
+        device: torch.device | None = None,
     ) -> None:
         self.version = version
         self.index = index
-        self._model = model.eval().requires_grad_(False)
-        if model.item_table.device.type == "cpu":
+        self.device = device or model.item_table.device
+        self._model = model.to(self.device).eval().requires_grad_(False)
+        if self.device.type == "cpu":
             lengths = bucket_lengths(model.shape.max_seq_len)
             model.backbone_call = traced_backbone(model.backbone, lengths)
         n = model.n_items
         # Scoring a large catalog is memory-bound: bfloat16 halves the bytes read per call.
         use_bf16 = table_dtype == "bfloat16" or (table_dtype == "auto" and n >= BF16_MIN_ITEMS)
         dtype = torch.bfloat16 if use_bf16 else torch.float32
-        self._table = model.item_table.detach()[:n].to(dtype).contiguous()
-        self._bias = model.item_bias.detach()[:n].to(dtype).contiguous()
+        # Rows padded to whole blocks for ``block_top_k``; a padding row scores -inf.
+        padded = -(-n // BLOCK_ROWS) * BLOCK_ROWS
+        self._n = n
+        self._table = torch.zeros(padded, model.shape.hidden_size, dtype=dtype, device=self.device)
+        self._table[:n] = model.item_table.detach()[:n]
+        self._bias = torch.full((padded,), float("-inf"), dtype=dtype, device=self.device)
+        self._bias[:n] = model.item_bias.detach()[:n]
         self._max_len = model.shape.max_seq_len
 
     @classmethod
-    def from_weights(cls, weights: ModelWeights, settings: ModelSettings) -> SessionScorer:
+    def from_weights(
+        cls, weights: ModelWeights, settings: ModelSettings, device: torch.device | None = None
+    ) -> SessionScorer:
+        """A scorer of ``weights`` on ``device`` (CPU when none is given)."""
         if settings.scorer_threads:
             torch.set_num_threads(settings.scorer_threads)
         model = SessionRecommender.from_weights(weights)
-        return cls(model, ItemIndex(weights.item_ids), weights.version, settings.scorer_dtype)
+        index = ItemIndex(weights.item_ids)
+        return cls(model, index, weights.version, settings.scorer_dtype, device)
 
     @property
     def item_ids(self) -> list[str]:
@@ -60,20 +77,51 @@ class SessionScorer:
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Query vectors (B x H) plus the history rows and mask; unknown items are ignored."""
         rows, mask = self.index.encode_histories(histories, self._max_len)
-        rows_t, mask_t = torch.from_numpy(rows), torch.from_numpy(mask)
+        batch = history_tensors(rows, mask, self.device)
         with torch.inference_mode():
-            return self._model.session_vectors(rows_t, mask_t), rows_t, mask_t
+            return self._model.session_vectors(batch), batch.rows, batch.mask
 
     def score(self, history: Sequence[str]) -> np.ndarray:
         """float32 scores of every item (higher is better), aligned with ``item_ids``."""
-        return self._scores(history).numpy()
+        return self._scores(history).cpu().numpy()
 
     def score_batch(self, histories: Sequence[Sequence[str]]) -> np.ndarray:
         """Scores for several sessions at once (len(histories) x n_items)."""
-        queries, rows, mask = self._queries(histories)
         with torch.inference_mode():
-            scores = torch.addmm(self._bias, queries.to(self._table.dtype), self._table.T)
-            return self._model.add_repeat_bonus(scores.float(), rows, mask, lift=True).numpy()
+            return self._score_matrix(histories)[:, : self._n].cpu().numpy()
+
+    def top_k_batch(
+        self,
+        histories: Sequence[Sequence[str]],
+        k: int,
+        excluded: Sequence[np.ndarray | None] = (),
+        candidates: Sequence[np.ndarray | None] = (),
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per history, the ``k`` best rows and their float32 scores, best first.
+
+        The scores are those of ``score_batch`` (ties in no particular order), from one
+        matrix product for the whole batch, and no catalog-sized row is sorted or
+        partitioned (``block_top_k``). ``excluded[i]`` (rows) never appear in answer ``i``;
+        ``candidates[i]``, when given, holds the only rows it may contain (a category
+        filter). Non-finite scores are never returned.
+        """
+        with torch.inference_mode():
+            scores = self._score_matrix(histories)
+            skipped = [(line, rows) for line, rows in enumerate(excluded) if rows is not None]
+            if skipped:
+                lines = np.concatenate([np.full(len(rows), line) for line, rows in skipped])
+                columns = np.concatenate([rows for _, rows in skipped])
+                index = (self._on_device(lines), self._on_device(columns))
+                scores.index_put_(index, torch.tensor(float("-inf"), device=self.device))
+            values, best = block_top_k(scores, k)
+            answers = _finite(best.cpu().numpy(), values.cpu().numpy())
+            for line, rows in enumerate(candidates):
+                if rows is not None:
+                    pool = _nan_last(scores[line, self._on_device(rows)])
+                    top = torch.topk(pool, min(k, len(rows)))
+                    picked = rows[top.indices.cpu().numpy()]
+                    answers[line] = _finite(picked[None], top.values.cpu().numpy()[None])[0]
+        return answers
 
     def top_k(
         self, history: Sequence[str], k: int, exclude: Sequence[str] = ()
@@ -83,14 +131,56 @@ class SessionScorer:
             scores = self._scores(history)
             rows = [r for r in (self.index.row(i) for i in exclude) if r >= 0]
             if rows:
-                scores[torch.tensor(rows)] = float("-inf")
+                scores[torch.tensor(rows, device=self.device)] = float("-inf")
             best = torch.topk(scores, min(k, scores.shape[0]))
+            indices, values = best.indices.cpu(), best.values.cpu()
         ids = self.index.ids
-        return [ids[r] for r in best.indices.tolist()], best.values.numpy()
+        return [ids[r] for r in indices.tolist()], values.numpy()
 
     def _scores(self, history: Sequence[str]) -> torch.Tensor:
         """float32 scores of every item for one session."""
-        queries, rows, mask = self._queries([history])
         with torch.inference_mode():
-            scores = torch.addmv(self._bias, self._table, queries[0].to(self._table.dtype))
-            return self._model.add_repeat_bonus(scores.float()[None], rows, mask, lift=True)[0]
+            return self._score_matrix([history])[0, : self._n]
+
+    def _score_matrix(self, histories: Sequence[Sequence[str]]) -> torch.Tensor:
+        """float32 scores (B x padded rows; padding rows score -inf), one matrix product."""
+        queries, rows, mask = self._queries(histories)
+        scores = torch.addmm(self._bias, queries.to(self._table.dtype), self._table.T)
+        return self._model.add_repeat_bonus(scores.float(), rows, mask, lift=True)
+
+    def _on_device(self, values: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(values).to(self.device)
+
+
+def block_top_k(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``k`` largest entries of each row of ``scores`` and their columns, best first.
+
+    ``scores`` is B x N with N a multiple of ``BLOCK_ROWS``; NaN ranks last. Exact, and
+    no row is sorted: the k best entries of a row lie in the k blocks of ``BLOCK_ROWS``
+    columns with the highest maxima (each of them is the maximum of its own block or
+    below one), so only the N / ``BLOCK_ROWS`` block maxima and then k x ``BLOCK_ROWS``
+    entries are ranked, instead of N.
+    """
+    batch, n = scores.shape
+    maxima = scores.view(batch, n // BLOCK_ROWS, BLOCK_ROWS).amax(dim=2)
+    if maxima.isnan().any():  # amax keeps NaN, and topk ranks it first: make it the worst
+        return block_top_k(_nan_last(scores), k)
+    blocks = torch.topk(maxima, min(k, maxima.shape[1])).indices
+    offsets = torch.arange(BLOCK_ROWS, device=scores.device)
+    columns = (blocks[:, :, None] * BLOCK_ROWS + offsets).flatten(1)
+    best = torch.topk(scores.gather(1, columns), min(k, columns.shape[1]))
+    return best.values, columns.gather(1, best.indices)
+
+
+def _nan_last(scores: torch.Tensor) -> torch.Tensor:
+    """A copy with NaN as the worst score (-inf); infinities stay as they are."""
+    return scores.nan_to_num(float("-inf"), float("inf"), float("-inf"))
+
+
+def _finite(columns: np.ndarray, values: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per line, the columns (int64) and values whose value is finite, in the given order."""
+    kept = np.isfinite(values)
+    return [
+        (line[keep].astype(np.int64, copy=False), scores[keep])
+        for line, scores, keep in zip(columns, values, kept, strict=True)
+    ]

@@ -24,17 +24,15 @@ import numpy as np
 import torch
 from rich.progress import Progress
 
-from flows.example_builder import examples_from_events
-from flows.feature_config import FeatureConfig
 from online_models.learner.micro_batch import HeadLearner
+from online_models.model.device import pick_device
 from online_models.model.item_index import ItemIndex
 from online_models.model.ranking_metrics import CUTOFF
 from online_models.model.recommender import SessionRecommender
 from online_models.offline.popularity import RecentPopularity
-from online_models.offline.recorded_examples import yoochoose_file_events
+from online_models.offline.recorded_examples import load_examples
 from online_models.offline.session_knn import KnnConfig, SessionKnn
 from online_models.offline.training import rank_examples, split_by_time, train
-from streamrec.events import EventLimits
 from streamrec.settings import Settings
 from streamrec.structured_log import log_event
 from streamrec.training_examples import TrainingExample
@@ -60,11 +58,11 @@ class StreamRanker(Protocol):
 class FrozenTransformer:
     """The warm-up model, never updated (its item set is fixed too)."""
 
-    def __init__(self, model: SessionRecommender, index: ItemIndex) -> None:
-        self.model, self.index = model, index
+    def __init__(self, model: SessionRecommender, index: ItemIndex, device: torch.device) -> None:
+        self.model, self.index, self.device = model.to(device), index, device
 
     def rank(self, examples: Sequence[TrainingExample]) -> np.ndarray:
-        return rank_examples(self.model, self.index, examples, torch.device("cpu"))
+        return rank_examples(self.model, self.index, examples, self.device)
 
     def learn(self, examples: Sequence[TrainingExample]) -> None:
         return None
@@ -126,16 +124,15 @@ def tune_session_knn(warm: list[TrainingExample], validation_fraction: float) ->
 
 def run_evaluation(
     settings: Settings,
-    clicks: Sequence[Path],
-    buys: Sequence[Path],
+    sources: Sequence[Path],
     cutoff_ms: int,
     plot_path: Path,
     window: int,
     progress: bool = False,
 ) -> dict[str, Any]:
-    """Warm up, stream, and return ``{"examples": N, "models": {...}}`` (and write the plot)."""
-    events = yoochoose_file_events(clicks, buys, EventLimits.from_settings(settings.events))
-    examples = list(examples_from_events(events, FeatureConfig.from_settings(settings.flow)))
+    """Warm up on ``sources`` (any recorded source) before ``cutoff_ms``, stream the rest,
+    and return ``{"examples": N, "models": {...}}`` (and write the plot)."""
+    examples = load_examples(settings, sources)
     warm = [e for e in examples if e.ts < cutoff_ms]
     stream = [e for e in examples if e.ts >= cutoff_ms]
     if not warm or not stream:
@@ -150,11 +147,13 @@ def run_evaluation(
     knn = SessionKnn(knn_config)
     knn.learn(warm)
     static = SessionRecommender.from_weights(trained.weights)
-    online = HeadLearner.from_weights(trained.weights, settings.learner, torch.device("cpu"))
+    learner_device = pick_device(settings.learner.device)
+    online = HeadLearner.from_weights(trained.weights, settings.learner, learner_device)
+    static_index = ItemIndex(trained.weights.item_ids)
     models: dict[str, StreamRanker] = {
         "popularity": popularity,
         "session_knn": knn,
-        "static": FrozenTransformer(static, ItemIndex(trained.weights.item_ids)),
+        "static": FrozenTransformer(static, static_index, pick_device(settings.train.device)),
         "online": OnlineTransformer(online),
     }
     with Progress(disable=not progress, transient=True) as bar:

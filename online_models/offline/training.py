@@ -18,10 +18,10 @@ import numpy as np
 import torch
 from rich.progress import Progress
 
-from online_models.learner.micro_batch import pick_device
+from online_models.model.device import pick_device
 from online_models.model.item_index import ItemIndex
 from online_models.model.ranking_metrics import RankingTotals, ranking_totals, target_ranks
-from online_models.model.recommender import SessionRecommender
+from online_models.model.recommender import SessionRecommender, history_tensors
 from online_models.model.weights import ModelShape, ModelWeights
 from streamrec.settings import ModelSettings, TrainSettings
 from streamrec.training_examples import TrainingExample
@@ -45,18 +45,18 @@ def train(
     init_from: ModelWeights | None = None,
     *,
     progress: bool = False,
-    device: str = "auto",
 ) -> TrainResult:
     """Fit backbone and head on ``examples`` (optionally starting from ``init_from``).
 
     The returned weights' ``version`` is ``init_from.version`` (0 without one): publishing
-    assigns the new number. Items seen only in the validation split are not added.
+    assigns the new number. Items seen only in the validation split are not added. Runs
+    on ``train_settings.device``; the weights come back as host arrays.
     """
     if not examples:
         raise ValueError("no training examples")
     torch.manual_seed(train_settings.seed)
     rng = random.Random(train_settings.seed)
-    run_on = pick_device(device)
+    run_on = pick_device(train_settings.device)
     train_set, validation = split_by_time(list(examples), train_settings.validation_fraction)
     model, index = _initial_model(model_settings, init_from, train_set)
     model.to(run_on)
@@ -155,11 +155,11 @@ def _loss(
     device: torch.device,
 ) -> torch.Tensor:
     rows, mask = index.encode_histories([e.history for e in examples], model.shape.max_seq_len)
-    rows_t, mask_t = torch.from_numpy(rows).to(device), torch.from_numpy(mask).to(device)
-    sessions = model.session_vectors(rows_t, mask_t)
-    targets = torch.tensor([index.row(e.target_item) for e in examples], device=device)
+    batch = history_tensors(rows, mask, device)
+    sessions = model.session_vectors(batch)
+    targets = torch.from_numpy(index.rows_of([e.target_item for e in examples])).to(device)
     weights = torch.tensor([e.weight for e in examples], dtype=torch.float32, device=device)
-    logits = model.scores(sessions, rows_t, mask_t, lift=False)
+    logits = model.scores(sessions, batch.rows, batch.mask, lift=False)
     losses = torch.nn.functional.cross_entropy(logits, targets, reduction="none")
     return (losses * weights).sum() / weights.sum()
 
@@ -187,9 +187,9 @@ def rank_examples(
         for start in range(0, len(examples), EVAL_BATCH):
             chunk = examples[start : start + EVAL_BATCH]
             rows, mask = index.encode_histories([e.history for e in chunk], model.shape.max_seq_len)
-            rows_t, mask_t = torch.from_numpy(rows).to(device), torch.from_numpy(mask).to(device)
-            sessions = model.session_vectors(rows_t, mask_t)
-            targets = torch.tensor([index.row(e.target_item) for e in chunk], device=device)
-            scores = model.scores(sessions, rows_t, mask_t, lift=True)
+            batch = history_tensors(rows, mask, device)
+            sessions = model.session_vectors(batch)
+            targets = torch.from_numpy(index.rows_of([e.target_item for e in chunk])).to(device)
+            scores = model.scores(sessions, batch.rows, batch.mask, lift=True)
             ranks.append(target_ranks(scores, targets).cpu().numpy())
     return np.concatenate(ranks) if ranks else np.zeros(0, dtype=np.int64)

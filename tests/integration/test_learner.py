@@ -139,13 +139,14 @@ def test_a_nan_batch_is_skipped_counted_and_alerted(
         for name in before.tensors:  # new items may appear, trained rows must not move
             rows = before.tensors[name].shape[0]
             np.testing.assert_array_equal(after.tensors[name][:rows], before.tensors[name])
-        learner.producer.flush(10)
     finally:
         learner.close()
     alerts = read_topic(config.kafka, Topics.from_settings(config.kafka).alerts, 1, 20)
     assert len(alerts) == 1
     alert = orjson.loads(alerts[0].value())
     assert alert["detector"] == "learner_guard" and alert["signal"] == "non_finite_loss"
+    stream = redis_client.xrange(RedisKeys(config.redis.key_prefix).alerts)
+    assert [orjson.loads(f[b"alert"])["alert_id"] for _, f in stream] == [alert["alert_id"]]
 
 
 def test_an_externally_promoted_version_is_adopted(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -24,7 +25,8 @@ pytestmark = pytest.mark.integration
 def worker_pids(server_pid: int) -> set[int]:
     children: set[int] = set()
     for task in Path(f"/proc/{server_pid}/task").iterdir():
-        children.update(int(pid) for pid in (task / "children").read_text().split())
+        with contextlib.suppress(FileNotFoundError):  # a thread that ended meanwhile
+            children.update(int(pid) for pid in (task / "children").read_text().split())
     return children
 
 

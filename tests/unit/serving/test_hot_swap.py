@@ -40,8 +40,25 @@ class FakeScorer:
                 scores[self._rows[item_id]] += 0.001
         return scores
 
-    def score_batch(self, histories: Sequence[Sequence[str]]) -> np.ndarray:
-        return np.stack([self.score(history) for history in histories])
+    def top_k_batch(
+        self,
+        histories: Sequence[Sequence[str]],
+        k: int,
+        excluded: Sequence[np.ndarray | None] = (),
+        candidates: Sequence[np.ndarray | None] = (),
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """A full sort of each row: the plain reference of the scorer's top K."""
+        answers = []
+        for line, history in enumerate(histories):
+            scores = self.score(history)
+            if excluded and excluded[line] is not None:
+                scores[excluded[line]] = -np.inf
+            allowed = candidates[line] if candidates else None
+            pool = np.arange(len(scores)) if allowed is None else allowed
+            best = pool[np.argsort(-scores[pool], kind="stable")][:k]
+            best = best[np.isfinite(scores[best])]
+            answers.append((best, scores[best]))
+        return answers
 
 
 @dataclass

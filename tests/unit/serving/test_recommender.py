@@ -14,6 +14,7 @@ from serving.recommender import (
     model_history,
     popular_depth,
     rank_items,
+    ranking_filters,
     recommend_popular,
 )
 from serving.score_batcher import ScoreBatcher
@@ -35,7 +36,9 @@ def snapshot() -> ModelSnapshot:
 def answer(snapshot: ModelSnapshot, session: SessionFeatures, request: RecommendRequest):
     history = model_history(snapshot, session)
     assert history is not None
-    return rank_items(snapshot, session, request, snapshot.scorer.score(history))
+    excluded, candidates = ranking_filters(snapshot, session, request)
+    [(rows, scores)] = snapshot.scorer.top_k_batch([history], request.k, [excluded], [candidates])
+    return rank_items(snapshot, rows, scores)
 
 
 def test_top_k_comes_from_the_scores_best_first(snapshot: ModelSnapshot) -> None:
@@ -86,30 +89,34 @@ def test_popular_depth_leaves_room_for_exclusions() -> None:
     assert popular_depth(RecommendRequest("s", 10, categories=("A",)), session) >= 100
 
 
-def test_batcher_scores_concurrent_requests_in_one_call(snapshot: ModelSnapshot) -> None:
+def test_batcher_ranks_concurrent_requests_in_one_call(snapshot: ModelSnapshot) -> None:
     calls: list[int] = []
     scorer = snapshot.scorer
-    original = scorer.score_batch
+    original = scorer.top_k_batch
 
-    def counting(histories):  # type: ignore[no-untyped-def]
+    def counting(histories, k, excluded=(), candidates=()):  # type: ignore[no-untyped-def]
         calls.append(len(histories))
-        return original(histories)
+        return original(histories, k, excluded, candidates)
 
-    scorer.score_batch = counting  # type: ignore[method-assign]
+    scorer.top_k_batch = counting  # type: ignore[method-assign]
     batcher = ScoreBatcher(max_batch=16, max_wait_s=1.0)
 
-    async def one(history: tuple[str, ...]) -> np.ndarray:
+    async def one(n: int) -> tuple[np.ndarray, np.ndarray]:
         batcher.begin()
         await asyncio.sleep(0)  # stands for the Redis round trip
-        return await batcher.score(snapshot, history)
+        skip = np.array([9]) if n == 3 else None
+        return await batcher.top_k(snapshot, (f"i{n}",), k=n + 1, excluded=skip)
 
-    async def main() -> list[np.ndarray]:
-        return await asyncio.gather(*(one((f"i{n}",)) for n in range(4)))
+    async def main() -> list[tuple[np.ndarray, np.ndarray]]:
+        return await asyncio.gather(*(one(n) for n in range(4)))
 
-    rows = asyncio.run(main())
+    answers = asyncio.run(main())
     assert calls == [4], "all four requests were in flight together"
-    for n, row in enumerate(rows):
-        np.testing.assert_array_equal(row, scorer.score((f"i{n}",)))
+    for n, (rows, scores) in enumerate(answers):
+        skip = np.array([9]) if n == 3 else None
+        [(expected, _)] = original([(f"i{n}",)], n + 1, [skip], [None])
+        assert rows.tolist() == expected.tolist(), "each request gets its own k and exclusions"
+        np.testing.assert_array_equal(scores, scorer.score((f"i{n}",))[rows])
 
 
 def test_batcher_does_not_wait_for_requests_that_will_not_score(
@@ -117,14 +124,14 @@ def test_batcher_does_not_wait_for_requests_that_will_not_score(
 ) -> None:
     batcher = ScoreBatcher(max_batch=16, max_wait_s=30.0)
 
-    async def main() -> np.ndarray:
+    async def main() -> tuple[np.ndarray, np.ndarray]:
         batcher.begin()
         batcher.begin()
-        scoring = asyncio.ensure_future(batcher.score(snapshot, ("i1",)))
+        scoring = asyncio.ensure_future(batcher.top_k(snapshot, ("i1",), k=3))
         await asyncio.sleep(0)
         batcher.end()  # the other request fell back to popular items
         return await asyncio.wait_for(scoring, 5)
 
-    row = asyncio.run(main())
-    assert row.shape == (len(ITEMS),)
+    rows, _ = asyncio.run(main())
+    assert rows.tolist() == [9, 8, 7]
     assert batcher.in_flight == 0

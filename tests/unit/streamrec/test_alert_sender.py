@@ -1,11 +1,11 @@
-"""The flow's alerts: every destination gets them, and one failing never stops the flow."""
+"""A process's alerts: every destination gets them, and one failing never stops the process."""
 
 from __future__ import annotations
 
 import pytest
 from confluent_kafka import KafkaError, KafkaException
 
-from flows.alerts import FlowAlerts
+from streamrec.alert_sender import AlertSender
 from streamrec.alerts import decode_alert, make_alert
 from streamrec.settings import Settings
 
@@ -27,7 +27,7 @@ def test_a_failing_destination_is_logged_and_the_others_still_get_the_alert(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     settings = Settings()
-    alerts = FlowAlerts(settings)
+    alerts = AlertSender(settings)
     stream = Stream()
     alerts._producer, alerts._redis = BrokerDown(), stream  # type: ignore[assignment]
     alert = make_alert("topic_reset", "offset_beyond_end", 500.0, 40.0, 0, None)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+from unittest.mock import patch
 
 import numpy as np
 import torch
@@ -11,9 +12,15 @@ import torch
 from flows.example_builder import examples_from_events
 from flows.feature_config import FeatureConfig
 from online_models.learner.micro_batch import HeadLearner
+from online_models.learner.prepared_batch import prepare_batch
 from online_models.model.item_index import ItemIndex
 from online_models.model.ranking_metrics import MISS_RANK, ranking_totals, target_ranks
-from online_models.model.recommender import SessionRecommender, random_weights
+from online_models.model.recommender import (
+    EncoderBatch,
+    SessionRecommender,
+    history_tensors,
+    random_weights,
+)
 from online_models.model.weights import apply_delta
 from online_models.offline.training import evaluate_examples, split_by_time, train
 from streamrec.events import Event
@@ -91,11 +98,13 @@ def test_history_rows_get_gradients_through_the_frozen_encoder() -> None:
     learner = HeadLearner.from_weights(random_weights(0, SMALL), LearnerSettings(), CPU)
     examples = chain_examples(64)
     learner.learn(examples)  # every item has a row now
-    rows, mask = learner._histories(examples)
-    forward = learner._forward(rows, mask)
-    targets = torch.tensor([learner.index.row(e.target_item) for e in examples])
+    batch = prepare_batch(examples)
+    item_rows = learner.index.rows_of(batch.item_ids)
+    histories = learner._histories(item_rows, batch.history_slots)
+    forward = learner._forward(histories)
     before = learner.model.item_table.detach()[forward.inputs].clone()
-    _, skipped = learner._step(forward, rows, mask, targets, torch.ones(len(examples)))
+    targets = item_rows[batch.target_slots]
+    _, skipped = learner._step(forward, histories, targets, batch.weights)
     assert skipped == ""
     assert forward.input_rows.grad is not None and forward.input_rows.grad.abs().sum() > 0
     assert not torch.equal(learner.model.item_table.detach()[forward.inputs], before)
@@ -138,18 +147,30 @@ def test_a_new_target_item_is_ranked_well_right_after_its_first_appearance() -> 
     assert learner.learn([again]).ranks[0] < 20
 
 
-def test_length_buckets_give_the_same_encoding_as_one_padded_batch() -> None:
+def test_cut_and_grouped_histories_encode_as_in_the_full_padded_batch() -> None:
     model = SessionRecommender.from_weights(random_weights(40, SMALL)).eval()
     index = ItemIndex(model.to_weights(0, [f"item-{i}" for i in range(40)]).item_ids)
     histories = [[f"item-{i}" for i in range(n)] for n in (1, 2, 3, 6, 0)]
     rows, mask = index.encode_histories(histories, SMALL.max_seq_len)
+    grouped = history_tensors(rows, mask, CPU)  # short sessions apart from the long one
+    assert [(m.tolist(), width) for m, width in grouped.groups] == [([0, 1, 2, 4], 5), ([3], 6)]
     with torch.no_grad():
-        together = model.encode(torch.from_numpy(rows), torch.from_numpy(mask))
-        for i in range(len(histories)):
-            alone = model.encode(
-                torch.from_numpy(rows[i : i + 1]), torch.from_numpy(mask[i : i + 1])
-            )
-            torch.testing.assert_close(alone[0], together[i])
+        together = model.encode(EncoderBatch(torch.from_numpy(rows), torch.from_numpy(mask)))
+        torch.testing.assert_close(model.encode(grouped), together)
+        for i, width in enumerate((2, 2, 5, 6, 2)):  # the buckets of max_seq_len 6: 2, 5, 6
+            alone = history_tensors(rows[i : i + 1], mask[i : i + 1], CPU)
+            assert alone.rows.shape[1] == width and alone.groups == ()
+            torch.testing.assert_close(model.encode(alone)[0], together[i])
+    assert together[4].abs().sum() == 0  # an empty history encodes to zeros
+
+
+def test_on_a_gpu_a_batch_is_encoded_in_one_call() -> None:
+    rows, mask = np.zeros((3, 6), dtype=np.int64), np.zeros((3, 6), dtype=np.int64)
+    mask[0, -1:] = mask[1, -6:] = 1
+    assert history_tensors(rows, mask, CPU).groups != ()
+    assert history_tensors(rows, mask, torch.device("meta")).groups != ()
+    with patch.object(torch.Tensor, "to", lambda self, device: self):
+        assert history_tensors(rows, mask, torch.device("cuda")).groups == ()
 
 
 def test_training_beats_an_untrained_model_and_keeps_the_best_epoch() -> None:

@@ -5,7 +5,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from online_models.model.recommender import SessionRecommender, bucket_lengths, random_weights
+from online_models.model.recommender import (
+    EncoderBatch,
+    SessionRecommender,
+    bucket_lengths,
+    random_weights,
+)
 from online_models.model.scorer import SessionScorer
 from online_models.model.traced_backbone import traced_backbone
 from online_models.model.weights import ITEM_TABLE, ModelWeights
@@ -23,7 +28,8 @@ def test_traced_scores_equal_the_eager_model_for_every_bucket() -> None:
     rows, mask = scorer.index.encode_histories(histories, 12)
     with torch.no_grad():
         rows_t, mask_t = torch.from_numpy(rows), torch.from_numpy(mask)
-        expected = eager.scores(eager.session_vectors(rows_t, mask_t), rows_t, mask_t, lift=True)
+        batch = EncoderBatch(rows_t, mask_t)
+        expected = eager.scores(eager.session_vectors(batch), rows_t, mask_t, lift=True)
     np.testing.assert_allclose(scorer.score_batch(histories), expected.numpy(), atol=1e-4)
 
 

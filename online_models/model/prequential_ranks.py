@@ -1,0 +1,115 @@
+"""Each target's rank among all known items, as the learner's prequential metrics need it.
+
+Two ways to the same numbers. ``exact_ranks`` scores every item in float32 and counts.
+``screened_ranks`` scores every item in a cheaper dtype (bfloat16: tensor cores on a GPU),
+keeps the best ``cutoff + margin`` of each row, and re-checks those in float32 against
+the target's float32 score. A cheap score is within a bound ``eps`` of the float32 one
+(input rounding, output rounding: ``rank_error_bound``), so when the first item left out
+scores below ``target - eps``, nothing outside the kept set can reach the target and the
+re-checked count is the exact rank. Rows where that does not hold (and whose kept set
+has not already put the target past the cutoff) come back as ``uncertain``, for the caller
+to rank exactly. Session items are lifted for ranking (``SessionRecommender.add_repeat_bonus``)
+and are always scored in float32 here, from the history itself.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from online_models.model.ranking_metrics import CUTOFF, MISS_RANK, target_ranks
+from online_models.model.recommender import SESSION_ITEM_LIFT, SessionRecommender
+
+SCREEN_MARGIN = CUTOFF  # re-checked items beyond the cutoff: room for near-ties
+
+
+def exact_ranks(
+    model: SessionRecommender,
+    sessions: torch.Tensor,
+    rows: torch.Tensor,
+    mask: torch.Tensor,
+    targets: torch.Tensor,
+) -> torch.Tensor:
+    """float32 scores of every item (session items lifted), then the targets' ranks."""
+    return target_ranks(model.scores(sessions, rows, mask, lift=True), targets)
+
+
+def screened_ranks(
+    model: SessionRecommender,
+    sessions: torch.Tensor,
+    rows: torch.Tensor,
+    mask: torch.Tensor,
+    targets: torch.Tensor,
+    dtype: torch.dtype,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ranks from a ``dtype`` pass plus a float32 re-check; and which rows were uncertain."""
+    n = model.n_items
+    known = targets >= 0
+    if n == 0:
+        return torch.full_like(targets, MISS_RANK), torch.zeros_like(known)
+    table, bias = model.item_table[:n], model.item_bias[:n]
+    present = mask > 0
+    lifted, first = _session_scores(model, sessions, rows, present)
+    at_target = present & (rows == targets[:, None])
+    in_session = at_target.any(dim=1)
+    plain = _exact_scores(sessions, table, bias, targets.clamp(min=0)[:, None])[:, 0]
+    session_score = torch.where(at_target, lifted, torch.full_like(lifted, -torch.inf)).amax(1)
+    target = torch.where(in_session, session_score, plain)
+    count = (first & (lifted >= target[:, None])).sum(dim=1) + (~in_session).long()
+    cheap = torch.addmm(bias.to(dtype), sessions.to(dtype), table.to(dtype).T)
+    kept = min(CUTOFF + SCREEN_MARGIN, n)
+    top = torch.topk(cheap, min(kept + 1, n), dim=1)
+    indices = top.indices[:, :kept]
+    exact = _exact_scores(sessions, table, bias, indices)
+    other = ~((indices[:, :, None] == rows[:, None, :]) & present[:, None, :]).any(dim=2)
+    other &= indices != targets[:, None]  # the target itself is counted once, above
+    count += (other & (exact >= target[:, None])).sum(dim=1)
+    if kept < n:
+        left_out = top.values[:, kept].float()
+        eps = rank_error_bound(sessions, table, bias, dtype)
+        certain = (left_out < target - eps) | (count > CUTOFF)
+    else:
+        certain = torch.ones_like(known)
+    ranks = count - 1
+    ranks = torch.where(known & (ranks < CUTOFF), ranks, torch.full_like(ranks, MISS_RANK))
+    return ranks, known & ~certain
+
+
+def rank_error_bound(
+    sessions: torch.Tensor, table: torch.Tensor, bias: torch.Tensor, dtype: torch.dtype
+) -> torch.Tensor:
+    """Per session, a bound on |cheap score - float32 score| over every item.
+
+    Rounding the inputs moves a dot product by at most ``2u |s| |t|`` (Cauchy-Schwarz), the
+    bias by ``u |b|``, the output by ``u |score|``; ``u`` is the unit roundoff of ``dtype``.
+    Four ``u`` over the largest magnitudes covers all three with room for the accumulation.
+    """
+    unit = torch.finfo(dtype).eps / 2
+    largest = sessions.norm(dim=1) * table.norm(dim=1).amax() + bias.abs().amax()
+    return 4 * unit * largest + torch.finfo(torch.float32).eps * largest
+
+
+def _exact_scores(
+    sessions: torch.Tensor, table: torch.Tensor, bias: torch.Tensor, columns: torch.Tensor
+) -> torch.Tensor:
+    """float32 scores (B x K) of the items ``columns`` (B x K) for each session."""
+    return torch.bmm(table[columns], sessions[:, :, None])[:, :, 0] + bias[columns]
+
+
+def _session_scores(
+    model: SessionRecommender, sessions: torch.Tensor, rows: torch.Tensor, present: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Lifted float32 scores at each history position, and each item's first position.
+
+    An item at several positions gets every position's bonus and lift, as in
+    ``add_repeat_bonus``; ``first`` marks one position per distinct item.
+    """
+    n = model.n_items
+    width = rows.shape[1]
+    columns = rows.clamp(max=n - 1)
+    scores = _exact_scores(sessions, model.item_table[:n], model.item_bias[:n], columns)
+    same = (rows[:, :, None] == rows[:, None, :]) & present[:, None, :]
+    bonus = (model.position_bonus(width) + SESSION_ITEM_LIFT).float()
+    lifted = scores + (same.float() * bonus).sum(dim=2)
+    earlier = torch.ones(width, width, dtype=torch.bool, device=rows.device).tril(-1)
+    first = present & ~(same & earlier).any(dim=2)
+    return lifted, first

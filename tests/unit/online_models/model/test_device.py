@@ -1,0 +1,66 @@
+"""Device choice in one place, size presets, and the device each model path runs on."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from online_models.learner.micro_batch import HeadLearner, rank_dtype
+from online_models.model import device as device_module
+from online_models.model.device import pick_device
+from online_models.model.recommender import random_weights
+from online_models.model.scorer import SessionScorer
+from streamrec.settings import LearnerSettings, ModelSettings, with_preset
+
+SMALL = ModelSettings(hidden_size=16, num_layers=1, num_heads=2, max_seq_len=5)
+
+
+def test_auto_picks_cuda_only_when_torch_sees_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(device_module.torch.cuda, "is_available", lambda: True)
+    assert pick_device("auto") == torch.device("cuda")
+    assert pick_device("cuda:1") == torch.device("cuda", 1)
+    monkeypatch.setattr(device_module.torch.cuda, "is_available", lambda: False)
+    assert pick_device("auto") == torch.device("cpu")
+    with pytest.raises(ValueError, match="no CUDA device"):
+        pick_device("cuda")
+    with pytest.raises(ValueError, match="unsupported device"):
+        pick_device("meta")
+
+
+def test_the_ranking_pass_is_bfloat16_on_cuda_and_float32_on_cpu_unless_set() -> None:
+    assert rank_dtype("auto", torch.device("cuda")) == torch.bfloat16
+    assert rank_dtype("auto", torch.device("cpu")) == torch.float32
+    assert rank_dtype("bfloat16", torch.device("cpu")) == torch.bfloat16
+
+
+def test_presets_set_the_sizes_an_explicit_size_still_wins(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert (
+        ModelSettings(preset="large").hidden_size,
+        ModelSettings(preset="large").num_layers,
+    ) == (
+        256,
+        4,
+    )
+    monkeypatch.setenv("STREAMREC_MODEL_PRESET", "xl")
+    monkeypatch.setenv("STREAMREC_MODEL_NUM_LAYERS", "2")
+    from_env = ModelSettings()
+    assert (from_env.hidden_size, from_env.num_layers, from_env.num_heads) == (512, 2, 8)
+    assert (
+        with_preset(from_env, "default").hidden_size
+        == ModelSettings.model_fields["hidden_size"].default
+    )
+    with pytest.raises(ValueError, match="unknown model preset"):
+        ModelSettings(preset="huge")
+
+
+def test_the_learner_and_the_scorer_keep_every_tensor_on_their_device() -> None:
+    weights = random_weights(30, SMALL)
+    learner = HeadLearner.from_weights(weights, LearnerSettings(device="cpu"))
+    assert learner.device == torch.device("cpu")
+    assert {p.device for p in learner.model.parameters()} == {torch.device("cpu")}
+    scorer = SessionScorer.from_weights(weights, SMALL, torch.device("cpu"))
+    ids, scores = scorer.top_k(["item-1"], 3, exclude=["item-2"])
+    assert scorer.device == torch.device("cpu") and len(ids) == 3 and "item-2" not in ids
+    assert scores.dtype.name == "float32"
