@@ -1,4 +1,4 @@
-"""``streamrec replay`` and ``streamrec generate``: recorded and synthetic traffic."""
+"""``streamrec replay``, ``sample`` and ``generate``: recorded, sampled and synthetic traffic."""
 
 from __future__ import annotations
 
@@ -77,3 +77,24 @@ def generate(
         drift_at=drift_at,
     )
     print_json_line(asdict(write_scenario(config, out)))
+
+
+@app.command()
+def sample(
+    out: Annotated[Path, typer.Option(help="Output event JSON-lines file.")],
+    source: Annotated[Path | None, typer.Argument(help=SOURCE_HELP)] = None,
+    share: Annotated[float, typer.Option(help="Share of the sessions kept, in (0, 1].")] = 0.1,
+    seed: Annotated[int, typer.Option(help="Which sessions: a hash of the seed and the id.")] = 0,
+) -> None:
+    """Write a seeded share of a source's sessions (whole sessions): a sparse variant."""
+    from loadtest.session_sample import write_sample
+    from streamrec.events import EventLimits
+    from streamrec.recorded_events import only_events, read_recorded, require_recorded_source
+
+    settings = settings_from_env()
+    path = require_recorded_source(source or settings.data_dir)
+    events = only_events(read_recorded(path, EventLimits.from_settings(settings.events)))
+    print_json_line(
+        {"source": str(path), "share": share, "seed": seed, "out": str(out)}
+        | write_sample(events, share, seed, out)
+    )

@@ -24,8 +24,9 @@ def command_names(group: typer.Typer) -> set[str]:
 
 def test_every_stage_and_group_is_registered() -> None:
     assert command_names(app) == {
-        "config", "up", "replay", "generate", "flow", "train", "learn", "evaluate", "drift",
-        "finetune", "serve", "demo", "loadtest", "chaos", "services", "alerts", "model", "bench",
+        "config", "up", "replay", "sample", "generate", "flow", "train", "learn", "evaluate",
+        "drift", "finetune", "serve", "demo", "loadtest", "chaos", "services", "alerts", "model",
+        "bench",
     }  # fmt: skip
 
 
