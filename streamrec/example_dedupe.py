@@ -31,14 +31,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import time
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from confluent_kafka import TopicPartition
+from confluent_kafka import Message, TopicPartition
 
-from streamrec.kafka_clients import make_consumer
+from streamrec.kafka_clients import make_consumer, read_until_done
 from streamrec.settings import KafkaSettings
 from streamrec.structured_log import log_event
 from streamrec.training_examples import decode_example
@@ -132,33 +131,24 @@ def rebuild_dedupe(
         return 0
     consumer = make_consumer(kafka, "streamrec-dedupe-rebuild")
     read = 0
+
+    def feed(message: Message) -> bool:
+        nonlocal read
+        offset, end = message.offset(), ranges[message.partition()][1]
+        if offset < end:
+            read += 1
+            with contextlib.suppress(ValueError):  # not an example: skipped anyway
+                example_id = decode_example(message.value()).example_id
+                dedupe.is_new(message.partition(), offset, example_id)
+        return offset < end - 1
+
     try:
         consumer.assign([TopicPartition(topic, p, start) for p, (start, _) in ranges.items()])
-        open_partitions = set(ranges)
-        deadline = time.monotonic() + timeout_s
-        last_message = time.monotonic()
-        while open_partitions and time.monotonic() - last_message < idle_s:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"rebuilding the repeat window of {topic} took {timeout_s}s")
-            for message in consumer.consume(5000, 0.1):
-                partition = message.partition()
-                if message.error() is not None or partition not in open_partitions:
-                    continue
-                last_message = time.monotonic()
-                offset = message.offset()
-                end = ranges[partition][1]
-                if offset < end:
-                    read += 1
-                    with contextlib.suppress(ValueError):  # not an example: skipped anyway
-                        example_id = decode_example(message.value()).example_id
-                        dedupe.is_new(partition, offset, example_id)
-                if offset >= end - 1:
-                    open_partitions.discard(partition)
-                    consumer.pause([TopicPartition(topic, partition)])
-        if open_partitions:
+        short = read_until_done(consumer, topic, ranges, feed, idle_s, timeout_s)
+        if short:
             log_event(
                 logger, "dedupe_rebuild_short", logging.WARNING, topic=topic,
-                partitions=sorted(open_partitions), read=read,
+                partitions=sorted(short), read=read,
             )  # fmt: skip
     finally:
         consumer.close()

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import socket
 import time
+from collections.abc import Callable, Iterable
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from streamrec.settings import KafkaSettings
@@ -131,3 +132,35 @@ def emptied_end(consumer: Consumer, topic: str, partition: int, offset: int) -> 
         return None
     _, end = consumer.get_watermark_offsets(TopicPartition(topic, partition), cached=True)
     return end if 0 <= end < offset else None
+
+
+def read_until_done(
+    consumer: Consumer,
+    topic: str,
+    partitions: Iterable[int],
+    handle: Callable[[Message], bool],
+    idle_s: float,
+    timeout_s: float,
+) -> set[int]:
+    """Feed ``handle`` the messages of ``partitions`` (already assigned) until each is done.
+
+    A partition is done when ``handle`` returns False for one of its messages (it is paused
+    then); reading stops early when nothing arrives for ``idle_s`` (a partition that holds
+    fewer records than asked for). Error messages are skipped. Raises ``TimeoutError`` past
+    ``timeout_s``. Returns the partitions that were not done.
+    """
+    open_partitions = set(partitions)
+    deadline = time.monotonic() + timeout_s
+    last_message = time.monotonic()
+    while open_partitions and time.monotonic() - last_message < idle_s:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"reading {topic} took more than {timeout_s}s")
+        for message in consumer.consume(5000, 0.1):
+            partition = message.partition()
+            if message.error() is not None or partition not in open_partitions:
+                continue
+            last_message = time.monotonic()
+            if not handle(message):
+                open_partitions.discard(partition)
+                consumer.pause([TopicPartition(topic, partition)])
+    return open_partitions

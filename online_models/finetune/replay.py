@@ -22,9 +22,10 @@ from __future__ import annotations
 import contextlib
 import time
 
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, Message, TopicPartition
 
 from streamrec.example_dedupe import ExampleDedupe
+from streamrec.kafka_clients import read_until_done
 from streamrec.settings import FlowSettings, KafkaSettings
 from streamrec.training_examples import TrainingExample, decode_example
 
@@ -55,31 +56,25 @@ def read_replay(
         consumer.assign([TopicPartition(topic, p, starts[p]) for p in partitions])
         kept: list[tuple[int, int, int, TrainingExample]] = []
         repeats = ExampleDedupe(repeat_window)
-        open_partitions = set(partitions)
-        deadline = time.monotonic() + timeout_s
-        last_message = time.monotonic()
-        while open_partitions and time.monotonic() - last_message < idle_s:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"replay of {topic} incomplete after {timeout_s}s")
-            for message in consumer.consume(5000, 0.1):
-                if message.error() is not None or message.partition() not in open_partitions:
-                    continue
-                last_message = time.monotonic()
-                _, stamp = message.timestamp()
-                if stamp > until_ms:
-                    open_partitions.discard(message.partition())
-                    consumer.pause([TopicPartition(topic, message.partition())])
-                    continue
-                if since_ms is not None and stamp < since_ms:
-                    continue
-                # Not an example: the flow's dead-letter path owns bad input, skip it here.
-                with contextlib.suppress(ValueError):
-                    example = decode_example(message.value())
-                    partition, offset = message.partition(), message.offset()
-                    if repeats.is_new(partition, offset, example.example_id):
-                        kept.append((example.ts, partition, offset, example))
-            if len(kept) > 4 * count:
-                kept = sorted(kept, key=lambda entry: entry[:3])[-count:]
+
+        def keep(message: Message) -> bool:
+            nonlocal kept
+            _, stamp = message.timestamp()
+            if stamp > until_ms:
+                return False  # this partition is past the range
+            if since_ms is not None and stamp < since_ms:
+                return True
+            # Not an example: the flow's dead-letter path owns bad input, skip it here.
+            with contextlib.suppress(ValueError):
+                example = decode_example(message.value())
+                partition, offset = message.partition(), message.offset()
+                if repeats.is_new(partition, offset, example.example_id):
+                    kept.append((example.ts, partition, offset, example))
+                    if len(kept) > 4 * count:
+                        kept = sorted(kept, key=lambda entry: entry[:3])[-count:]
+            return True
+
+        read_until_done(consumer, topic, partitions, keep, idle_s, timeout_s)
         kept.sort(key=lambda entry: entry[:3])
         return [entry[3] for entry in kept[-count:]]
     finally:
