@@ -4,7 +4,9 @@ Three event types share one flat JSON object shape:
 
 - ``click``: a shopper looked at ``item_id`` (maybe after an impression ``request_id``);
 - ``purchase``: a shopper bought ``item_id`` (``price`` and ``quantity``, 0 when unknown);
-- ``impression``: serving showed ``items`` in answer to ``request_id``.
+- ``impression``: serving showed ``items`` in answer to ``request_id``, from the
+  experiment ``arm`` the session is assigned to; ``explored`` lists the positions in
+  ``items`` that an exploration slot filled (not the model's ranking).
 
 ``ts`` is the event time in epoch milliseconds (an ISO-8601 string is accepted too).
 ``event_id`` is stable across retries and replays, so consumers deduplicate on it.
@@ -64,6 +66,8 @@ class Event(NamedTuple):
     request_id: str | None = None
     items: tuple[str, ...] = ()
     model_version: int | None = None
+    arm: str | None = None
+    explored: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,6 +226,16 @@ def _impression(
     model_version = obj.get("model_version")
     if model_version is not None and type(model_version) is not int:
         return Rejection(RejectReason.WRONG_TYPE, "model_version must be an integer")
+    arm = obj.get("arm")
+    if arm is not None:
+        problem = _id_problem("arm", arm)
+        if problem is not None:
+            return problem
+    raw_explored = obj.get("explored", [])
+    if type(raw_explored) is not list or not all(type(i) is int for i in raw_explored):
+        return Rejection(RejectReason.WRONG_TYPE, "explored must be a list of integers")
+    if not all(0 <= i < len(raw_items) for i in raw_explored):
+        return Rejection(RejectReason.INVALID_VALUE, "explored must hold positions in items")
     return Event(
         event_id,
         "impression",
@@ -235,6 +249,8 @@ def _impression(
         request_id,
         tuple(raw_items),
         model_version,
+        arm,
+        tuple(raw_explored),
     )
 
 
@@ -292,6 +308,10 @@ def event_to_dict(event: Event) -> dict[str, Any]:
         data["items"] = list(event.items)
         if event.model_version is not None:
             data["model_version"] = event.model_version
+        if event.arm is not None:
+            data["arm"] = event.arm
+        if event.explored:
+            data["explored"] = list(event.explored)
     else:
         data["item_id"] = event.item_id
     for name in _STR_FIELDS_OPTIONAL:

@@ -52,9 +52,29 @@ def test_encode_then_parse_round_trips_every_type() -> None:
         Event("a", "click", "s", NOW_MS, item_id="i", request_id="r1"),
         Event("b", "purchase", "s", NOW_MS, item_id="i", price=9.5, quantity=2, user_id="u"),
         Event("c", "impression", "s", NOW_MS, request_id="r1", items=("i", "j"), model_version=3),
+        Event(
+            "d", "impression", "s", NOW_MS, request_id="r2", items=("i",), arm="a", explored=(0,)
+        ),
     ]
     for event in events:
         assert parse_event(encode_event(event)) == event
+
+
+@pytest.mark.parametrize(
+    ("changes", "reason"),
+    [
+        ({"arm": 7}, RejectReason.WRONG_TYPE),
+        ({"arm": ""}, RejectReason.INVALID_VALUE),
+        ({"explored": [0.5]}, RejectReason.WRONG_TYPE),
+        ({"explored": [2]}, RejectReason.INVALID_VALUE),
+    ],
+)
+def test_an_impression_arm_or_explored_slot_that_is_not_one_is_refused(
+    changes: dict[str, object], reason: RejectReason
+) -> None:
+    impression = {"type": "impression", "request_id": "r", "items": ["i", "j"]}
+    rejection = parse_event(payload(item_id=..., category=..., **impression, **changes))
+    assert isinstance(rejection, Rejection) and rejection.reason == reason
 
 
 def test_iso_timestamp_is_accepted_as_utc() -> None:
