@@ -9,12 +9,13 @@ and passed down explicitly; no module reads the environment on its own.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import unquote_plus
 
 from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_STATE_DIR = Path(".streamrec")
 
@@ -368,6 +369,57 @@ class DriftSettings(BaseSettings):
     consumer_group: str = "streamrec-drift"
 
 
+ARM_KINDS = ("online", "popularity", "canary")
+PINNED_ARM_PREFIX = "pinned-"
+
+
+class ExperimentSettings(BaseSettings):
+    """The live experiment between model lineages: arms, their traffic shares, the control.
+
+    An arm's name is its kind: ``online`` (the current model), ``popularity`` (the popular
+    fallback for every request), ``canary`` (the version a fine-tune rolls out before it
+    is promoted; served like ``online`` while there is none) or ``pinned-<version>`` (one
+    version, frozen). Serving assigns each session to an arm by a hash of the session id
+    and ``name``, so changing ``name`` reshuffles every session.
+    """
+
+    model_config = _group("STREAMREC_EXPERIMENT_")
+
+    name: str = Field("default", min_length=1, description="Salt of the sticky assignment.")
+    arms: Annotated[dict[str, float], NoDecode] = Field(
+        default_factory=lambda: {"online": 1.0},
+        description="Arm -> traffic share, e.g. 'online=0.9,canary=0.1' or JSON; "
+        "shares are normalised to sum to 1.",
+    )
+    control: str = Field("online", description="The arm the others are compared with.")
+
+    @field_validator("arms", mode="before")
+    @classmethod
+    def _parse_arms(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.lstrip().startswith("{"):
+            return json.loads(value)
+        if isinstance(value, str):
+            pairs = (part.partition("=") for part in value.split(",") if part.strip())
+            return {name.strip(): float(share) for name, _, share in pairs}
+        return value
+
+    @model_validator(mode="after")
+    def _check_arms(self) -> ExperimentSettings:
+        if not self.arms or any(share < 0 for share in self.arms.values()):
+            raise ValueError("arms needs at least one arm and no negative share")
+        if sum(self.arms.values()) <= 0:
+            raise ValueError("arms' shares must not all be 0")
+        for arm in self.arms:
+            pinned = arm.removeprefix(PINNED_ARM_PREFIX)
+            if arm not in ARM_KINDS and not (arm != pinned and pinned.isdigit()):
+                raise ValueError(
+                    f"unknown arm {arm!r}: use {', '.join(ARM_KINDS)} or {PINNED_ARM_PREFIX}<N>"
+                )
+        if self.control not in self.arms:
+            raise ValueError(f"control arm {self.control!r} is not one of the arms")
+        return self
+
+
 class SloSettings(BaseSettings):
     """Service-level objectives checked by load tests and alert rules."""
 
@@ -406,6 +458,7 @@ class Settings(BaseSettings):
     learner: LearnerSettings = Field(default_factory=LearnerSettings)
     serving: ServingSettings = Field(default_factory=ServingSettings)
     drift: DriftSettings = Field(default_factory=DriftSettings)
+    experiment: ExperimentSettings = Field(default_factory=ExperimentSettings)
     slo: SloSettings = Field(default_factory=SloSettings)
 
     @field_validator(*_UNDER_STATE_DIR, mode="after")

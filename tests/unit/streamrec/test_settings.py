@@ -22,7 +22,13 @@ from streamrec.recorded_events import (
     read_recorded,
     require_recorded_source,
 )
-from streamrec.settings import FlowSettings, load_settings, mask_url, masked_settings
+from streamrec.settings import (
+    ExperimentSettings,
+    FlowSettings,
+    load_settings,
+    mask_url,
+    masked_settings,
+)
 from tests.conftest import REPO_ROOT, SAMPLE_DIR
 
 
@@ -275,3 +281,16 @@ def test_a_missing_data_dir_ends_the_command_with_one_sentence(tmp_path: Path) -
     assert str(missing) in done.stderr
     assert "STREAMREC_DATA_DIR" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_experiment_arms_read_as_name_share_pairs_or_json_and_unknown_arms_are_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("STREAMREC_EXPERIMENT_ARMS", "online=0.8, canary=0.1,pinned-42=0.1")
+    assert ExperimentSettings().arms == {"online": 0.8, "canary": 0.1, "pinned-42": 0.1}
+    monkeypatch.setenv("STREAMREC_EXPERIMENT_ARMS", '{"online": 1, "popularity": 1}')
+    assert ExperimentSettings().arms == {"online": 1.0, "popularity": 1.0}
+    for arms in ("shiny=1", "pinned-x=1", "online=-1", "online=0", "popularity=1"):
+        monkeypatch.setenv("STREAMREC_EXPERIMENT_ARMS", arms)
+        with pytest.raises(ValueError, match="arm"):
+            ExperimentSettings()
