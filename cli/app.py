@@ -10,6 +10,8 @@ from cli import (
     alerts,
     bench,
     drift,
+    experiments,
+    explain,
     flow,
     learning,
     loadtest,
@@ -28,13 +30,14 @@ app = typer.Typer(
     help="The streamrec command line: one entry point for every stage of the loop.",
 )
 # Top-level commands, by the stage they run.
-for commands in (loop, traffic, flow, learning, drift, serving, loadtest):
+for commands in (loop, traffic, flow, learning, drift, serving, explain, loadtest):
     app.add_typer(commands.app)
 # Sub-command groups: ``streamrec services up``, ``streamrec bench flow``, ...
 app.add_typer(services.app, name="services")
 app.add_typer(alerts.app, name="alerts")
 app.add_typer(model.app, name="model")
 app.add_typer(bench.app, name="bench")
+app.add_typer(experiments.app, name="experiments")
 
 
 def main() -> None:

@@ -103,6 +103,20 @@ def evaluate_command(
         "reports/evaluation.png"
     ),
     window: Annotated[int, typer.Option(help="Examples per plot window.")] = 2000,
+    stream_until: Annotated[
+        str | None, typer.Option(help="ISO time: stream only before it (a dev stream).")
+    ] = None,
+    exposure_weights: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--exposure-weights",
+            help="NEG,POS: add the online model learning from a simulated shop's exposures "
+            "with these weights (repeatable).",
+        ),
+    ] = None,
+    baselines: Annotated[
+        bool, typer.Option(help="Also popularity, session-kNN and static (off: tuning).")
+    ] = True,
 ) -> None:
     """Prequential comparison: popularity, session-kNN, static and online models."""
     from online_models.offline.evaluation import run_evaluation
@@ -111,8 +125,19 @@ def evaluate_command(
 
     settings = settings_from_env()
     sources = [require_recorded_source(path) for path in source or [settings.data_dir]]
+    pairs = [tuple(float(w) for w in pair.split(",")) for pair in exposure_weights or []]
+    if any(len(pair) != 2 for pair in pairs):
+        raise typer.BadParameter("--exposure-weights takes NEG,POS")
     report = run_evaluation(
-        settings, sources, iso_to_ms(warmup_until), plot, window, progress=sys.stderr.isatty()
+        settings,
+        sources,
+        iso_to_ms(warmup_until),
+        plot,
+        window,
+        progress=sys.stderr.isatty(),
+        stream_until_ms=iso_to_ms(stream_until) if stream_until else None,
+        exposure_weights=[(pair[0], pair[1]) for pair in pairs],
+        baselines=baselines,
     )
     if as_json:
         print_json_line(report)

@@ -1,4 +1,5 @@
-"""The feature dataflow: clicks and purchases to session features, popularity and examples.
+"""The feature dataflow: clicks, purchases and impressions to session features, popularity,
+examples and exposure feedback.
 
 Run it with ``streamrec flow`` (recovery, metrics and scaling options from settings), or
 directly with ``python -m bytewax.run flows.dataflow:flow`` (settings from the
@@ -7,10 +8,11 @@ access, not at import).
 
 Steps (ids are stable: recovery snapshots are stored under them)::
 
-    kafka_in    BatchKafkaSource over clicks + purchases, one item per poll
+    kafka_in    BatchKafkaSource over clicks + purchases + impressions, one item per poll
     route       parse each message; (shard key, ShardInput) per shard; rejects -> dead letters
-    features    stateful per shard: FeatureShard.apply -> ShardOutput
+    features    stateful per shard: FeatureShard.apply -> ShardOutput (with the exposure join)
     popularity  stateful, one key: ItemPopularity over the shards' item events
+    exposure_counts  stateful, one key: ExposureCounts over the shards' closed outcomes
     publish     FeaturePublisher: Redis pipeline + Kafka produce, flushed at each snapshot
 
 All logic lives in the modules these steps call; this module only wires them. The stateful
@@ -34,6 +36,7 @@ from prometheus_client import REGISTRY
 
 from flows.batch_kafka_source import BatchKafkaSource, OnReset, TopicReset, ignore_reset
 from flows.event_routing import EventRouter, ShardInput, SourceBatch
+from flows.exposure_counts import CountsUpdate, ExposureCounts
 from flows.failure_log import logs_failure
 from flows.feature_config import FeatureConfig
 from flows.item_popularity import ItemPopularity, PopularityUpdate
@@ -44,11 +47,13 @@ from flows.shard import FeatureShard, ShardOutput
 from streamrec.alert_sender import AlertSender
 from streamrec.alerts import StreamOffset, make_alert
 from streamrec.events import EventLimits
+from streamrec.exposure_outcomes import ExposureOutcome
 from streamrec.redis_keys import RedisKeys
 from streamrec.settings import Settings, load_settings
 from streamrec.topics import Topics
 
 POPULAR_KEY = "popular"
+EXPOSURE_COUNTS_KEY = "exposure-counts"
 PopularityEvents = list[tuple[str, int, float]]
 
 
@@ -132,13 +137,55 @@ class PopularityLogic(StatefulBatchLogic[PopularityEvents, PopularityUpdate | Re
         return self.popularity.snapshot()
 
 
+class ExposureCountsLogic(
+    StatefulBatchLogic[list[ExposureOutcome], CountsUpdate | ResyncNote, bytes]
+):
+    """Bytewax shell around the single ``ExposureCounts``; writes every count again after
+    Redis lost data, like ``PopularityLogic``."""
+
+    def __init__(self, counts: ExposureCounts, check: ResyncCheck) -> None:
+        self.counts = counts
+        self.check = check
+
+    @logs_failure
+    def on_batch(
+        self, values: list[list[ExposureOutcome]]
+    ) -> tuple[list[CountsUpdate | ResyncNote], bool]:
+        outputs = self._resync()
+        update = self.counts.add(outcome for outcomes in values for outcome in outcomes)
+        if update:
+            outputs.append(update)
+        return outputs, StatefulBatchLogic.RETAIN
+
+    @logs_failure
+    def on_notify(self) -> tuple[list[CountsUpdate | ResyncNote], bool]:
+        return self._resync(), StatefulBatchLogic.RETAIN
+
+    def notify_at(self) -> datetime:
+        return self.check.next_check_at
+
+    def _resync(self) -> list[CountsUpdate | ResyncNote]:
+        resync = self.check.due(self.counts.synced)
+        if resync is None:
+            return []
+        self.counts.synced = resync.marker
+        entries = len(self.counts.shown)
+        note = ResyncNote("exposure_counts", entries, resync.marker, resync.detected)
+        return [self.counts.full_update(), note]
+
+    @logs_failure
+    def snapshot(self) -> bytes:
+        return self.counts.snapshot()
+
+
 def source_for(settings: Settings, on_reset: OnReset = ignore_reset) -> BatchKafkaSource:
-    """The input: every partition of the clicks and purchases topics; ``on_reset`` is told
-    of each one found emptied under the flow (``build_flow`` counts and alerts)."""
+    """The input: every partition of the clicks, purchases and impressions topics;
+    ``on_reset`` is told of each one found emptied under the flow (``build_flow`` counts and
+    alerts)."""
     topics = Topics.from_settings(settings.kafka)
     return BatchKafkaSource(
         settings.kafka.client_config(),
-        [topics.clicks, topics.purchases],
+        [topics.clicks, topics.purchases, topics.impressions],
         batch_size=settings.flow.batch_size,
         stop_at_end=settings.flow.stop_at_end,
         fetch_wait_max_ms=settings.kafka.fetch_wait_max_ms,
@@ -211,6 +258,18 @@ def build_flow(
         popularity = ItemPopularity.restore(half_life_ms, state_items, resume)
         return PopularityLogic(popularity, metrics, check())
 
+    @logs_failure
+    def build_exposure_counts(resume: bytes | None) -> ExposureCountsLogic:
+        return ExposureCountsLogic(ExposureCounts.restore(resume), check())
+
+    def exposure_outcomes(
+        keyed: tuple[str, ShardOutput | ResyncNote],
+    ) -> tuple[str, list[ExposureOutcome]] | None:
+        value = keyed[1]
+        if type(value) is not ShardOutput or not value.exposures:
+            return None
+        return EXPOSURE_COUNTS_KEY, value.exposures
+
     def popularity_events(
         keyed: tuple[str, ShardOutput | ResyncNote],
     ) -> tuple[str, PopularityEvents] | None:
@@ -226,7 +285,9 @@ def build_flow(
     features = op.stateful_batch("features", routed, build_shard)
     item_events = op.filter_map("popularity_events", features, popularity_events)
     popular = op.stateful_batch("popularity", item_events, build_popularity)
-    publish = op.merge("to_publish", features, popular)
+    outcomes = op.filter_map("exposure_outcomes", features, exposure_outcomes)
+    counts = op.stateful_batch("exposure_counts", outcomes, build_exposure_counts)
+    publish = op.merge("to_publish", features, popular, counts)
     publisher = FeaturePublisher(settings, metrics, alerts, marker, freshness_log)
     op.output("publish", publish, publisher)
     return flow

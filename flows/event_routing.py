@@ -17,6 +17,8 @@ from flows.dead_letter import DeadLetter, dead_letter
 from streamrec.events import Event, EventLimits, Rejection, RejectReason, parse_events
 
 FEATURE_EVENT_TYPES = frozenset(("click", "purchase"))
+# Impressions go to their session's shard too: its exposure join pairs them with the clicks.
+ROUTED_EVENT_TYPES = FEATURE_EVENT_TYPES | {"impression"}
 
 
 class SourceMessage(Protocol):
@@ -89,7 +91,7 @@ class EventRouter:
         results = parse_events([message.value() or b"" for message in messages], self.limits)
         by_shard: dict[int, ShardInput] = {}
         for message, result in zip(messages, results, strict=True):
-            if type(result) is Event and result.type in FEATURE_EVENT_TYPES:
+            if type(result) is Event and result.type in ROUTED_EVENT_TYPES:
                 index = crc32(result.session_id.encode()) % shards
                 shard = by_shard.get(index)
                 if shard is None:

@@ -61,8 +61,9 @@ def apply_event(
     if event.type == "click":
         item_id = event.item_id
         history = state.apply_click(
-            event.ts, item_id, event.category, config.history_len, config.lateness_ms
-        )
+            event.ts, item_id, event.category, config.history_len, config.lateness_ms,
+            event.event_id,
+        )  # fmt: skip
         if not history:
             return None
         bought = True if item_id in state.bought else None

@@ -88,7 +88,14 @@ class FlowMetrics:
         )
         self.late_events = Counter(
             "streamrec_flow_late_events_total",
-            "Events older than the lateness bound of their session.",
+            "Events older than the lateness bound of their session, and impressions older "
+            "than the exposure horizon.",
+            registry=registry,
+        )
+        self.exposure_outcomes = Counter(
+            "streamrec_flow_exposure_outcomes_total",
+            "Impressions whose outcome closed, by whether a shown item was clicked.",
+            ["outcome"],
             registry=registry,
         )
         self.sessions_written = Counter(

@@ -1,7 +1,8 @@
 """The flow's only output: session hashes and popularity to Redis, examples and DLQ to Kafka.
 
 Delivery guarantee: at least once, with idempotent effects. Every Redis write sets
-absolute values (HSET of a whole session hash, ZADD of absolute scores), so writing a
+absolute values (HSET of a whole session hash, ZADD of absolute scores, HSET of absolute
+exposure counts), so writing a
 batch again after a crash leaves the same state. Kafka messages are produced
 asynchronously and flushed in ``snapshot`` (which also waits for the queued Redis
 writes); Bytewax calls it before it commits an epoch, so a committed epoch never has an
@@ -44,6 +45,7 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from flows.background_writer import BackgroundWriter
+from flows.exposure_counts import CountsUpdate
 from flows.failure_log import closes_quietly, logs_failure
 from flows.item_popularity import PopularityUpdate
 from flows.metrics import FlowMetrics
@@ -82,7 +84,7 @@ end
 return (i - 3 - n) / (n + 1)
 """
 
-PublishItem = ShardOutput | PopularityUpdate | ResyncNote
+PublishItem = ShardOutput | PopularityUpdate | CountsUpdate | ResyncNote
 
 
 @dataclass(slots=True)
@@ -186,12 +188,17 @@ class _PublishPartition(StatefulSinkPartition[PublishItem, bytes]):
         produce_ms: list[int] = []
         read_ms: list[float] = []
         sessions = duplicates = late = evicted = 0
+        metrics = self._metrics
         for value in values:
             if isinstance(value, PopularityUpdate):
                 commands += self._queue_popularity(pipe, value)
                 continue
             if isinstance(value, ResyncNote):
                 self._resynced(value)
+                continue
+            if isinstance(value, CountsUpdate):
+                commands += self._hset_counts(pipe, self._keys.item_shown, value.shown)
+                commands += self._hset_counts(pipe, self._keys.item_clicked, value.clicked)
                 continue
             for session_id, fields in value.sessions.items():
                 args.append(session_prefix + session_id)
@@ -206,13 +213,16 @@ class _PublishPartition(StatefulSinkPartition[PublishItem, bytes]):
             duplicates += value.duplicates
             late += value.late
             evicted += value.evicted
+            if value.exposures:
+                clicked = sum(1 for outcome in value.exposures if outcome.was_clicked)
+                metrics.exposure_outcomes.labels("clicked").inc(clicked)
+                metrics.exposure_outcomes.labels("ignored").inc(len(value.exposures) - clicked)
         if len(args) > len(header):
             self._clients.write_sessions(args=args, client=pipe)
         commands += 2 * sessions
         if commands:
             self._clients.writer.submit(partial(self._execute, pipe, commands, produce_ms, read_ms))
         self._produce(values)
-        metrics = self._metrics
         metrics.sessions_written.inc(sessions)
         metrics.duplicates.inc(duplicates)
         metrics.late_events.inc(late)
@@ -279,8 +289,13 @@ class _PublishPartition(StatefulSinkPartition[PublishItem, bytes]):
         return self._hset_categories(pipe, list(changed.items()))
 
     def _hset_categories(self, pipe: Any, pairs: list[tuple[str, str]]) -> int:
+        return self._hset_counts(pipe, self._keys.item_categories, dict(pairs))
+
+    def _hset_counts(self, pipe: Any, key: str, counts: dict[str, int] | dict[str, str]) -> int:
+        """Queue chunked HSETs of absolute values per item; return how many commands."""
+        pairs = list(counts.items())
         for start in range(0, len(pairs), ZADD_CHUNK):
-            pipe.hset(self._keys.item_categories, mapping=dict(pairs[start : start + ZADD_CHUNK]))
+            pipe.hset(key, mapping=dict(pairs[start : start + ZADD_CHUNK]))
         return (len(pairs) + ZADD_CHUNK - 1) // ZADD_CHUNK
 
     def _queue_popularity(self, pipe: Any, update: PopularityUpdate) -> int:

@@ -20,6 +20,7 @@ import orjson
 from streamrec.session_features import SessionFeatures, encode_session_values
 
 NO_TS = -1
+_VALUES_BEFORE_EVENTS = 13  # the length of a saved state from before ``item_events``
 
 
 class SessionState:
@@ -28,6 +29,7 @@ class SessionState:
     __slots__ = (
         "seen",
         "item_ts",
+        "item_events",
         "items",
         "clicks",
         "purchases",
@@ -44,6 +46,7 @@ class SessionState:
     def __init__(self) -> None:
         self.seen: set[str] = set()
         self.item_ts: list[int] = []
+        self.item_events: list[str] = []  # the event id of each click of ``items``
         self.items: list[str] = []
         self.clicks = 0
         self.purchases = 0
@@ -73,13 +76,15 @@ class SessionState:
                 self.last_click_ts,
                 self.last_purchase_ts,
                 self.late,
+                self.item_events,
             ]
         )
 
     @classmethod
     def from_json(cls, raw: bytes) -> SessionState:
-        """Inverse of ``to_json``."""
+        """Inverse of ``to_json``; a state saved before ``item_events`` existed gets empty ids."""
         state = cls.__new__(cls)
+        values = orjson.loads(raw)
         (
             seen,
             state.item_ts,
@@ -94,7 +99,9 @@ class SessionState:
             state.last_click_ts,
             state.last_purchase_ts,
             state.late,
-        ) = orjson.loads(raw)
+        ) = values[:_VALUES_BEFORE_EVENTS]
+        old = len(values) == _VALUES_BEFORE_EVENTS
+        state.item_events = [""] * len(state.items) if old else values[_VALUES_BEFORE_EVENTS]
         state.seen = set(seen)
         return state
 
@@ -107,9 +114,16 @@ class SessionState:
         return True
 
     def apply_click(
-        self, ts: int, item_id: str, category: str | None, history_len: int, lateness_ms: int
+        self,
+        ts: int,
+        item_id: str,
+        category: str | None,
+        history_len: int,
+        lateness_ms: int,
+        event_id: str,
     ) -> tuple[str, ...] | None:
-        """Apply a new click; return the items before it in event time, or None when late."""
+        """Apply a new click (``event_id`` is kept beside its item, for explanations);
+        return the items before it in event time, or None when late."""
         self._touch(ts)
         self.clicks += 1
         if category is not None:
@@ -122,18 +136,22 @@ class SessionState:
             self.last_click_ts = ts
         item_ts = self.item_ts
         items = self.items
+        item_events = self.item_events
         if not item_ts or ts >= item_ts[-1]:
             history = tuple(items)
             item_ts.append(ts)
             items.append(item_id)
+            item_events.append(event_id)
         else:
             place = bisect_right(item_ts, ts)
             history = tuple(items[:place])
             item_ts.insert(place, ts)
             items.insert(place, item_id)
+            item_events.insert(place, event_id)
         if len(items) > history_len:
             del item_ts[0]
             del items[0]
+            del item_events[0]
         return history
 
     def apply_purchase(
@@ -152,6 +170,10 @@ class SessionState:
             bought.append(item_id)
             if len(bought) > history_len:
                 del bought[0]
+        return self.items_until(ts)
+
+    def items_until(self, ts: int) -> tuple[str, ...]:
+        """The clicked items (of the history kept) up to event time ``ts``, in order."""
         item_ts = self.item_ts
         if not item_ts or ts >= item_ts[-1]:
             return tuple(self.items)
@@ -179,11 +201,13 @@ class SessionState:
             last_ts=self.last_ts,
             gap_ms=self.last_ts - self.prev_ts if self.prev_ts != NO_TS else 0,
             late=self.late,
+            events=tuple(zip(self.item_events, self.item_ts, strict=True)),
         )
 
-    def hash_values(self) -> list[bytes]:
+    def hash_values(self, with_events: bool) -> list[bytes]:
         """The session hash values in ``FIELDS`` order: ``features()`` encoded, without the
-        intermediate ``SessionFeatures`` (the flow's per-batch write path)."""
+        intermediate ``SessionFeatures`` (the flow's per-batch write path); ``events`` is
+        empty unless ``with_events``."""
         return encode_session_values(
             self.items,
             self.clicks,
@@ -194,4 +218,5 @@ class SessionState:
             self.last_ts,
             self.last_ts - self.prev_ts if self.prev_ts != NO_TS else 0,
             self.late,
+            list(zip(self.item_events, self.item_ts, strict=True)) if with_events else (),
         )

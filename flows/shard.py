@@ -6,6 +6,15 @@ Bytewax: it deduplicates, orders, updates the sessions and builds training examp
 popularity events, and returns the *absolute* hash of every session it changed, so
 writing the output twice (a replay after a crash) leaves the same Redis state.
 
+Impressions go through the shard's ``ExposureJoin`` with the sessions' clicks and
+purchases; each outcome it closes becomes an exposure example (``exposure_examples.py``)
+and goes on to the exposure counts. The join's open outcomes are part of the snapshot, so
+an outcome closes once across a restart. An impression whose session is known is
+deduplicated by event id like any event (an impression-only session is not kept: the
+join drops a repeat while the outcome is open); one older than the join's watermark by
+more than the horizon is late (its outcome could no longer be seen) and is dropped and
+counted. Impressions do not move the event time that drives eviction.
+
 Idle sessions leave the state once event time has moved ``session_ttl`` past their last
 event (Redis expires their hash on its own clock). Event time here is the *slowest* input
 partition's newest event (a watermark per topic partition, then the minimum): the
@@ -26,8 +35,10 @@ import orjson
 from flows.dead_letter import encode_dead_letter
 from flows.event_routing import ShardInput
 from flows.example_builder import DUPLICATE, apply_event
+from flows.exposure_examples import exposure_example
 from flows.feature_config import FeatureConfig
 from flows.session_state import NO_TS, SessionState
+from streamrec.exposure_outcomes import ExposureJoin, ExposureOutcome
 from streamrec.training_examples import encode_example
 
 SWEEPS_PER_TTL = 8
@@ -46,7 +57,8 @@ class ShardOutput:
     ``item_categories`` maps clicked items to the category their click carried (serving's
     category filter reads it).
     ``produce_ms`` and ``read_ms`` hold, per input event, its Kafka produce time and when
-    the flow read it (for freshness).
+    the flow read it (for freshness). ``exposures`` are the outcomes closed by this batch
+    (their examples are in ``examples``).
     """
 
     sessions: dict[str, list[bytes]] = field(default_factory=dict)
@@ -54,6 +66,7 @@ class ShardOutput:
     dead_letters: list[tuple[bytes, bytes]] = field(default_factory=list)
     popularity: list[tuple[str, int, float]] = field(default_factory=list)
     item_categories: dict[str, str] = field(default_factory=dict)
+    exposures: list[ExposureOutcome] = field(default_factory=list)
     produce_ms: list[int] = field(default_factory=list)
     read_ms: list[float] = field(default_factory=list)
     events: int = 0
@@ -72,6 +85,7 @@ class FeatureShard:
         self.dirty: set[str] = set()
         self.source_watermarks: dict[tuple[str, int], int] = {}
         self.next_sweep_ms = NO_TS
+        self.exposures = ExposureJoin(config.exposure_horizon_ms, config.exposure_max_open)
         # The Redis marker under which every session of this shard was last written in full
         # (flows/redis_resync.py); None before the first time.
         self.synced: str | None = None
@@ -87,6 +101,8 @@ class FeatureShard:
         item_categories = out.item_categories
         changed: dict[str, SessionState] = {}
         duplicates = late = 0
+        join = self.exposures
+        horizon_ms = config.exposure_horizon_ms
         for shard_input in inputs:
             topic, partition = shard_input.topic, shard_input.partition
             newest = NO_TS
@@ -100,6 +116,18 @@ class FeatureShard:
             ):
                 session_id = event.session_id
                 state = sessions.get(session_id)
+                if event.type == "impression":
+                    if state is not None and not state.record(event.event_id):
+                        duplicates += 1
+                        continue
+                    if state is not None:
+                        self.dirty.add(session_id)
+                    if event.ts < join.watermark - horizon_ms:
+                        late += 1
+                        continue
+                    self._close_exposures(join.observe(event), out, topic, partition, offset,
+                                          produced_ms)  # fmt: skip
+                    continue
                 if state is None:
                     state = sessions[session_id] = SessionState()
                 late_before = state.late
@@ -109,6 +137,12 @@ class FeatureShard:
                     continue
                 if example is not None:
                     examples.append((session_id.encode(), encode_example(example), produced_ms))
+                if join.open_count:
+                    closed = join.observe(event)
+                    if closed:
+                        self._close_exposures(closed, out, topic, partition, offset, produced_ms)
+                elif event.ts > join.watermark:  # nothing open: only event time moves
+                    join.watermark = event.ts
                 ts = event.ts
                 if ts > newest:
                     newest = ts
@@ -125,11 +159,31 @@ class FeatureShard:
                 self.source_watermarks[source] = newest
         out.duplicates, out.late = duplicates, late
         self.dirty.update(changed)
-        out.sessions = {session_id: state.hash_values() for session_id, state in changed.items()}
+        with_events = config.click_events
+        out.sessions = {sid: state.hash_values(with_events) for sid, state in changed.items()}
         watermark = self.watermark_ms()
         if watermark != NO_TS and watermark >= self.next_sweep_ms:
             out.evicted = self._evict_idle(watermark)
         return out
+
+    def _close_exposures(
+        self,
+        closed: list[ExposureOutcome],
+        out: ShardOutput,
+        topic: str,
+        partition: int,
+        offset: int,
+        produced_ms: int,
+    ) -> None:
+        """Emit the examples of outcomes closed by the event at (topic, partition, offset)."""
+        sessions = self.sessions
+        for outcome in closed:
+            session_id = outcome.session_id
+            state = sessions.get(session_id)  # None once evicted
+            history = () if state is None else state.items_until(outcome.ts)
+            example = exposure_example(outcome, history, topic, partition, offset)
+            out.examples.append((session_id.encode(), encode_example(example), produced_ms))
+        out.exposures.extend(closed)
 
     def full_state(self, chunk: int) -> list[ShardOutput]:
         """Every live session's full hash, ``chunk`` sessions per output (a re-sync)."""
@@ -137,7 +191,10 @@ class FeatureShard:
         ids = list(sessions)
         return [
             ShardOutput(
-                sessions={sid: sessions[sid].hash_values() for sid in ids[start : start + chunk]}
+                sessions={
+                    sid: sessions[sid].hash_values(self.config.click_events)
+                    for sid in ids[start : start + chunk]
+                }
             )
             for start in range(0, len(ids), chunk)
         ]
@@ -178,6 +235,7 @@ class FeatureShard:
                 "watermarks": [[t, p, ts] for (t, p), ts in self.source_watermarks.items()],
                 "next_sweep_ms": self.next_sweep_ms,
                 "synced": self.synced,
+                "exposures": self.exposures.state(),
             }
         )
 
@@ -194,4 +252,7 @@ class FeatureShard:
             shard.source_watermarks = {(t, p): ts for t, p, ts in data["watermarks"]}
             shard.next_sweep_ms = data["next_sweep_ms"]
             shard.synced = data.get("synced")  # absent in snapshots made before re-syncs
+            shard.exposures = ExposureJoin.restore(
+                config.exposure_horizon_ms, config.exposure_max_open, data.get("exposures")
+            )
         return shard

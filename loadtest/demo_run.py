@@ -6,7 +6,11 @@
 4. replay the rest of the sample at an accelerated speed while a simulated shop asks
    serving for recommendations for live sessions;
 5. compare the online model's prequential HR@20 with the frozen first model (static) on
-   the same training examples, write ``reports/<run>/report.html`` and print a summary;
+   the same training examples, replay them from the first model with and without exposure
+   feedback (``exposure_feedback_effect``), show the experiment's arms (serving splits the shop's
+   sessions between the online model and popularity, and explores new items in a share
+   of lists; the shop judges each list by its session's next click), write
+   ``reports/<run>/report.html`` and print a summary;
 6. stop everything it started and delete this run's Redis keys, topics' data and files.
 
 Each run is isolated by its own topic and key prefixes and its own state directory, so a
@@ -24,7 +28,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import redis
@@ -33,6 +37,7 @@ from confluent_kafka.admin import AdminClient
 from rich.console import Console
 from rich.table import Table
 
+from loadtest.experiment_report import share_text
 from loadtest.load_run import LoadPlan, run_load
 from loadtest.loop_session import isolated_environment, running_loop, train_first_model
 from loadtest.run_report import RunRecord, Series, write_report
@@ -42,7 +47,7 @@ from streamrec.local_services import services_down, services_up
 from streamrec.redis_keys import RedisKeys
 from streamrec.settings import Settings, load_settings
 from streamrec.topics import Topics
-from streamrec.training_examples import TrainingExample, decode_example
+from streamrec.training_examples import TrainingExample, decode_example, is_next_click
 
 if TYPE_CHECKING:
     from online_models.model.weights import ModelWeights
@@ -60,6 +65,17 @@ class DemoPlan:
     shop_rate: float = 40.0
     train_epochs: int = 3
     reports_dir: Path = Path("reports")
+    # The live experiment, unless the environment configures one: arms and exploration.
+    experiment_arms: str = "online=0.8,popularity=0.2"
+    explore_slots: int = 1
+    explore_share: float = 0.2
+
+    def experiment_environment(self) -> dict[str, str]:
+        return {
+            "STREAMREC_EXPERIMENT_ARMS": self.experiment_arms,
+            "STREAMREC_SERVING_EXPLORE_SLOTS": str(self.explore_slots),
+            "STREAMREC_SERVING_EXPLORE_SHARE": str(self.explore_share),
+        }
 
 
 def _examples(settings: Settings) -> Iterator[TrainingExample]:
@@ -98,7 +114,7 @@ def static_hr_series(settings: Settings, weights: ModelWeights) -> Series:
     from online_models.model.scorer import SessionScorer
 
     scorer = SessionScorer.from_weights(weights, settings.model)
-    examples = sorted(_examples(settings), key=lambda e: e.ts)
+    examples = sorted(filter(is_next_click, _examples(settings)), key=lambda e: e.ts)
     hits = np.zeros(len(examples), dtype=bool)
     for start in range(0, len(examples), 512):
         batch = examples[start : start + 512]
@@ -120,6 +136,23 @@ def online_hr_series(settings: Settings) -> Series:
         hit_count = int(fields[b"hits_at_20"])
         hits.extend([True] * hit_count + [False] * (examples - hit_count))
     return _windows(np.array(hits, dtype=bool))
+
+
+def exposure_feedback_effect(settings: Settings, weights: ModelWeights) -> dict[str, Any]:
+    """The learner from the first model over this run's examples, with and without
+    exposure feedback, in the evaluation's simulated shop (it shows each session the
+    model's own top 20; the shopper follows the recorded next click). The live loop cannot
+    show the effect itself: one learner runs, and an accelerated replay stamps impressions
+    in wall-clock time beside 2014 clicks, so the flow's event-time join has no clicks."""
+    from online_models.offline.evaluation import exposure_feedback_ranks, summarize
+
+    examples = sorted(filter(is_next_click, _examples(settings)), key=lambda e: e.ts)
+    ranks = exposure_feedback_ranks(weights, examples, settings.learner)
+    clicks = np.array([e.kind == "click" for e in examples])
+    return {
+        "summary": {name: summarize(r, clicks) for name, r in ranks.items()},
+        "series": {name: _windows(r < 20) for name, r in ranks.items()},
+    }
 
 
 def _windows(hits: np.ndarray) -> Series:
@@ -148,6 +181,7 @@ def run_demo(plan: DemoPlan = DemoPlan()) -> int:
     run = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     base = load_settings()
     env = isolated_environment(f"demo-{run}", base.state_dir / "demo" / run)
+    env |= {k: v for k, v in plan.experiment_environment().items() if k not in os.environ}
     os.environ.update(env)
     settings = load_settings()
     run_dir = settings.state_dir / "demo" / run
@@ -180,6 +214,12 @@ def run_demo(plan: DemoPlan = DemoPlan()) -> int:
             "static": static_hr_series(settings, static_weights),
         }
         _summarize_hr(record)
+        console.print("replaying the run's examples with and without exposure feedback ...")
+        effect = exposure_feedback_effect(settings, static_weights)
+        for name, series in effect["series"].items():
+            record.hr_at_20[f"{name} (simulated shop)"] = series
+        _summarize_exposure_feedback(record, effect["summary"])
+        _summarize_experiments(record)
         record.summary["wall time s"] = round(time.monotonic() - started, 1)
         page = write_report(record, plan.reports_dir / run)
         _print_summary(record, page)
@@ -199,6 +239,24 @@ def _summarize_hr(record: RunRecord) -> None:
         record.summary[f"HR@20 {name} (mean of windows)"] = (
             round(float(np.mean([hr for _, hr in series])), 4) if series else float("nan")
         )
+
+
+def _summarize_exposure_feedback(record: RunRecord, summary: dict[str, dict[str, float]]) -> None:
+    without, with_ = summary["online"], summary["online+exposure"]
+    for metric in ("hr@20", "mrr@20", "ctr@20"):
+        record.summary[f"exposure feedback {metric.upper()}: without -> with"] = (
+            f"{without.get(metric, float('nan')):.4f} -> {with_.get(metric, float('nan')):.4f}"
+        )
+
+
+def _summarize_experiments(record: RunRecord) -> None:
+    if not record.experiments:
+        return
+    for row in record.experiments["arms"]:
+        record.summary[f"CTR {row['arm']} (95% interval)"] = share_text(row["ctr"])
+    explored = record.experiments["explored_slots"]
+    if explored["trials"]:
+        record.summary["CTR explored slots (95% interval)"] = share_text(explored)
 
 
 def _print_summary(record: RunRecord, page: Path) -> None:

@@ -19,11 +19,13 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import orjson
 import redis
 from confluent_kafka import Consumer, TopicPartition
 
+from loadtest.experiment_report import OutcomeTally, experiment_report
 from loadtest.prometheus_scrape import Scrape, bucket_delta, histogram_quantile, scrape
 from loadtest.run_report import RunRecord, Series
 from loadtest.traffic_replay import ReplayReport, replay
@@ -263,8 +265,18 @@ def run_load(
         serving_rps=[(float(p["t_s"]), float(p["rps"])) for p in serving_series],
         model_versions=_gauge_series(samples, "learner", LEARNER_VERSION),
         alerts=alerts,
+        experiments=_experiments(shop_result, settings.experiment.control),
     )
     return record, measured, report
+
+
+def _experiments(shop_result: dict[str, Any], control: str) -> dict[str, Any]:
+    """Per-arm CTR and served HR of the lists the shop was served (see shop_simulator);
+    conversion is left out: the shop does not follow purchases."""
+    outcomes = shop_result.get("outcomes")
+    if not outcomes:
+        return {}
+    return experiment_report(OutcomeTally.from_dict(outcomes), control, ("ctr", "served_hr"))
 
 
 def _ratio(numerator: float, denominator: float) -> float:

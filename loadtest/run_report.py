@@ -10,12 +10,15 @@ import html
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 import orjson
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 - after choosing the backend
+
+from loadtest.experiment_report import LABELS, difference_text, share_text  # noqa: E402
 
 Series = list[tuple[float, float]]
 
@@ -35,6 +38,8 @@ class RunRecord:
     hr_at_20: dict[str, Series] = field(default_factory=dict)
     alerts: list[dict[str, object]] = field(default_factory=list)
     slo: list[dict[str, object]] = field(default_factory=list)
+    # ``loadtest.experiment_report.experiment_report``'s object; empty: no experiment ran.
+    experiments: dict[str, Any] = field(default_factory=dict)
 
 
 def _plot(
@@ -168,6 +173,7 @@ def _html(record: RunRecord, shown: list[tuple[str, str]]) -> str:
         if record.alerts
         else "<h2>Drift alerts</h2><p>None raised.</p>"
     )
+    experiments = _experiments_html(record.experiments)
     figures = "".join(
         f"<figure><img src='{f}' alt='{html.escape(t)}'><figcaption>"
         f"{html.escape(t)}</figcaption></figure>"
@@ -180,6 +186,41 @@ table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px;te
 .pass td:last-child{{color:green}}.fail td:last-child{{color:#c00;font-weight:bold}}
 img{{max-width:100%}}</style></head><body>
 <h1>streamrec run {html.escape(record.name)}</h1>
-<h2>Summary</h2><table>{rows}</table>{slo}{alerts}<h2>Plots</h2>{figures}
+<h2>Summary</h2><table>{rows}</table>{slo}{experiments}{alerts}<h2>Plots</h2>{figures}
 </body></html>
 """
+
+
+def _experiments_html(report: dict[str, Any]) -> str:
+    """Per-arm shares with 95% intervals, each arm against the control, explored slots."""
+    if not report:
+        return ""
+    metrics = report["metrics"]
+    head = "".join(f"<th>{html.escape(LABELS[m])}</th>" for m in metrics)
+    rows = "".join(
+        f"<tr><td>{html.escape(row['arm'])}</td><td>{_cell(row['impressions'])}</td>"
+        + "".join(f"<td>{share_text(row[m])}</td>" for m in metrics)
+        + "</tr>"
+        for row in report["arms"]
+    )
+    versus = "".join(
+        f"<tr><td>{html.escape(row['arm'])}</td>"
+        + "".join(f"<td>{difference_text(row['vs_control'][m])}</td>" for m in metrics)
+        + "</tr>"
+        for row in report["arms"]
+        if row["vs_control"] is not None
+    )
+    slots = "".join(
+        f"<tr><td>{name}</td><td>{_cell(report[key]['trials'])}</td>"
+        f"<td>{share_text(report[key])}</td></tr>"
+        for name, key in (("explored", "explored_slots"), ("model", "model_slots"))
+    )
+    control = html.escape(str(report["control"]))
+    return (
+        f"<h2>Experiment arms</h2><p>95% Wilson intervals; control: {control}.</p>"
+        f"<table><tr><th>arm</th><th>impressions</th>{head}</tr>{rows}</table>"
+        f"<h3>Difference to the control (95% interval, two-sided p-value)</h3>"
+        f"<table><tr><th>arm</th>{head}</tr>{versus}</table>"
+        f"<h3>Exploration: slots of the lists that explored</h3>"
+        f"<table><tr><th>slots</th><th>shown</th><th>CTR</th></tr>{slots}</table>"
+    )

@@ -7,6 +7,13 @@ latency is measured from when the request was due, so a stalled server is not hi
 a waiting client), and checks each recommendation against the session's next click:
 ``served_hr`` is the share of next clicks that were in the list served just before.
 
+Each list served is also an exposure outcome of the arm that answered
+(``loadtest.experiment_report``): clicked when the session's next click was on it (its
+shopper follows the recorded click), ignored when the session clicked nothing before the
+next list or the end of the run. A replay runs sessions far faster than serving's clock,
+so the event-time join of ``streamrec experiments report`` cannot judge its lists; the
+order in which this shop sees clicks can.
+
 It runs for ``--duration-s`` or until SIGTERM, then prints one JSON line: request counts,
 errors, latency percentiles, served HR and a per-second series for plots.
 """
@@ -22,13 +29,16 @@ import sys
 import threading
 import time
 from collections import deque
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
 
 import numpy as np
 import orjson
 from confluent_kafka import OFFSET_END, TopicPartition
 
+from loadtest.experiment_report import OutcomeTally
 from loadtest.http_load import build_request, read_response
+from streamrec.exposure_outcomes import ExposureOutcome
 from streamrec.kafka_clients import make_consumer
 from streamrec.settings import load_settings
 from streamrec.topics import Topics
@@ -47,6 +57,7 @@ class ShopResult:
     served_hr: float = float("nan")
     judged_clicks: int = 0
     series: list[dict[str, float]] = field(default_factory=list)
+    outcomes: dict[str, Any] = field(default_factory=dict)  # OutcomeTally.as_dict()
 
 
 class LiveSessions:
@@ -55,16 +66,20 @@ class LiveSessions:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._recent: deque[str] = deque(maxlen=LIVE_SESSIONS)
-        self._served: dict[str, frozenset[str]] = {}
+        self._served: dict[str, ExposureOutcome] = {}
         self.hits = 0
         self.judged = 0
+        self.tally = OutcomeTally()
 
     def clicked(self, session_id: str, item_id: str) -> None:
         with self._lock:
             shown = self._served.pop(session_id, None)
             if shown is not None:
+                hit = item_id in shown.items
                 self.judged += 1
-                self.hits += item_id in shown
+                self.hits += hit
+                clicked = (item_id,) if hit else ()
+                self.tally.add(replace(shown, clicked=clicked, next_click=item_id))
             self._recent.append(session_id)
 
     def pick(self, rng: random.Random) -> str | None:
@@ -75,9 +90,29 @@ class LiveSessions:
             back = min(len(self._recent) - 1, int(rng.expovariate(0.01)))
             return self._recent[-1 - back]
 
-    def served(self, session_id: str, items: list[str]) -> None:
+    def served(self, session_id: str, answer: dict[str, Any]) -> None:
+        shown = ExposureOutcome(
+            request_id=answer["request_id"],
+            session_id=session_id,
+            ts=0,
+            items=tuple(item["item_id"] for item in answer.get("items", [])),
+            model_version=answer.get("model_version"),
+            arm=answer.get("arm"),
+            explored=tuple(answer.get("explored", ())),
+        )
         with self._lock:
-            self._served[session_id] = frozenset(items)
+            ignored = self._served.get(session_id)
+            if ignored is not None:  # a newer list before any click: this one was ignored
+                self.tally.add(ignored)
+            self._served[session_id] = shown
+
+    def close(self) -> OutcomeTally:
+        """The tally with every list still waiting for a click counted as ignored."""
+        with self._lock:
+            for ignored in self._served.values():
+                self.tally.add(ignored)
+            self._served.clear()
+            return self.tally
 
 
 def follow_clicks(live: LiveSessions, stop: threading.Event) -> None:
@@ -135,7 +170,7 @@ async def drive_shop(
                 return
             answer = orjson.loads(body)
             fallbacks += bool(answer.get("fallback"))
-            live.served(session_id, [item["item_id"] for item in answer.get("items", [])])
+            live.served(session_id, answer)
             latencies.append((done - started, (done - due) * 1000))
         except (OSError, TimeoutError, asyncio.IncompleteReadError, orjson.JSONDecodeError):
             errors.append(time.monotonic() - started)
@@ -171,6 +206,7 @@ def summarize(
         errors=len(errors),
         fallbacks=fallbacks,
         judged_clicks=live.judged,
+        outcomes=live.close().as_dict(),
     )
     if latencies:
         ms = np.array([latency for _, latency in latencies])

@@ -3,7 +3,8 @@
 
 Status joins the weight registry (current version, its age, the newest version's age as
 the freshness of the online learner), the learner's signal stream (when it last reported)
-and the drift status hash (last drift alert, last fine-tune and its verdict).
+and the drift status hash (last drift alert, last fine-tune and its verdict, the canary
+being rolled out or the last one's verdict).
 """
 
 from __future__ import annotations
@@ -49,6 +50,11 @@ def model_status_report(settings: Settings, client: redis.Redis) -> dict[str, An
         "last_finetune_age_s": _age_s(now_ms, _int(status.get("finetune_finished_ms"))),
         "last_finetune_candidate_hr": _float(status.get("finetune_candidate_hr")),
         "last_finetune_serving_hr": _float(status.get("finetune_serving_hr")),
+        "canary_version": registry.canary_version(),
+        "last_canary_version": _int(status.get("canary_version")),
+        "last_canary_verdict": status.get("canary_verdict"),
+        "last_canary_reason": status.get("canary_reason"),
+        "last_canary_age_s": _age_s(now_ms, _int(status.get("canary_started_ms"))),
         "finetune_lock": _text(client.get(keys.finetune_lock)),
         "finetune_lock_ttl_s": _ttl_s(client.pttl(keys.finetune_lock)),
     }

@@ -6,7 +6,8 @@ fakes and the server builds it once per worker process. Handlers only move data:
 validate (``recommend_request``), read Redis once (HGETALL of the session hash, pipelined
 with concurrent requests' reads by ``session_reader``), ask the ``score_batcher`` for the
 model's top K, call the pure ``recommender`` functions on the snapshot read once from the
-``ModelHolder``, queue the impression and write JSON with orjson.
+``ModelHolder``, queue the impression and write JSON with orjson. A request with
+``explain`` also gets ``serving.explanation``'s account of each item (computed only then).
 
 A request never waits on a model load, on Kafka or on the category map: those happen on
 background threads (``hot_swap``, ``impression_log``).
@@ -22,6 +23,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+import numpy as np
 import orjson
 import redis
 import redis.asyncio as aioredis
@@ -36,7 +38,20 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from serving.hot_swap import ModelFollower, ModelHolder, Scorer, VersionSource
+from serving.experiment_arms import (
+    CANARY,
+    ONLINE,
+    POPULARITY,
+    ArmAssignment,
+    ArmModel,
+    ArmRouter,
+    CanaryVersion,
+    PinnedVersion,
+    pinned_version,
+)
+from serving.explanation import explain_answer, with_events
+from serving.exploration import NewItemPool, explore
+from serving.hot_swap import ModelFollower, ModelHolder, ModelSnapshot, Scorer, VersionSource
 from serving.impression_log import ImpressionLog
 from serving.item_categories import read_item_categories
 from serving.metrics import ServingMetrics
@@ -50,6 +65,7 @@ from serving.recommend_request import (
 )
 from serving.recommender import (
     Recommendation,
+    excluded_ids,
     model_history,
     popular_depth,
     rank_items,
@@ -111,25 +127,39 @@ class ServingState:
         self.sync_redis = redis.Redis.from_url(
             url, socket_timeout=settings.redis.redis_timeout_s, health_check_interval=10
         )
-        pubsub_client = redis.Redis.from_url(
+        self.pubsub_client = redis.Redis.from_url(
             url,
             socket_timeout=settings.redis.redis_timeout_s,
             socket_connect_timeout=settings.redis.redis_timeout_s,
             health_check_interval=10,
         )
-        self.follower = ModelFollower(
-            self.holder,
-            registry,
-            build_scorer,
-            redis_client=pubsub_client,
-            channel=self.keys.model_updates,
-            poll_interval_s=serving.poll_interval_s,
-            category_refresh_s=serving.category_refresh_s,
-            read_categories=lambda: read_item_categories(self.sync_redis, self.keys),
-            metrics=self.metrics,
-            retry_base_s=serving.model_retry_base_s,
-            retry_max_s=serving.model_retry_max_s,
+        self.build_scorer = build_scorer
+        self.follower = self._follower(self.holder, registry, self.keys.model_updates)
+        self.arm_followers: list[ModelFollower] = []
+        self.router = self._router(registry)
+        # Per-arm counts only when there are arms to compare (an increment costs ~0.5 us);
+        # children bound once, so a request only looks its arm up.
+        self.arm_counters = (
+            {
+                arm: (
+                    self.metrics.arm_requests.labels(arm),
+                    self.metrics.arm_fallbacks.labels(arm),
+                )
+                for arm in (*settings.experiment.arms, ONLINE)
+            }
+            if len(settings.experiment.arms) > 1
+            else None
         )
+        self.new_items: NewItemPool | None = None
+        if serving.explore_slots:
+            self.new_items = NewItemPool(
+                self.sync_redis,
+                self.keys,
+                self.holder,
+                max_shown=serving.explore_max_shown,
+                refresh_s=serving.explore_refresh_s,
+            )
+        self.explore_rng = np.random.default_rng(serving.explore_seed)
         self.impressions = ImpressionLog(
             producer,
             Topics.from_settings(settings.kafka).impressions,
@@ -142,14 +172,65 @@ class ServingState:
         self.expected_token = token.encode()
         self.openapi = orjson.dumps(openapi_document(serving))
 
+    def _follower(
+        self,
+        holder: ModelHolder,
+        source: VersionSource,
+        channel: str | None,
+        arm: str | None = None,
+    ) -> ModelFollower:
+        """A follower of ``source`` into ``holder``; ``channel`` None: polling only."""
+        serving = self.settings.serving
+        return ModelFollower(
+            holder,
+            source,
+            self.build_scorer,
+            redis_client=self.pubsub_client if channel is not None else None,
+            channel=channel or "",
+            poll_interval_s=serving.poll_interval_s,
+            category_refresh_s=serving.category_refresh_s,
+            read_categories=lambda: read_item_categories(self.sync_redis, self.keys),
+            metrics=self.metrics,
+            retry_base_s=serving.model_retry_base_s,
+            retry_max_s=serving.model_retry_max_s,
+            arm=arm,
+        )
+
+    def _router(self, registry: VersionSource) -> ArmRouter:
+        """The experiment's router, with a holder and follower per pinned or canary arm."""
+        experiment = self.settings.experiment
+        models: dict[str, ArmModel] = {}
+        for arm in experiment.arms:
+            pinned = pinned_version(arm)
+            source: PinnedVersion | CanaryVersion
+            if pinned is not None:
+                source, channel = PinnedVersion(registry, pinned), None
+            elif arm == CANARY:
+                source = CanaryVersion(registry)  # type: ignore[arg-type]  # has canary_version
+                channel = self.keys.model_canary_updates
+            else:
+                continue
+            models[arm] = ArmModel(ModelHolder(), source)
+            self.arm_followers.append(self._follower(models[arm].holder, source, channel, arm))
+        assignment = ArmAssignment.from_settings(experiment)
+        return ArmRouter(assignment, experiment.control, self.holder, models)
+
     def start(self) -> None:
         self.follower.start()
+        for follower in self.arm_followers:
+            follower.start()
+        if self.new_items is not None:
+            self.new_items.start()
         self.impressions.start()
 
     async def stop(self) -> None:
         """Stop following the registry, flush impressions, close Redis connections."""
         grace_s = self.settings.serving.shutdown_grace_s
         self.follower.stop(grace_s)
+        for follower in self.arm_followers:
+            follower.stop(grace_s)
+        if self.new_items is not None:
+            self.new_items.stop(grace_s)
         undelivered = self.impressions.close(grace_s)
         log_event(logger, "serving_stopped", impressions_undelivered=undelivered)
         await self.redis.aclose()
@@ -223,7 +304,8 @@ class RecommendHandlers:
     async def _answer(self, request: RecommendRequest) -> Response:
         state = self.state
         started = time.perf_counter()
-        snapshot = state.holder.current  # read once: the whole answer uses this version
+        # Read once: the whole answer uses this arm's version (None: popular items).
+        arm, snapshot = state.router.route(request.session_id)
         batcher = state.batcher
         batcher.begin()
         scoring = True
@@ -244,7 +326,7 @@ class RecommendHandlers:
                 rows, scores = await batcher.top_k(
                     snapshot, history, request.k, excluded, candidates
                 )
-                recommendation = rank_items(snapshot, rows, scores)
+                recommendation = rank_items(snapshot, rows, scores, arm)
             else:
                 scoring = False
                 batcher.end()
@@ -260,11 +342,15 @@ class RecommendHandlers:
                     self._unreadable("popular", "wrong_type", state.keys.popular, None)
                 recommendation = recommend_popular(
                     [(item.decode(), score) for item, score in popular],
-                    snapshot,
+                    snapshot or state.holder.current,  # its category index filters
                     features,
                     request,
+                    arm,
                 )
-                state.metrics.fallbacks.inc()
+                if arm != POPULARITY:  # that arm answers with popular items by design
+                    state.metrics.fallbacks.inc()
+                    if state.arm_counters is not None:
+                        state.arm_counters[arm][1].inc()
         except (redis.RedisError, TimeoutError) as exc:
             reason = _outage_reason(exc)
             state.metrics.redis_errors.inc()
@@ -277,6 +363,10 @@ class RecommendHandlers:
         finally:
             if scoring:  # failed before asking for scores: stop the batcher waiting for it
                 batcher.end()
+        if state.new_items is not None:
+            recommendation = self._explore(recommendation, request, features, snapshot)
+        if state.arm_counters is not None:
+            state.arm_counters[arm][0].inc()
         request_id = uuid.uuid4().hex
         if recommendation.item_ids:
             state.impressions.record(
@@ -286,13 +376,52 @@ class RecommendHandlers:
                     int(time.time() * 1000),
                     recommendation.item_ids,
                     recommendation.model_version,
+                    arm,
+                    recommendation.explored,
                 )
             )
+        explanation = None
+        if request.explain:  # only on request: it encodes the session once per click
+            explanation = explain_answer(recommendation, snapshot, with_events(raw, features))
         response = Response(
-            _response_body(request_id, request.session_id, recommendation), media_type=JSON
+            _response_body(request_id, request.session_id, recommendation, explanation),
+            media_type=JSON,
         )
         state.metrics.request_seconds.observe(time.perf_counter() - started)
         return response
+
+    def _explore(
+        self,
+        recommendation: Recommendation,
+        request: RecommendRequest,
+        features: SessionFeatures | None,
+        snapshot: ModelSnapshot | None,
+    ) -> Recommendation:
+        """The answer with exploration slots, for the configured share of requests."""
+        state = self.state
+        serving = state.settings.serving
+        assert state.new_items is not None
+        if state.explore_rng.random() >= serving.explore_share:
+            return recommendation
+        allowed = None
+        if request.categories:
+            wanted = set(request.categories)
+            categories = snapshot or state.holder.current
+            category_of = categories.categories.of_item if categories is not None else {}
+            allowed = lambda item: category_of.get(item) in wanted  # noqa: E731
+        explored = explore(
+            recommendation,
+            state.new_items.current,
+            slots=serving.explore_slots,
+            k=request.k,
+            sample=serving.explore_sample,
+            excluded=excluded_ids(request, features),
+            allowed=allowed,
+            rng=state.explore_rng,
+        )
+        if explored.explored:
+            state.metrics.explored_items.inc(len(explored.explored))
+        return explored
 
     def _features(
         self, raw: dict[bytes, bytes], key: str, session_id: str
@@ -379,21 +508,27 @@ def _outage_reason(exc: BaseException) -> str:
     return f"call failed ({type(exc).__name__})"
 
 
-def _response_body(request_id: str, session_id: str, recommendation: Recommendation) -> bytes:
-    return orjson.dumps(
-        {
-            "request_id": request_id,
-            "session_id": session_id,
-            "model_version": recommendation.model_version,
-            "fallback": recommendation.fallback,
-            "items": [
-                {"item_id": item_id, "score": score}
-                for item_id, score in zip(
-                    recommendation.item_ids, recommendation.scores, strict=True
-                )
-            ],
-        }
-    )
+def _response_body(
+    request_id: str,
+    session_id: str,
+    recommendation: Recommendation,
+    explanation: dict[str, Any] | None = None,
+) -> bytes:
+    body = {
+        "request_id": request_id,
+        "session_id": session_id,
+        "model_version": recommendation.model_version,
+        "arm": recommendation.arm,
+        "fallback": recommendation.fallback,
+        "explored": recommendation.explored,
+        "items": [
+            {"item_id": item_id, "score": score}
+            for item_id, score in zip(recommendation.item_ids, recommendation.scores, strict=True)
+        ],
+    }
+    if explanation is not None:
+        body["explanation"] = explanation
+    return orjson.dumps(body)
 
 
 class RequestCounter:

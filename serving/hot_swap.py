@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import redis
@@ -29,6 +29,9 @@ import redis
 from serving.item_categories import CategoryIndex
 from serving.metrics import ServingMetrics
 from streamrec.structured_log import log_event
+
+if TYPE_CHECKING:
+    from online_models.model.scorer import ScoreParts
 
 logger = logging.getLogger(__name__)
 FAILED_VERSIONS_KEPT = 20
@@ -53,6 +56,11 @@ class Scorer(Protocol):
         """Per click history, the ``k`` best rows (of ``item_ids``) and their float32
         scores, best first, skipping ``excluded[i]`` rows and, when ``candidates[i]`` is
         given, choosing among those rows only; non-finite scores are never returned."""
+        ...
+
+    def explain(self, history: Sequence[str], rows: np.ndarray) -> ScoreParts:
+        """The parts of the ranking scores of ``rows`` for ``history`` and each click's
+        leave-one-out drop (only for a request that asks for an explanation)."""
         ...
 
 
@@ -186,6 +194,7 @@ class ModelFollower:
         retry_base_s: float,
         retry_max_s: float,
         clock: Callable[[], float] = time.monotonic,
+        arm: str | None = None,
     ) -> None:
         self.holder = holder
         self.registry = registry
@@ -199,6 +208,12 @@ class ModelFollower:
         self.retry_base_s = retry_base_s
         self.retry_max_s = retry_max_s
         self.clock = clock
+        # A pinned or canary experiment arm's follower: its own version gauge, named in its
+        # logs; its swaps and failures count with the online follower's.
+        self.arm = arm
+        self.version_gauge = (
+            metrics.model_version if arm is None else metrics.arm_model_version.labels(arm)
+        )
         self.state = FollowerState()
         self._rng = random.Random()
         self._wake = threading.Event()
@@ -271,12 +286,14 @@ class ModelFollower:
         self.holder.swap(snapshot)
         elapsed = time.perf_counter() - started
         self.metrics.model_swaps.inc()
-        self.metrics.model_version.set(snapshot.version)
-        self.metrics.model_loaded_at.set(snapshot.loaded_at)
+        self.version_gauge.set(snapshot.version)
+        if self.arm is None:
+            self.metrics.model_loaded_at.set(snapshot.loaded_at)
         self.metrics.model_load_seconds.observe(elapsed)
         log_event(
             logger,
             "model_swapped",
+            arm=self.arm,
             version=snapshot.version,
             source=source,
             items=len(snapshot.item_rows),
@@ -296,8 +313,8 @@ class ModelFollower:
         self.state.failures = {f.version: f for f in kept}
         self.metrics.model_load_failures.inc()
         log_event(
-            logger, "model_load_failed", logging.ERROR, version=version, attempt=attempts,
-            retry_in_s=round(delay_s, 2), error=reason[:300],
+            logger, "model_load_failed", logging.ERROR, arm=self.arm, version=version,
+            attempt=attempts, retry_in_s=round(delay_s, 2), error=reason[:300],
         )  # fmt: skip
 
     def _refresh_categories(self, now: float) -> None:

@@ -26,13 +26,14 @@ from streamrec.structured_log import log_event
 
 logger = logging.getLogger(__name__)
 
-# request_id, session_id, ts_ms, item ids, model version (None for the popular fallback)
-Impression = tuple[str, str, int, tuple[str, ...], int | None]
+# request_id, session_id, ts_ms, item ids, model version (None for the popular fallback),
+# experiment arm, positions filled by exploration slots
+Impression = tuple[str, str, int, tuple[str, ...], int | None, str | None, tuple[int, ...]]
 
 
 def impression_event(impression: Impression) -> Event:
     """The contract event for one answered request."""
-    request_id, session_id, ts_ms, items, version = impression
+    request_id, session_id, ts_ms, items, version, arm, explored = impression
     return Event(
         event_id=request_id,
         type="impression",
@@ -41,6 +42,8 @@ def impression_event(impression: Impression) -> Event:
         request_id=request_id,
         items=items,
         model_version=version,
+        arm=arm,
+        explored=explored,
     )
 
 

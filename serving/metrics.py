@@ -1,8 +1,9 @@
 """Prometheus metrics of the serving process (one set per worker process).
 
 Names follow ``streamrec_serving_<what>_<unit>``; labels are few and bounded (route and
-status class only). The registry is passed in: each app (one per worker) builds its own
-and renders it at ``/metrics``, so tests can build several apps in one process.
+status class; the configured experiment arms). The registry is passed in: each app (one
+per worker) builds its own and renders it at ``/metrics``, so tests can build several apps
+in one process.
 """
 
 from __future__ import annotations
@@ -78,5 +79,28 @@ class ServingMetrics:
             "streamrec_serving_impressions_total",
             "Impression events by outcome (sent, dropped when the queue is full, failed).",
             ("outcome",),
+            registry=r,
+        )
+        self.arm_requests = Counter(
+            "streamrec_serving_arm_requests_total",
+            "Recommendations answered, by the experiment arm that answered them.",
+            ("arm",),
+            registry=r,
+        )
+        self.arm_fallbacks = Counter(
+            "streamrec_serving_arm_fallbacks_total",
+            "Recommendations an arm's model could not answer (popular items instead), by arm.",
+            ("arm",),
+            registry=r,
+        )
+        self.arm_model_version = Gauge(
+            "streamrec_serving_arm_model_version",
+            "Version a pinned or canary arm serves (absent until one is loaded), by arm.",
+            ("arm",),
+            registry=r,
+        )
+        self.explored_items = Counter(
+            "streamrec_serving_explored_items_total",
+            "New items placed in a list by an exploration slot.",
             registry=r,
         )

@@ -29,14 +29,67 @@ class RecommendedItem(_Strict):
     score: float = Field(description="Model score, or decayed popularity for a fallback.")
 
 
+class ExplainedEvent(_Strict):
+    event_id: str | None = Field(
+        description="The click's event id (null: the session was written before event ids "
+        "were stored; empty: the click came from a flow state saved before they were)."
+    )
+    ts: int | None = Field(description="The click's event time, epoch ms.")
+    item_id: str
+    known: bool = Field(description="The serving version knows the item (else it is skipped).")
+
+
+class ExplainedItem(_Strict):
+    item_id: str
+    score: float = Field(description="The score in the answer.")
+    source: Literal["model", "popularity", "exploration"] = Field(
+        description="Ranked by the model, a popular item (fallback), or an exploration slot."
+    )
+    popularity: float | None = Field(description="Decayed popularity, for a popular item.")
+    session_match: float | None = Field(description="Session vector . item vector.")
+    item_bias: float | None = Field(description="The item's learned bias.")
+    session_repeat: float | None = Field(
+        description="Learned repeat bonus + the constant lift of an item the session clicked; "
+        "session_match + item_bias + session_repeat = score (float rounding aside)."
+    )
+    event_drops: list[float] = Field(
+        description="Per event (aligned with events): the drop of this item's score when that "
+        "click is left out of the history (leave-one-out)."
+    )
+    top_event_id: str | None = Field(
+        description="The event with the largest drop (null when no click raised the score)."
+    )
+
+
+class Explanation(_Strict):
+    model_version: int | None = Field(description="Version that scored; null for a fallback.")
+    arm: str | None = Field(description="Experiment arm that answered.")
+    fallback_reason: (
+        Literal["popularity_arm", "no_model", "unknown_session", "no_known_item"] | None
+    ) = Field(description="Why popular items answered; null when the model ranked.")
+    attribution: Literal["leave_one_out"] = Field(description="How event_drops are computed.")
+    events: list[ExplainedEvent] = Field(description="The session's clicks, oldest first.")
+    items: list[ExplainedItem] = Field(description="One per item of the answer, same order.")
+
+
 class RecommendResponse(_Strict):
     request_id: str = Field(description="Unique id; the impression event carries it.")
     session_id: str
     model_version: int | None = Field(description="Version that scored; null for a fallback.")
+    arm: str = Field(
+        description="Experiment arm that answered (online, popularity, canary, pinned-<N>); "
+        "the impression carries it."
+    )
+    explored: list[int] = Field(
+        description="Positions in items filled by an exploration slot (new items), not ranked."
+    )
     fallback: Literal["popular"] | None = Field(
         description="Set when the session is unknown or empty and popular items are shown."
     )
     items: list[RecommendedItem] = Field(description="Best first; at most k.")
+    explanation: Explanation | None = Field(
+        None, description="Only with explain=true: why each item is in the answer."
+    )
 
 
 class RecommendBody(_Strict):
@@ -47,6 +100,7 @@ class RecommendBody(_Strict):
         default_factory=list, max_length=MAX_CATEGORIES, description="Only these categories."
     )
     exclude_items: list[str] = Field(default_factory=list, description="Never return these.")
+    explain: bool = Field(False, description="Add the explanation of every item.")
 
 
 class ErrorResponse(_Strict):
@@ -133,6 +187,7 @@ def openapi_document(settings: ServingSettings) -> dict[str, Any]:
         _param("k", {"type": "integer", "minimum": 1, "maximum": settings.max_k}),
         _param("category", {"type": "string", "pattern": ID_REGEX}),
         _param("exclude_bought", {"type": "boolean", "default": True}),
+        _param("explain", {"type": "boolean", "default": False}),
     ]
     ok = _json(RecommendResponse, "Top-K items for the session.")
     return {

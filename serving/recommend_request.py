@@ -18,8 +18,10 @@ from streamrec.events import MAX_ID_CHARS
 
 ID_PATTERN = re.compile(rf"[A-Za-z0-9_.:@-]{{1,{MAX_ID_CHARS}}}")
 MAX_CATEGORIES = 50
-QUERY_PARAMETERS = frozenset({"session_id", "k", "category", "exclude_bought"})
-BODY_FIELDS = frozenset({"session_id", "k", "categories", "exclude_bought", "exclude_items"})
+QUERY_PARAMETERS = frozenset({"session_id", "k", "category", "exclude_bought", "explain"})
+BODY_FIELDS = frozenset(
+    {"session_id", "k", "categories", "exclude_bought", "exclude_items", "explain"}
+)
 _TRUE = {"true": True, "1": True, "false": False, "0": False}
 
 
@@ -34,13 +36,15 @@ class RequestLimits:
 
 @dataclass(frozen=True, slots=True)
 class RecommendRequest:
-    """A valid request. ``categories`` empty means no category filter."""
+    """A valid request. ``categories`` empty means no category filter; ``explain`` asks
+    for the why of every item (``serving.explanation``)."""
 
     session_id: str
     k: int
     exclude_bought: bool = True
     categories: tuple[str, ...] = ()
     exclude_items: tuple[str, ...] = ()
+    explain: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,16 +78,26 @@ def parse_query(
         if not raw_k.isascii() or not raw_k.isdigit() or len(raw_k) > 6:
             return _invalid("invalid_k", f"k must be an integer in 1..{limits.max_k}")
         k = _check_k(int(raw_k), limits)
-    exclude_bought = True
-    if "exclude_bought" in seen:
-        flag = _TRUE.get(seen["exclude_bought"].lower())
-        if flag is None:
-            return _invalid("invalid_exclude_bought", "exclude_bought must be true or false")
-        exclude_bought = flag
+    exclude_bought = _query_flag(seen, "exclude_bought", True)
+    explain = _query_flag(seen, "explain", False)
+    if isinstance(exclude_bought, RequestProblem):
+        return exclude_bought
+    if isinstance(explain, RequestProblem):
+        return explain
     categories: tuple[str, ...] = ()
     if "category" in seen:
         categories = (seen["category"],)
-    return _build(seen["session_id"], k, exclude_bought, categories, ())
+    return _build(seen["session_id"], k, exclude_bought, categories, (), explain)
+
+
+def _query_flag(seen: dict[str, str], name: str, default: bool) -> bool | RequestProblem:
+    """A true/false (or 1/0) query parameter, ``default`` when absent."""
+    if name not in seen:
+        return default
+    flag = _TRUE.get(seen[name].lower())
+    if flag is None:
+        return _invalid(f"invalid_{name}", f"{name} must be true or false")
+    return flag
 
 
 def parse_body(body: bytes, limits: RequestLimits) -> RecommendRequest | RequestProblem:
@@ -108,13 +122,18 @@ def parse_body(body: bytes, limits: RequestLimits) -> RecommendRequest | Request
     exclude_bought = obj.get("exclude_bought", True)
     if not isinstance(exclude_bought, bool):
         return _invalid("invalid_exclude_bought", "exclude_bought must be true or false")
+    explain = obj.get("explain", False)
+    if not isinstance(explain, bool):
+        return _invalid("invalid_explain", "explain must be true or false")
     categories = _string_list(obj.get("categories", []), "categories", MAX_CATEGORIES)
     if isinstance(categories, RequestProblem):
         return categories
     excluded = _string_list(obj.get("exclude_items", []), "exclude_items", limits.max_exclude_items)
     if isinstance(excluded, RequestProblem):
         return excluded
-    return _build(session_id, _check_k(raw_k, limits), exclude_bought, categories, excluded)
+    return _build(
+        session_id, _check_k(raw_k, limits), exclude_bought, categories, excluded, explain
+    )
 
 
 def _build(
@@ -123,6 +142,7 @@ def _build(
     exclude_bought: bool,
     categories: tuple[str, ...],
     exclude_items: tuple[str, ...],
+    explain: bool,
 ) -> RecommendRequest | RequestProblem:
     if not ID_PATTERN.fullmatch(session_id):
         return _invalid(
@@ -135,7 +155,7 @@ def _build(
             return _invalid(
                 "invalid_category", f"a category must be 1..{MAX_ID_CHARS} of [A-Za-z0-9_.:@-]"
             )
-    return RecommendRequest(session_id, k, exclude_bought, categories, exclude_items)
+    return RecommendRequest(session_id, k, exclude_bought, categories, exclude_items, explain)
 
 
 def _check_k(k: int, limits: RequestLimits) -> int | RequestProblem:

@@ -24,12 +24,18 @@ CATEGORY_POPULAR_DEPTH = 1000
 
 @dataclass(frozen=True, slots=True)
 class Recommendation:
-    """What a request is answered with; ``model_version`` is None for a fallback."""
+    """What a request is answered with; ``model_version`` is None for a fallback.
+
+    ``arm`` is the experiment arm that answered (``serving.experiment_arms``); ``explored``
+    the positions in ``item_ids`` an exploration slot filled (``serving.exploration``).
+    """
 
     item_ids: tuple[str, ...]
     scores: tuple[float, ...]
     model_version: int | None
     fallback: str | None = None
+    arm: str | None = None
+    explored: tuple[int, ...] = ()
 
 
 def excluded_ids(request: RecommendRequest, features: SessionFeatures | None) -> set[str]:
@@ -66,13 +72,16 @@ def ranking_filters(
     return (np.asarray(excluded, dtype=np.int64) if excluded else None), candidates
 
 
-def rank_items(snapshot: ModelSnapshot, rows: np.ndarray, scores: np.ndarray) -> Recommendation:
+def rank_items(
+    snapshot: ModelSnapshot, rows: np.ndarray, scores: np.ndarray, arm: str | None = None
+) -> Recommendation:
     """The answer from the model's top-K rows and their scores (best first)."""
     item_ids = snapshot.scorer.item_ids
     return Recommendation(
         item_ids=tuple(map(item_ids.__getitem__, rows.tolist())),
         scores=tuple(scores.tolist()),
         model_version=snapshot.version,
+        arm=arm,
     )
 
 
@@ -89,6 +98,7 @@ def recommend_popular(
     snapshot: ModelSnapshot | None,
     features: SessionFeatures | None,
     request: RecommendRequest,
+    arm: str | None = None,
 ) -> Recommendation:
     """The fallback: the most popular items (best first) that pass the same filters."""
     excluded = excluded_ids(request, features)
@@ -106,4 +116,5 @@ def recommend_popular(
         scores=tuple(score for _, score in picked),
         model_version=None,
         fallback=POPULAR,
+        arm=arm,
     )

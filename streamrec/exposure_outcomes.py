@@ -18,13 +18,15 @@ outcome closes once the watermark passes its impression's ``ts + horizon_ms`` (e
 out of order by less than the horizon still count). ``max_open`` bounds memory: beyond
 it the oldest outcomes close early. Duplicates (same ``event_id``, as replays and
 at-least-once delivery produce) are the caller's to drop; an impression seen twice keeps
-the first.
+the first. ``state`` and ``restore`` carry the open outcomes and the watermark through a
+restart (the flow keeps them in its recovery snapshots), so each closes exactly once.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass, field, replace
+from dataclasses import astuple, dataclass, field, replace
+from typing import Any
 
 from streamrec.events import Event
 
@@ -77,15 +79,28 @@ class ExposureJoin:
     _by_session: dict[str, list[str]] = field(default_factory=dict)
 
     def observe(self, event: Event) -> list[ExposureOutcome]:
-        """Apply one event; return the outcomes it closes (oldest first)."""
+        """Apply one event; return the outcomes it closes (oldest first).
+
+        Outcomes past their horizon at the event's time close before it is applied: a
+        click more than ``horizon_ms`` after an impression is not its outcome.
+        """
+        if event.ts > self.watermark:
+            self.watermark = event.ts
+        closed = self._close(self.watermark - self.horizon_ms)
         if event.type == "impression":
             self._open_impression(event)
         elif event.type == "click":
             self._click(event)
         elif event.type == "purchase":
             self._purchase(event)
-        if event.ts > self.watermark:
-            self.watermark = event.ts
+        closed.extend(self._close(self.watermark - self.horizon_ms))  # over max_open
+        return closed
+
+    def advance(self, ts: int) -> list[ExposureOutcome]:
+        """Move the watermark to ``ts`` (never back) and return the outcomes that closes:
+        for a live reader whose clock must move on while no event arrives."""
+        if ts > self.watermark:
+            self.watermark = ts
         return self._close(self.watermark - self.horizon_ms)
 
     def flush(self) -> list[ExposureOutcome]:
@@ -95,6 +110,26 @@ class ExposureJoin:
     @property
     def open_count(self) -> int:
         return len(self._open)
+
+    def state(self) -> list[Any]:
+        """The watermark and the open outcomes, oldest first, as JSON-ready lists."""
+        return [self.watermark, [astuple(outcome) for outcome in self._open.values()]]
+
+    @classmethod
+    def restore(cls, horizon_ms: int, max_open: int, state: list[Any] | None) -> ExposureJoin:
+        """A join from ``state()`` (or empty when None), with the given bounds."""
+        join = cls(horizon_ms, max_open)
+        if state is None:
+            return join
+        join.watermark, outcomes = state
+        for fields in outcomes:
+            rid, sid, ts, items, version, arm, explored, clicked, purchased, next_click = fields
+            join._open[rid] = ExposureOutcome(
+                rid, sid, ts, tuple(items), version, arm, tuple(explored),
+                tuple(clicked), tuple(purchased), next_click,
+            )  # fmt: skip
+            join._by_session.setdefault(sid, []).append(rid)
+        return join
 
     def _open_impression(self, event: Event) -> None:
         request_id = event.request_id or event.event_id

@@ -29,6 +29,10 @@ from streamrec.settings import Settings, mask_url
 from streamrec.topics import Topics
 
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
+# Session hashes hold values up to a few hundred bytes (the click list, its event ids):
+# above the default 64-byte bound Redis stores a hash as a table, about twice the memory
+# (docs/sizing.md). Managed Redis: set the same ``hash-max-listpack-value``.
+HASH_LISTPACK_VALUE_BYTES = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +159,7 @@ def redis_server_options(url: str) -> list[str]:
         raise ValueError(f"ACL user {options['username']!r} needs a Redis set up by hand")
     args = ["--bind", "127.0.0.1", "--port", str(options.get("port", 6379))]
     args += ["--save", "", "--appendonly", "no"]
+    args += ["--hash-max-listpack-value", str(HASH_LISTPACK_VALUE_BYTES)]
     if options.get("password"):
         args += ["--requirepass", options["password"]]
     return args

@@ -12,6 +12,8 @@ Layout (``{p}`` is the prefix, ``{sid}`` a session id):
 | ``{p}:model:v:{n}`` | hash | learner | metadata of version n |
 | ``{p}:model:versions`` | zset | learner | version numbers by creation time |
 | ``{p}:model:updates`` | pub/sub channel | learner | version numbers as they are published |
+| ``{p}:model:canary`` | string | fine-tune, canary watch | version served by the ``canary`` arm |
+| ``{p}:model:canary:updates`` | pub/sub channel | registry | canary version, ``""``: cleared |
 | ``{p}:alerts`` | stream | drift monitor | alert events |
 | ``{p}:model:seq`` | string | registry | last allocated version number (INCR) |
 | ``{p}:learner:signals`` | stream | learner | per-micro-batch prequential metrics |
@@ -19,6 +21,8 @@ Layout (``{p}`` is the prefix, ``{sid}`` a session id):
 | ``{p}:drift:finetune_lock`` | string | drift, fine-tune | held during fine-tune + cooldown |
 | ``{p}:item:category`` | hash | flow | item id -> category (serving's category filter) |
 | ``{p}:flow:marker`` | string | flow | the Redis generation the flow wrote its state to |
+| ``{p}:items:shown`` | hash | flow | item id -> times shown (exploration's exposure) |
+| ``{p}:items:clicked`` | hash | flow | item id -> clicks on it from a list |
 """
 
 from __future__ import annotations
@@ -59,6 +63,16 @@ class RedisKeys:
         return f"{self.prefix}:model:updates"
 
     @property
+    def model_canary(self) -> str:
+        """The version the ``canary`` experiment arm serves (absent: no canary)."""
+        return f"{self.prefix}:model:canary"
+
+    @property
+    def model_canary_updates(self) -> str:
+        """Channel announcing canary changes: the version number, or ``""`` when cleared."""
+        return f"{self.prefix}:model:canary:updates"
+
+    @property
     def alerts(self) -> str:
         return f"{self.prefix}:alerts"
 
@@ -97,3 +111,13 @@ class RedisKeys:
     def popular_rebuild(self) -> str:
         """Scratch zset the flow fills and RENAMEs onto ``popular`` when it rebuilds it."""
         return f"{self.prefix}:popular:rebuild"
+
+    @property
+    def item_shown(self) -> str:
+        """Hash of item id -> times shown in a list (impressions), read by exploration."""
+        return f"{self.prefix}:items:shown"
+
+    @property
+    def item_clicked(self) -> str:
+        """Hash of item id -> clicks on it from a list it was shown in."""
+        return f"{self.prefix}:items:clicked"

@@ -16,6 +16,13 @@ after the session's last write.
 | ``last_ts`` | int, epoch ms | latest event time of the session |
 | ``gap_ms`` | int, ms | time between the two latest events in event time (0 for one event) |
 | ``late`` | int | events that arrived beyond the lateness bound (kept out of ``items``) |
+| ``events`` | JSON list of [str, int] | per entry of ``items``: its click's event id and time |
+
+``events`` is what an explanation names ("because of these clicks"); serving reads it only
+for a request that asks for one (``decode_session_features(..., with_events=True)``), so
+the ordinary answer does not pay for parsing it. Hashes written before the field existed,
+or by a flow with ``STREAMREC_FLOW_CLICK_EVENTS=false`` (``[]``), decode with no events.
+Event ids of clicks applied from a state saved before the field existed are empty strings.
 
 All fields are pure functions of the session's events, so two runs over the same events
 write byte-identical hashes (no wall-clock field on purpose).
@@ -24,7 +31,7 @@ write byte-identical hashes (no wall-clock field on purpose).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import orjson
 
@@ -38,7 +45,10 @@ FIELDS = (
     "last_ts",
     "gap_ms",
     "late",
+    "events",
 )
+
+SessionEvent = tuple[str, int]  # (event id, event time in ms) of one click of ``items``
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +64,7 @@ class SessionFeatures:
     last_ts: int
     gap_ms: int
     late: int = 0
+    events: tuple[SessionEvent, ...] = ()  # aligned with ``items``; empty unless asked for
 
 
 def encode_session_features(features: SessionFeatures) -> dict[str, bytes]:
@@ -68,6 +79,7 @@ def encode_session_features(features: SessionFeatures) -> dict[str, bytes]:
         features.last_ts,
         features.gap_ms,
         features.late,
+        features.events,
     )
     return dict(zip(FIELDS, values, strict=True))
 
@@ -82,6 +94,7 @@ def encode_session_values(
     last_ts: int,
     gap_ms: int,
     late: int,
+    events: Sequence[SessionEvent],
 ) -> list[bytes]:
     """The hash values in ``FIELDS`` order, from the feature values themselves.
 
@@ -98,16 +111,22 @@ def encode_session_values(
         str(last_ts).encode(),
         str(gap_ms).encode(),
         str(late).encode(),
+        orjson.dumps(events),
     ]
 
 
-def decode_session_features(hash: dict[bytes, bytes]) -> SessionFeatures:  # noqa: A002
+def decode_session_features(
+    hash: dict[bytes, bytes],  # noqa: A002
+    *,
+    with_events: bool = False,
+) -> SessionFeatures:
     """Decode an HGETALL reply; raises ``ValueError`` on a hash the flow did not write.
 
     An empty reply (unknown or expired session) raises too: callers check for it first.
+    ``events`` is decoded only ``with_events`` (and is empty for a hash written before it).
     """
     try:
-        return SessionFeatures(
+        features = SessionFeatures(
             items=_ids(hash[b"items"]),
             clicks=int(hash[b"clicks"]),
             purchases=int(hash[b"purchases"]),
@@ -118,8 +137,14 @@ def decode_session_features(hash: dict[bytes, bytes]) -> SessionFeatures:  # noq
             gap_ms=int(hash[b"gap_ms"]),
             late=int(hash.get(b"late", b"0")),
         )
+        if not with_events or b"events" not in hash:
+            return features
+        events = _events(hash[b"events"])
+        if events and len(events) != len(features.items):
+            raise ValueError(f"{len(events)} events for {len(features.items)} items")
     except (KeyError, TypeError, ValueError, AttributeError, orjson.JSONDecodeError) as exc:
         raise ValueError(f"not a session-feature hash: {exc!r}") from exc
+    return replace(features, events=events)
 
 
 def _ids(field: bytes) -> tuple[str, ...]:
@@ -128,3 +153,16 @@ def _ids(field: bytes) -> tuple[str, ...]:
     if not isinstance(ids, list) or not all(isinstance(item_id, str) for item_id in ids):
         raise TypeError("expected a JSON list of strings")
     return tuple(ids)
+
+
+def _events(field: bytes) -> tuple[SessionEvent, ...]:
+    """A JSON list of [event id, event time] pairs; anything else is refused."""
+    pairs = orjson.loads(field)
+    if not isinstance(pairs, list):
+        raise TypeError("expected a JSON list of [event id, ts] pairs")
+    events = []
+    for pair in pairs:
+        if not (isinstance(pair, list) and len(pair) == 2 and isinstance(pair[0], str)):
+            raise TypeError("expected a JSON list of [event id, ts] pairs")
+        events.append((pair[0], int(pair[1])))
+    return tuple(events)

@@ -4,6 +4,13 @@ One example per click with a non-empty history (``kind="click"``: predict ``targ
 from ``history``) and one per purchase (``kind="purchase"``, a positive with a larger
 ``weight``). ``source`` records the topic, partition and offset of the event that made
 the example, so a learner or a fine-tune can say exactly what it has seen.
+
+A third kind, ``kind="exposure"``, is what a list shown to the session led to (one closed
+``streamrec.exposure_outcomes.ExposureOutcome``): ``history`` is the session before the
+list, ``target_item`` the shown item it clicked ("" when none) and ``negatives`` the shown
+items it ignored. It is not a next-click example: consumers that learn or measure next
+clicks skip it (``is_next_click``); the online learner turns it into weighted positives and
+negatives.
 """
 
 from __future__ import annotations
@@ -32,6 +39,15 @@ class TrainingExample(NamedTuple):
     source_topic: str = ""
     source_partition: int = -1
     source_offset: int = -1
+    negatives: tuple[str, ...] = ()
+
+
+EXPOSURE = "exposure"
+
+
+def is_next_click(example: TrainingExample) -> bool:
+    """A click or purchase example (history -> next item), not an exposure outcome."""
+    return example.kind != EXPOSURE
 
 
 def encode_example(example: TrainingExample) -> bytes:
@@ -49,21 +65,23 @@ def encode_example(example: TrainingExample) -> bytes:
         source_topic,
         source_partition,
         source_offset,
+        negatives,
     ) = example
-    return orjson.dumps(
-        {
-            "example_id": example_id,
-            "session_id": session_id,
-            "history": history,
-            "target_item": target_item,
-            "ts": ts,
-            "kind": kind,
-            "weight": weight,
-            "bought": bought,
-            "category": category,
-            "source": (source_topic, source_partition, source_offset),
-        }
-    )
+    data: dict[str, Any] = {
+        "example_id": example_id,
+        "session_id": session_id,
+        "history": history,
+        "target_item": target_item,
+        "ts": ts,
+        "kind": kind,
+        "weight": weight,
+        "bought": bought,
+        "category": category,
+        "source": (source_topic, source_partition, source_offset),
+    }
+    if negatives:
+        data["negatives"] = negatives
+    return orjson.dumps(data)
 
 
 def decode_example(raw: bytes) -> TrainingExample:
@@ -84,6 +102,7 @@ def decode_example(raw: bytes) -> TrainingExample:
             source_topic=topic,
             source_partition=int(partition),
             source_offset=int(offset),
+            negatives=tuple(data.get("negatives", ())),
         )
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"not a training example: {exc}") from exc

@@ -97,7 +97,10 @@ def load_sample(settings: Settings) -> tuple[SampleData, list[tuple[str, dict[st
         if not state.record(record.event_id):
             continue
         if record.type == "click":
-            state.apply_click(record.ts, record.item_id, record.category, history_len, lateness_ms)
+            state.apply_click(
+                record.ts, record.item_id, record.category, history_len, lateness_ms,
+                record.event_id,
+            )  # fmt: skip
             item_order.setdefault(record.item_id, None)
             popularity[record.item_id] += 1
             if record.category:
@@ -310,7 +313,9 @@ def run_large_catalog(
             clicks = rng.integers(0, config.large_items, size=int(rng.integers(1, 10)))
             state = SessionState()
             for offset, row in enumerate(clicks.tolist()):
-                state.apply_click(offset, f"item-{row}", None, settings.flow.history_len, 0)
+                state.apply_click(
+                    offset, f"item-{row}", None, settings.flow.history_len, 0, f"e{offset}"
+                )
             pipe.hset(
                 large_keys.session(f"l{number}"), mapping=encode_session_features(state.features())
             )

@@ -6,6 +6,8 @@ the training examples, impressions and clicks (Kafka, consumer group
 in its own process when a triggering alert arrives and the fine-tune lock is free. The lock
 (``RedisKeys.finetune_lock``) is held for the run's timeout and then for the cooldown, so
 alerts during a fine-tune or right after it never start another (no fine-tune storms).
+While a canary version is rolled out it also runs the canary watch (``canary_loop``), which
+promotes the canary or rolls it back.
 
 It never blocks the learner: it only reads what the learner writes. Detector state is kept
 in memory; after a restart the detectors warm up again (the signal cursor and consumer
@@ -31,6 +33,7 @@ from prometheus_client import CollectorRegistry
 
 from online_models.alerts.metrics import AlertMetrics
 from online_models.alerts.sinks import AlertFanout, PrometheusAlertSink, build_fanout
+from online_models.drift.canary_loop import CanaryLoop
 from online_models.drift.metrics import DriftMetrics
 from online_models.drift.monitor import REGRESSED, DriftMonitor, QualityMark, wants_finetune
 from online_models.drift.signals import LearnerSignal
@@ -51,7 +54,7 @@ from streamrec.redis_keys import RedisKeys
 from streamrec.settings import Settings
 from streamrec.structured_log import log_event
 from streamrec.topics import Topics
-from streamrec.training_examples import decode_example
+from streamrec.training_examples import decode_example, is_next_click
 
 logger = logging.getLogger("streamrec.drift")
 
@@ -86,6 +89,7 @@ class DriftLoop:
         newest = client.xrevrange(self.keys.alerts, count=1)
         self._alerts_cursor = newest[0][0].decode() if newest else "0-0"
         self._prometheus = PrometheusAlertSink(self.alert_metrics)
+        self.canary = CanaryLoop(settings, client, self.metrics, self.monitor.watch_promotion)
 
     def run(self, stop: threading.Event) -> None:
         consumer = make_consumer(self.settings.kafka, self.settings.drift.consumer_group)
@@ -99,12 +103,14 @@ class DriftLoop:
             while not stop.is_set():
                 self._read_signals()
                 self._read_bus(consumer)
+                self.canary.read()
                 if time.monotonic() >= next_housekeeping:
                     self._housekeeping(consumer)
                     next_housekeeping = time.monotonic() + HOUSEKEEPING_S
         finally:
             self._housekeeping(consumer)
             consumer.close()
+            self.canary.close()
             self.fanout.close()
             log_event(logger, "drift_monitor_stopped", alerts=self.alerts_sent)
 
@@ -163,6 +169,8 @@ class DriftLoop:
                 self._forget_if_emptied(consumer, partition, offset)
                 if not self.repeats.is_new(partition, offset, example.example_id):
                     continue
+                if not is_next_click(example):
+                    continue  # an exposure outcome: not an input the detectors watch
                 alerts = self.monitor.on_example(example, partition, offset)
                 self._raise(alerts)
                 continue
@@ -256,6 +264,7 @@ class DriftLoop:
 
     def _housekeeping(self, consumer: Consumer) -> None:
         self._start_due_finetune()
+        self.canary.check()
         for name, level in self.monitor.levels().items():
             if not math.isnan(level):  # NaN: no observation yet
                 self.metrics.signal_level.labels(name).set(level)

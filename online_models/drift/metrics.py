@@ -2,7 +2,8 @@
 
 The one place these names are spelled; ``deploy/prometheus/`` rules and the Grafana
 dashboard are tested against them. Labels stay low-cardinality: detector and signal names
-come from a closed set, verdicts are promoted / rejected / failed. The alert sinks' own
+come from a closed set, verdicts are promoted / canary / rejected / failed, canary arms are
+canary / control. The alert sinks' own
 metrics are in ``online_models.alerts.metrics``.
 """
 
@@ -60,4 +61,27 @@ class DriftMetrics:
         )
         self.finetune_running = Gauge(
             "streamrec_finetune_running", "1 while a fine-tune process runs.", registry=registry
+        )
+        self.canary_version = Gauge(
+            "streamrec_canary_version",
+            "Model version on the canary arm (0: no canary).",
+            registry=registry,
+        )
+        self.canary_impressions = Gauge(
+            "streamrec_canary_impressions",
+            "Resolved impressions the canary watch counted, by arm (canary, control).",
+            ["arm"],
+            registry=registry,
+        )
+        self.canary_rate = Gauge(
+            "streamrec_canary_rate_ratio",
+            "CTR and served HR of each arm since the canary started.",
+            ["arm", "metric"],
+            registry=registry,
+        )
+        self.canary_decisions = Counter(
+            "streamrec_canary_decisions_total",
+            "Canaries ended, by action (promote, roll_back, keep_control).",
+            ["action"],
+            registry=registry,
         )

@@ -9,7 +9,9 @@ Runs in its own process (started by the drift monitor, or ``streamrec finetune``
 4. score the candidate and the *then* serving model (the learner kept updating it) on the
    held-out examples and let the gate decide;
 5. promoted: publish the candidate as a snapshot and make it current (the learner reloads
-   it and continues from there); rejected: leave serving alone and raise an alert saying why.
+   it and continues from there), or, with ``STREAMREC_DRIFT_ROLLOUT=canary``, serve it on
+   the experiment's canary arm first (verdict ``canary``; ``canary_rollout``); rejected:
+   leave serving alone and raise an alert saying why.
 
 The outcome goes to the drift status hash and, as an alert, to every sink; the lock is
 then re-armed for the cooldown whatever happened.
@@ -26,6 +28,7 @@ from dataclasses import asdict, dataclass
 import redis
 
 from online_models.alerts.sinks import send_alert
+from online_models.finetune.canary_rollout import start_canary
 from online_models.finetune.gate import GateVerdict, judge_candidate, split_replay
 from online_models.finetune.replay import read_replay
 from online_models.finetune.status import record_finetune, start_cooldown
@@ -54,7 +57,7 @@ class FinetuneRequest:
 class FinetuneReport:
     finetune_id: str
     trigger: str
-    verdict: str  # promoted | rejected | failed
+    verdict: str  # promoted | canary | rejected | failed
     reason: str
     serving_version: int | None
     candidate_version: int | None
@@ -130,6 +133,7 @@ def _finetune(
     serving = registry.load()  # the learner may have moved on while we trained
     verdict = _judge(settings, candidate, serving, holdout)
     candidate_version: int | None = None
+    canary = settings.drift.rollout == "canary"
     if verdict.promoted:
         publication = registry.publish_snapshot(
             candidate,
@@ -139,14 +143,17 @@ def _finetune(
             make_current=False,
         )
         candidate_version = publication.version
-        registry.set_current(candidate_version)
-        record_finetune(client, RedisKeys(settings.redis.key_prefix), {
-            "previous_current": str(serving.version),
-        })  # fmt: skip
+        if canary:
+            start_canary(settings, client, candidate_version, serving.version)
+        else:
+            registry.set_current(candidate_version)
+            record_finetune(client, RedisKeys(settings.redis.key_prefix), {
+                "previous_current": str(serving.version),
+            })  # fmt: skip
     return FinetuneReport(
         finetune_id,
         request.trigger,
-        "promoted" if verdict.promoted else "rejected",
+        ("canary" if canary else "promoted") if verdict.promoted else "rejected",
         verdict.reason,
         serving.version,
         candidate_version,
@@ -200,7 +207,9 @@ def _announce(settings: Settings, client: redis.Redis, report: FinetuneReport) -
         report.serving_hr,
         report.candidate_hr,
         report.train_examples + report.holdout_examples,
-        report.candidate_version if report.verdict == "promoted" else report.serving_version,
+        report.candidate_version
+        if report.verdict in ("promoted", "canary")
+        else report.serving_version,
         message=f"fine-tune {report.finetune_id} ({report.trigger}): {report.reason}",
     )
     send_alert(settings, client, alert)

@@ -27,7 +27,7 @@ from confluent_kafka import Consumer, Message, TopicPartition
 from streamrec.example_dedupe import ExampleDedupe
 from streamrec.kafka_clients import read_until_done
 from streamrec.settings import FlowSettings, KafkaSettings
-from streamrec.training_examples import TrainingExample, decode_example
+from streamrec.training_examples import TrainingExample, decode_example, is_next_click
 
 
 def read_replay(
@@ -68,7 +68,7 @@ def read_replay(
             with contextlib.suppress(ValueError):
                 example = decode_example(message.value())
                 partition, offset = message.partition(), message.offset()
-                if repeats.is_new(partition, offset, example.example_id):
+                if repeats.is_new(partition, offset, example.example_id) and is_next_click(example):
                     kept.append((example.ts, partition, offset, example))
                     if len(kept) > 4 * count:
                         kept = sorted(kept, key=lambda entry: entry[:3])[-count:]

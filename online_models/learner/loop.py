@@ -291,7 +291,7 @@ class Learner:
         offsets = [e.source_offset for e in examples]
         fields = {
             "model_version": self.head.base_version,
-            "examples": len(examples),
+            "examples": outcome.ranking.examples,  # ranked: exposure examples are not
             "hits_at_20": outcome.ranking.hits,
             "mrr_sum": outcome.ranking.reciprocal_rank_sum,
             "mean_loss": outcome.loss,

@@ -12,6 +12,7 @@ be shared by threads and swapped atomically when a new version arrives.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -24,6 +25,23 @@ from streamrec.settings import ModelSettings
 
 BF16_MIN_ITEMS = 262_144
 BLOCK_ROWS = 32  # columns per block of ``block_top_k``
+
+
+@dataclass(frozen=True, slots=True)
+class ScoreParts:
+    """The parts of some items' ranking scores for one session (float32, one per item).
+
+    ``match + bias + repeat`` is each item's ranking score, up to float rounding (the parts
+    are read from the same tensors, in the same dtype, as ``top_k_batch`` reads them; a
+    bfloat16 table ranks by the sum rounded to bfloat16, about 3 significant digits).
+    ``drops[j]`` is, per item, its score minus its score with the history's ``j``-th click
+    left out (leave-one-out: how much that click lifted the item).
+    """
+
+    match: np.ndarray  # session vector . item vector
+    bias: np.ndarray  # the item's learned bias
+    repeat: np.ndarray  # repeat bonus + session-item lift (0 for an item not in the session)
+    drops: np.ndarray  # len(history) x items
 
 
 class SessionScorer:
@@ -136,6 +154,36 @@ class SessionScorer:
             indices, values = best.indices.cpu(), best.values.cpu()
         ids = self.index.ids
         return [ids[r] for r in indices.tolist()], values.numpy()
+
+    def explain(self, history: Sequence[str], rows: np.ndarray) -> ScoreParts:
+        """The parts of the ranking scores of ``rows`` for ``history``, and each click's
+        leave-one-out drop.
+
+        One encoder pass over ``len(history) + 1`` histories and products with ``rows``
+        only (never the whole catalog), so the cost is bounded by the history length and
+        the number of rows. The repeat part is the model's own ``add_repeat_bonus`` on a
+        matrix with one column per row (and one for every other item).
+        """
+        clicks = list(history)
+        histories = [clicks, *(clicks[:j] + clicks[j + 1 :] for j in range(len(clicks)))]
+        with torch.inference_mode():
+            queries, history_rows, mask = self._queries(histories)
+            picked = self._on_device(np.asarray(rows, dtype=np.int64))
+            match = (queries.to(self._table.dtype) @ self._table[picked].T).float()
+            bias = self._bias[picked].float().expand_as(match)
+            # Each history row's column among ``picked``; len(picked) for any other item.
+            same = history_rows[:, :, None] == picked
+            columns = torch.where(same.any(dim=2), same.int().argmax(dim=2), len(picked))
+            lifted = torch.zeros(len(histories), len(picked) + 1, device=self.device)
+            repeat = self._model.add_repeat_bonus(lifted, columns, mask, lift=True)
+            repeat = repeat[:, : len(picked)]
+            scores = match + bias + repeat
+            return ScoreParts(
+                match=match[0].cpu().numpy(),
+                bias=bias[0].cpu().numpy(),
+                repeat=repeat[0].cpu().numpy(),
+                drops=(scores[0] - scores[1:]).cpu().numpy(),
+            )
 
     def _scores(self, history: Sequence[str]) -> torch.Tensor:
         """float32 scores of every item for one session."""

@@ -1,10 +1,11 @@
 """The registry's metadata in Redis: version hashes, their zset, the pointer, the counter.
 
 Keys (``streamrec.redis_keys``): ``model_version(n)`` hashes (``VersionInfo``), the
-``model_versions`` zset (scored by number), ``model_current`` and the ``model_sequence``
-counter; new current versions are announced on ``model_updates``. The rules (what
-becomes current, what loads) are ``weight_registry``'s; this module only reads and
-writes these keys, each change in one round trip.
+``model_versions`` zset (scored by number), ``model_current``, ``model_canary`` and the
+``model_sequence`` counter; new current versions are announced on ``model_updates``,
+canary changes on ``model_canary_updates``. The rules (what becomes current, what loads)
+are ``weight_registry``'s; this module only reads and writes these keys, each change in
+one round trip.
 """
 
 from __future__ import annotations
@@ -27,6 +28,15 @@ local current = tonumber(redis.call('GET', KEYS[1]) or '-1')
 if current < tonumber(ARGV[1]) then redis.call('SET', KEYS[1], ARGV[1]) end
 return 1
 """
+# Remove the canary pointer (if ARGV[1] is set: only while it still is that version) and
+# announce it; 1 when removed.
+_CLEAR_CANARY = """
+local current = redis.call('GET', KEYS[1])
+if current == false or (ARGV[1] ~= '' and current ~= ARGV[1]) then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('PUBLISH', KEYS[2], '')
+return 1
+"""
 
 
 class VersionIndex:
@@ -37,11 +47,16 @@ class VersionIndex:
         self.client = client
         self._allocate = client.register_script(_ALLOCATE)
         self._raise_counter = client.register_script(_RAISE_COUNTER)
+        self._clear_canary = client.register_script(_CLEAR_CANARY)
 
     # -- reading -------------------------------------------------------------------
 
     def current(self) -> int | None:
         raw = self.client.get(self.keys.model_current)
+        return None if raw is None else int(raw)
+
+    def canary(self) -> int | None:
+        raw = self.client.get(self.keys.model_canary)
         return None if raw is None else int(raw)
 
     def info(self, version: int) -> VersionInfo | None:
@@ -115,6 +130,19 @@ class VersionIndex:
         pipe.publish(self.keys.model_updates, str(version))
         pipe.execute()
         return True
+
+    def set_canary(self, version: int) -> None:
+        """Point ``canary`` at ``version`` and announce it."""
+        pipe = self.client.pipeline()
+        pipe.set(self.keys.model_canary, version)
+        pipe.publish(self.keys.model_canary_updates, str(version))
+        pipe.execute()
+
+    def clear_canary(self, only_if: int | None = None) -> bool:
+        """Remove ``canary`` (with ``only_if``: only while it points there) and announce
+        it with an empty payload; whether it was removed."""
+        keys = [self.keys.model_canary, self.keys.model_canary_updates]
+        return bool(self._clear_canary(keys=keys, args=["" if only_if is None else only_if]))
 
     def flip(self, version: int, expected_current: int | None) -> bool:
         """Point ``current`` at ``version`` if it still is ``expected_current`` (None: in

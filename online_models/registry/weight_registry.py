@@ -4,7 +4,10 @@ Blobs (safetensors, see ``blobs``) live in ``ModelSettings.store_dir`` (``blob_s
 a local directory by default that several processes or machines can share. Metadata
 lives in Redis (``version_index``: ``RedisKeys.model_version(n)`` hashes, the
 ``model_versions`` zset, the ``model_current`` pointer) and every new current version is
-announced on the ``model_updates`` channel (the payload is the version number).
+announced on the ``model_updates`` channel (the payload is the version number). A second
+pointer, ``model_canary``, names the version the ``canary`` experiment arm serves while a
+fine-tune is rolled out (``online_models/drift/canary_loop.py`` decides its fate); its
+changes are announced on ``model_canary_updates`` (the version, or ``""`` when cleared).
 
 Guarantees:
 - **Atomic publishing.** The blob is written to a temporary file, fsynced and renamed;
@@ -173,10 +176,29 @@ class WeightRegistry:
         self.index.set_current(version)
         log_event(logger, "model_version_current", version=version)
 
+    def set_canary(self, version: int) -> None:
+        """Serve an existing version on the ``canary`` arm and announce it."""
+        if self.info(version) is None:
+            raise KeyError(f"no model version {version}")
+        self.index.set_canary(version)
+        log_event(logger, "model_canary_set", version=version)
+
+    def clear_canary(self, only_if: int | None = None) -> bool:
+        """No canary any more (the ``canary`` arm serves the control's model); announced.
+
+        With ``only_if`` only while the canary still is that version (a newer canary set
+        meanwhile stays). Whether a canary was removed.
+        """
+        cleared = self.index.clear_canary(only_if)
+        if cleared:
+            log_event(logger, "model_canary_cleared", only_if=only_if)
+        return cleared
+
     def prune(self, keep_snapshots: int) -> list[int]:
         """Delete versions older than the ``keep_snapshots``-th newest snapshot.
 
-        The current version's chain is always kept (it may be old after a rollback).
+        The current and the canary version's chains are always kept (the current one may
+        be old after a rollback; the canary's snapshot is older than the learner's deltas).
         Metadata goes first, then the blob, so a reader never finds metadata without a
         blob it could have loaded a moment ago. Returns the deleted version numbers.
         """
@@ -190,10 +212,10 @@ class WeightRegistry:
                     break
         if len(snapshots) < keep_snapshots:
             return []
-        current = self.current_version()
-        protected = set()
-        if current is not None and self.info(current) is not None:
-            protected = {i.version for i in self._chain(current)}
+        protected: set[int] = set()
+        for pointer in (self.current_version(), self.canary_version()):
+            if pointer is not None and self.info(pointer) is not None:
+                protected |= {i.version for i in self._chain(pointer)}
         doomed = [n for n in numbers if n < snapshots[-1] and n not in protected]
         self._remove([info for n in doomed if (info := self.info(n)) is not None])
         return doomed
@@ -212,6 +234,10 @@ class WeightRegistry:
 
     def current_version(self) -> int | None:
         return self.index.current()
+
+    def canary_version(self) -> int | None:
+        """The version the ``canary`` arm serves, None when no canary is rolled out."""
+        return self.index.canary()
 
     def info(self, version: int) -> VersionInfo | None:
         return self.index.info(version)

@@ -267,3 +267,34 @@ def test_load_newest_stands_in_for_a_pointer_to_a_missing_version(
     with pytest.raises(WeightLoadError):
         registry.load()
     assert registry.load_newest(registry.current_version()).version == v1
+
+
+def test_the_canary_pointer_is_announced_cleared_only_while_it_holds_and_protects_its_chain(
+    settings: Settings, redis_client: redis.Redis
+) -> None:
+    registry = WeightRegistry(settings, redis_client)
+    keys = RedisKeys(settings.redis.key_prefix)
+    pubsub = redis_client.pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe(keys.model_canary_updates)
+    small = _small(settings)
+    first = registry.publish_snapshot(random_weights(3, small), source="t").version
+    with pytest.raises(KeyError):
+        registry.set_canary(first + 100)
+    assert registry.canary_version() is None
+    registry.set_canary(first)
+    second = registry.publish_snapshot(random_weights(3, small), source="t").version
+    third = registry.publish_snapshot(random_weights(3, small), source="t").version
+    assert registry.canary_version() == first and registry.current_version() == third
+    assert registry.prune(keep_snapshots=2) == [], "the canary's chain is kept"
+    assert not registry.clear_canary(only_if=second), "a newer canary is never cleared"
+    assert registry.clear_canary(only_if=first) and registry.canary_version() is None
+    assert not registry.clear_canary()
+    announced = []
+    deadline = time.monotonic() + 5
+    while len(announced) < 2 and time.monotonic() < deadline:
+        message = pubsub.get_message(timeout=0.1)
+        if message is not None:
+            announced.append(message["data"])
+    assert announced == [str(first).encode(), b""]
+    assert registry.prune(keep_snapshots=2) == [first]
+    pubsub.close()

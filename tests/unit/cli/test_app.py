@@ -26,7 +26,7 @@ def test_every_stage_and_group_is_registered() -> None:
     assert command_names(app) == {
         "config", "up", "replay", "sample", "generate", "flow", "train", "learn", "evaluate",
         "drift", "finetune", "serve", "demo", "loadtest", "chaos", "services", "alerts", "model",
-        "bench",
+        "bench", "experiments", "explain",
     }  # fmt: skip
 
 

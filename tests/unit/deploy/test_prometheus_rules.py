@@ -93,9 +93,12 @@ NORMAL_COUNTERS: dict[type, tuple[str, ...]] = {
         "sessions_evicted",
         "redis_commands",
         "resync_entries",
+        "exposure_outcomes",  # clicked / ignored lists: the feedback itself, not a fault
     ),
     LearnerMetrics: ("examples", "steps", "versions", "duplicates"),
-    ServingMetrics: ("model_swaps",),
+    # Per-arm requests and fallbacks: an experiment's traffic split (a popularity arm's
+    # answers are all "fallbacks"); explored_items: exploration slots filled.
+    ServingMetrics: ("model_swaps", "arm_requests", "arm_fallbacks", "explored_items"),
 }
 # Alert -> the SLO (SloSettings default) its threshold must equal, in the rule's unit.
 SLO_THRESHOLDS = {

@@ -68,8 +68,19 @@ def test_bad_messages_become_dead_letters_with_reason_and_position() -> None:
     assert sorted((letter.offset, letter.reason) for letter in letters) == [
         (10, RejectReason.MALFORMED_JSON),
         (11, RejectReason.MALFORMED_JSON),
-        (12, RejectReason.UNKNOWN_TYPE),
     ]
     assert all(letter.topic == "clicks" and letter.partition == 2 for letter in letters)
     assert next(x for x in letters if x.offset == 10).raw == b"{not json"
-    assert sum(len(shard.events) for _, shard in routed) == 1
+    assert sum(len(shard.events) for _, shard in routed) == 2
+
+
+def test_impressions_go_to_their_sessions_shard_for_the_exposure_join() -> None:
+    router = EventRouter(EventLimits(), shards=4)
+    impression = orjson.dumps(
+        {"event_id": "x", "type": "impression", "session_id": "s7", "ts": 1_700_000_000_000,
+         "items": ["a"], "request_id": "r"}
+    )  # fmt: skip
+    routed = router.route(SourceBatch("impressions", 0, [FakeMessage(impression, b"s7", 5)]))
+    assert [(key, [e.type for e in shard.events]) for key, shard in routed] == [
+        (f"shard-{shard_of('s7', 4):03d}", ["impression"])
+    ]

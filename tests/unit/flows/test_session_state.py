@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import orjson
 from hypothesis import given
 from hypothesis import strategies as st
 
 from flows.session_state import SessionState
+from streamrec.session_features import FIELDS
 
 N, LATE_MS = 5, 1000
 
@@ -13,7 +15,7 @@ N, LATE_MS = 5, 1000
 def click(state: SessionState, event_id: str, ts: int, item: str, category: str | None = "1"):
     if not state.record(event_id):
         return "duplicate"
-    return state.apply_click(ts, item, category, N, LATE_MS)
+    return state.apply_click(ts, item, category, N, LATE_MS, event_id)
 
 
 def test_a_duplicate_event_id_changes_nothing() -> None:
@@ -75,7 +77,7 @@ def test_interleaving_of_the_two_topics_does_not_change_features(
         for take_click in order + [True] * len(clicks) + [False] * len(purchases):
             if take_click and queue_c:
                 index, ts = queue_c.pop(0)
-                state.apply_click(ts, f"i{index}", "1", N, LATE_MS)
+                state.apply_click(ts, f"i{index}", "1", N, LATE_MS, f"c{index}")
             elif not take_click and queue_p:
                 index, ts = queue_p.pop(0)
                 state.apply_purchase(ts, f"p{index}", N, LATE_MS)
@@ -92,3 +94,38 @@ def test_state_survives_a_json_round_trip() -> None:
     restored = SessionState.from_json(state.to_json())
     assert restored.features() == state.features()
     assert not restored.record("e1")
+
+
+def test_each_item_keeps_its_click_event_id_and_time_in_event_time_order() -> None:
+    state = SessionState()
+    for event_id, ts, item in [("e1", 1000, "a"), ("e2", 3000, "c"), ("e3", 2500, "b")]:
+        click(state, event_id, ts, item)
+    click(state, "e4", 100, "old")  # beyond lateness: not an item, so no event either
+    features = state.features()
+    assert features.items == ("a", "b", "c")
+    assert features.events == (("e1", 1000), ("e3", 2500), ("e2", 3000))
+
+
+def test_events_are_bounded_like_items() -> None:
+    state = SessionState()
+    for index in range(8):
+        click(state, f"e{index}", 1000 + index, f"i{index}")
+    assert [event_id for event_id, _ in state.features().events] == ["e3", "e4", "e5", "e6", "e7"]
+
+
+def test_a_state_saved_before_event_ids_existed_restores_with_empty_ids() -> None:
+    state = SessionState()
+    click(state, "e1", 1000, "a")
+    old = orjson.dumps(orjson.loads(state.to_json())[:13])  # the layout without item_events
+    restored = SessionState.from_json(old)
+    assert restored.features().events == (("", 1000),)
+    click(restored, "e2", 2000, "b")
+    assert restored.features().events == (("", 1000), ("e2", 2000))
+
+
+def test_the_hash_carries_the_events_only_when_asked() -> None:
+    state = SessionState()
+    click(state, "e1", 1000, "a")
+    values = dict(zip(FIELDS, state.hash_values(True), strict=True))
+    assert orjson.loads(values["events"]) == [["e1", 1000]]
+    assert dict(zip(FIELDS, state.hash_values(False), strict=True))["events"] == b"[]"

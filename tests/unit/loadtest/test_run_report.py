@@ -7,6 +7,7 @@ from pathlib import Path
 
 import orjson
 
+from loadtest.experiment_report import ArmTally, OutcomeTally, SlotTally, experiment_report
 from loadtest.run_report import RunRecord, write_report
 
 
@@ -30,3 +31,17 @@ def test_report_writes_plots_html_and_json(tmp_path: Path) -> None:
     saved = orjson.loads((tmp_path / "run" / "report.json").read_bytes())
     assert saved["summary"]["missing"] is None
     assert saved["hr_at_20"]["static"][1] == [2000, 0.3]
+
+
+def test_report_shows_each_arms_ctr_with_its_interval(tmp_path: Path) -> None:
+    arms = {
+        "online": ArmTally(impressions=200, clicked=20, followed=100, hits=40, converted=2),
+        "popularity": ArmTally(impressions=50, clicked=2, followed=30, hits=3),
+    }
+    slots = SlotTally(explored_shown=10, explored_clicked=1)
+    report = experiment_report(OutcomeTally(arms, slots), "online", ("ctr", "served_hr"))
+    text = write_report(RunRecord(name="t2", experiments=report), tmp_path / "run").read_text()
+    assert "Experiment arms" in text and "popularity" in text
+    assert "10.00% [6.57%, 14.94%]" in text  # online's CTR, 20 of 200, Wilson's interval
+    assert "p=" in text  # popularity against the control
+    assert "conversion" not in text  # only the metrics asked for

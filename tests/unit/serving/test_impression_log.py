@@ -48,20 +48,22 @@ def counted(log: ImpressionLog, outcome: str) -> float | None:
     )
 
 
-def test_impressions_become_contract_events_keyed_by_session() -> None:
+def test_impressions_become_contract_events_keyed_by_session_with_arm_and_explored() -> None:
     producer = RecordingProducer()
     log = log_with(producer)
     log.start()
-    log.record(("req-1", "sess-9", 1_700_000_000_000, ("a", "b"), 7))
-    log.record(("req-2", "sess-9", 1_700_000_000_001, ("c",), None))
+    log.record(("req-1", "sess-9", 1_700_000_000_000, ("a", "b"), 7, "canary", (1,)))
+    log.record(("req-2", "sess-9", 1_700_000_000_001, ("c",), None, "popularity", ()))
     assert log.close(timeout_s=5) == 0
     assert [key for _, _, key in producer.sent] == [b"sess-9", b"sess-9"]
     first = parse_event(producer.sent[0][1])
     assert isinstance(first, Event)
     assert (first.type, first.event_id, first.request_id) == ("impression", "req-1", "req-1")
     assert first.items == ("a", "b") and first.model_version == 7
+    assert (first.arm, first.explored) == ("canary", (1,))
     second = parse_event(producer.sent[1][1])
     assert isinstance(second, Event) and second.model_version is None
+    assert (second.arm, second.explored) == ("popularity", ())
     assert counted(log, "sent") == 2
 
 
@@ -69,7 +71,7 @@ def test_a_full_queue_drops_and_counts_instead_of_blocking() -> None:
     producer = RecordingProducer()
     log = log_with(producer, queue_max=3)
     for n in range(5):
-        log.record((f"r{n}", "s", 1_700_000_000_000, ("a",), 1))
+        log.record((f"r{n}", "s", 1_700_000_000_000, ("a",), 1, "online", ()))
     assert counted(log, "dropped") == 2
     log.close(timeout_s=5)
     assert len(producer.sent) == 3

@@ -22,10 +22,17 @@ def test_query_defaults() -> None:
 
 def test_query_with_every_option() -> None:
     parsed = parse_query(
-        [("session_id", "s"), ("k", "5"), ("category", "S"), ("exclude_bought", "false")],
+        [
+            ("session_id", "s"),
+            ("k", "5"),
+            ("category", "S"),
+            ("exclude_bought", "false"),
+            ("explain", "true"),
+        ],
         LIMITS,
     )
-    assert parsed == RecommendRequest("s", 5, exclude_bought=False, categories=("S",))
+    expected = RecommendRequest("s", 5, exclude_bought=False, categories=("S",), explain=True)
+    assert parsed == expected
 
 
 @pytest.mark.parametrize(
@@ -43,6 +50,7 @@ def test_query_with_every_option() -> None:
         ([("session_id", "s"), ("k", "")], "invalid_k"),
         ([("session_id", "s"), ("k", "١")], "invalid_k"),
         ([("session_id", "s"), ("exclude_bought", "maybe")], "invalid_exclude_bought"),
+        ([("session_id", "s"), ("explain", "yes")], "invalid_explain"),
         ([("session_id", "s"), ("category", "a/b")], "invalid_category"),
         ([("session_id", "s"), ("session_id", "t")], "repeated_parameter"),
         ([("session_id", "s"), ("kk", "1")], "unknown_parameter"),
@@ -61,9 +69,10 @@ def test_body_with_every_option() -> None:
         "exclude_bought": False,
         "categories": ["1", "S"],
         "exclude_items": ["a", "b"],
+        "explain": True,
     }
     assert parse_body(orjson.dumps(body), LIMITS) == RecommendRequest(
-        "s1", 7, False, ("1", "S"), ("a", "b")
+        "s1", 7, False, ("1", "S"), ("a", "b"), explain=True
     )
 
 
@@ -78,6 +87,7 @@ def test_body_with_every_option() -> None:
         (b'{"session_id": "s", "k": "5"}', "invalid_k"),
         (b'{"session_id": "s", "k": 1000}', "invalid_k"),
         (b'{"session_id": "s", "exclude_bought": 1}', "invalid_exclude_bought"),
+        (b'{"session_id": "s", "explain": "true"}', "invalid_explain"),
         (b'{"session_id": "s", "categories": "1"}', "invalid_categories"),
         (b'{"session_id": "s", "categories": [1]}', "invalid_categories"),
         (b'{"session_id": "s", "exclude_items": ["a","b","c","d"]}', "invalid_exclude_items"),

@@ -1,3 +1,5 @@
+import orjson
+
 from streamrec.events import Event
 from streamrec.exposure_outcomes import ExposureJoin
 
@@ -39,6 +41,16 @@ def test_nothing_within_the_horizon_is_a_miss_closed_by_event_time() -> None:
     assert closed[0].ignored == ("a", "b") and join.open_count == 0
 
 
+def test_the_sessions_own_click_past_the_horizon_is_not_the_outcome() -> None:
+    join = ExposureJoin(HORIZON)
+    join.observe(shown("r1", "s", 0, "a", "b"))
+    closed = join.observe(click("c1", "s", HORIZON + 1, "a", "r1"))
+    assert [o.request_id for o in closed] == ["r1"]
+    assert not closed[0].was_clicked and closed[0].next_click is None
+    on_time = run([shown("r1", "s", 0, "a"), click("c1", "s", HORIZON, "a")])["r1"]
+    assert on_time.was_clicked
+
+
 def test_a_click_elsewhere_is_the_next_click_but_not_a_hit() -> None:
     out = run([shown("r1", "s", 0, "a", "b"), click("c1", "s", 5, "z"), click("c2", "s", 9, "a")])
     r1 = out["r1"]
@@ -78,3 +90,26 @@ def test_a_repeated_impression_keeps_the_first_and_a_bound_closes_the_oldest() -
     closed = join.observe(shown("r3", "t", 3, "c"))
     assert [o.request_id for o in closed] == ["r1"] and closed[0].items == ("a",)
     assert join.open_count == 2
+
+
+def test_advance_closes_by_a_clock_when_no_event_arrives() -> None:
+    join = ExposureJoin(HORIZON)
+    join.observe(shown("r1", "s", 0, "a"))
+    assert join.advance(HORIZON - 1) == [] and join.open_count == 1
+    assert [o.request_id for o in join.advance(HORIZON + 1)] == ["r1"]
+    assert join.advance(0) == [] and join.watermark == HORIZON + 1, "never moves back"
+
+
+def test_a_restored_join_closes_each_open_outcome_once_with_what_came_before() -> None:
+    join = ExposureJoin(HORIZON)
+    join.observe(shown("r1", "s", 0, "a", "b"))
+    join.observe(click("c1", "s", 5, "b", "r1"))
+    join.observe(shown("r2", "t", 6, "c"))
+    restored = ExposureJoin.restore(HORIZON, 100, orjson.loads(orjson.dumps(join.state())))
+    assert restored.watermark == 6 and restored.open_count == 2
+    closed = restored.observe(click("c2", "t", 7, "c")) + restored.flush()
+    assert [(o.request_id, o.clicked, o.items) for o in closed] == [
+        ("r1", ("b",), ("a", "b")),
+        ("r2", ("c",), ("c",)),
+    ]
+    assert ExposureJoin.restore(HORIZON, 100, None).open_count == 0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -25,6 +27,10 @@ features = st.builds(
     last_ts=st.integers(0, 2**42),
     gap_ms=st.integers(0, 2**40),
     late=st.integers(0, 10**6),
+).flatmap(
+    lambda value: st.lists(
+        st.tuples(ids, st.integers(0, 2**42)), min_size=len(value.items), max_size=len(value.items)
+    ).map(lambda events: replace(value, events=tuple(events)))
 )
 
 
@@ -35,7 +41,18 @@ def as_reply(fields: dict[str, bytes]) -> dict[bytes, bytes]:
 
 @given(features)
 def test_encode_then_decode_gives_back_the_features(value: SessionFeatures) -> None:
-    assert decode_session_features(as_reply(encode_session_features(value))) == value
+    reply = as_reply(encode_session_features(value))
+    assert decode_session_features(reply, with_events=True) == value
+    assert decode_session_features(reply) == replace(value, events=())  # serving's usual read
+
+
+def test_a_hash_without_events_decodes_with_no_events() -> None:
+    value = SessionFeatures(("a", "b"), 2, 0, (), {}, 5, 6, 1, 0, (("e1", 5), ("e2", 6)))
+    reply = as_reply(encode_session_features(value))
+    not_kept = reply | {b"events": b"[]"}  # STREAMREC_FLOW_CLICK_EVENTS=false
+    assert decode_session_features(not_kept, with_events=True) == replace(value, events=())
+    del reply[b"events"]  # written before the field existed
+    assert decode_session_features(reply, with_events=True) == replace(value, events=())
 
 
 def test_fields_are_encoded_in_the_documented_order() -> None:
@@ -54,8 +71,13 @@ def test_fields_are_encoded_in_the_documented_order() -> None:
         | {b"items": b'[["a"], ["b"]]'},
         as_reply(encode_session_features(SessionFeatures(("a",), 1, 0, (), {}, 5, 5, 0)))
         | {b"bought": b'"ab"'},
+        # events must be [id, ts] pairs, one per item
+        as_reply(encode_session_features(SessionFeatures(("a",), 1, 0, (), {}, 5, 5, 0)))
+        | {b"events": b'[["e1", 5], ["e2", 6]]'},
+        as_reply(encode_session_features(SessionFeatures(("a",), 1, 0, (), {}, 5, 5, 0)))
+        | {b"events": b'[["e1"]]'},
     ],
 )
 def test_a_hash_the_flow_did_not_write_is_refused(reply: dict[bytes, bytes]) -> None:
     with pytest.raises(ValueError):
-        decode_session_features(reply)
+        decode_session_features(reply, with_events=True)

@@ -294,3 +294,25 @@ def test_experiment_arms_read_as_name_share_pairs_or_json_and_unknown_arms_are_r
         monkeypatch.setenv("STREAMREC_EXPERIMENT_ARMS", arms)
         with pytest.raises(ValueError, match="arm"):
             ExperimentSettings()
+
+
+def test_a_canary_roll_out_is_refused_at_start_up_without_a_canary_arm(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from streamrec.settings import load_settings
+
+    monkeypatch.setenv("STREAMREC_DRIFT_ROLLOUT", "canary")
+    with pytest.raises(ValueError, match="needs a 'canary' arm"):
+        load_settings()
+    monkeypatch.setenv("STREAMREC_EXPERIMENT_ARMS", "online=1,canary=0")
+    with pytest.raises(ValueError, match="needs a 'canary' arm"):
+        load_settings()
+    monkeypatch.setenv("STREAMREC_EXPERIMENT_ARMS", "online=0.9,canary=0.1")
+    assert load_settings().drift.rollout == "canary"
+    monkeypatch.setenv("STREAMREC_EXPERIMENT_CONTROL", "canary")
+    with pytest.raises(ValueError, match="cannot be the experiment's control"):
+        load_settings()
+    monkeypatch.delenv("STREAMREC_EXPERIMENT_CONTROL")
+    monkeypatch.setenv("STREAMREC_DRIFT_CANARY_DEADLINE_S", "60")
+    with pytest.raises(ValueError, match="must exceed STREAMREC_FLOW_EXPOSURE_HORIZON_S"):
+        load_settings()
