@@ -1,14 +1,15 @@
-"""``streamrec model status|rollback``: what on-call engineers ask of the serving model."""
+"""``streamrec model status|rollback|canary``: what on-call engineers ask of the serving
+model."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from cli.output import console, print_json_line, settings_from_env
+from cli.output import console, print_json_line, refuse, settings_from_env
 
 app = typer.Typer(no_args_is_help=True, help="The serving model version.")
 
@@ -28,10 +29,7 @@ def model_status(
     if as_json:
         print_json_line(report)
         return
-    table = Table("field", "value", title="model status")
-    for key, value in report.items():
-        table.add_row(key, str(value))
-    Console().print(table)
+    print_fields("model status", report)
 
 
 @app.command("rollback")
@@ -53,3 +51,49 @@ def model_rollback(
     except (KeyError, LookupError) as exc:
         console.print(f"rollback refused: {exc}")
         raise typer.Exit(2) from exc
+
+
+@app.command("canary")
+def model_canary(
+    promote: Annotated[
+        bool, typer.Option("--promote", help="Make the canary current now (as the watch would).")
+    ] = False,
+    drop: Annotated[
+        bool, typer.Option("--drop", help="Stop serving the canary now (a roll-back by hand).")
+    ] = False,
+    note: Annotated[
+        str, typer.Option("--reason", help="Why, recorded after 'by hand' and in the alert.")
+    ] = "",
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON line.")] = False,
+) -> None:
+    """The canary being rolled out (or the last one): since when, arm share, counts so far;
+    --promote / --drop end it by hand like the drift monitor's canary watch would."""
+    import redis
+
+    from online_models import oncall
+
+    if promote and drop:
+        refuse("--promote and --drop exclude each other")
+    settings = settings_from_env()
+    client = redis.Redis.from_url(settings.redis.redis_url.get_secret_value())
+    if promote or drop:
+        end = oncall.promote_canary_by_hand if promote else oncall.drop_canary_by_hand
+        try:
+            print_json_line(end(settings, client, note))
+        except (LookupError, RuntimeError) as exc:
+            refuse(f"canary {'promotion' if promote else 'drop'} refused: {exc}")
+        return
+    report = oncall.canary_report(settings, client)
+    if as_json:
+        print_json_line(report)
+        return
+    title = "canary (running)" if report["running"] else "canary (none running; the last one)"
+    print_fields(title, report)
+
+
+def print_fields(title: str, report: dict[str, Any]) -> None:
+    """A report as a two-column table (field, value) on stdout."""
+    table = Table("field", "value", title=title)
+    for key, value in report.items():
+        table.add_row(key, str(value))
+    Console().print(table)

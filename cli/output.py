@@ -32,5 +32,5 @@ def print_json_line(data: object) -> None:
 def refuse(reason: str) -> NoReturn:
     """End a command that cannot do its job: the reason on one line, exit status 2 (no
     traceback: the reason is the whole story, and the process's log has the details)."""
-    console.print(f"[red]error:[/] {reason}", highlight=False)
+    console.print(f"[red]error:[/] {reason}", highlight=False, soft_wrap=True)  # one line
     raise typer.Exit(2)

@@ -42,6 +42,7 @@ from online_models.finetune.canary_rollout import (
     canary_started_ms,
     drop_canary,
     promote_canary,
+    record_canary_counts,
     record_canary_start,
 )
 from online_models.registry.weight_registry import WeightLoadError, WeightRegistry
@@ -222,6 +223,12 @@ class CanaryLoop:
             if tally.impressions:
                 self.metrics.canary_rate.labels(arm, "ctr").set(tally.ctr)
                 self.metrics.canary_rate.labels(arm, "served_hr").set(tally.served_hit_rate)
+        record_canary_counts(
+            self.client,
+            self.keys,
+            canary=(watch.canary.impressions, watch.canary.clicked),
+            control=(watch.control_tally.impressions, watch.control_tally.clicked),
+        )
 
     def _act(self, version: int, verdict: CanaryVerdict) -> None:
         ctrs = (verdict.control.ctr, verdict.canary.ctr)

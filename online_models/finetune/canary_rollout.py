@@ -17,8 +17,12 @@ canary with one of:
 
 Each sends its alert (levels: the control's and the canary's CTR, position: the canary's
 resolved impressions) through every sink and records the canary's state in the drift
-status hash (``canary_*`` fields, shown by ``streamrec model status``), which is also what
-lets a restarted watch resume: ``canary_started_ms`` says where to re-read from.
+status hash (``canary_*`` fields, shown by ``streamrec model status`` and ``streamrec
+model canary``), which is also what lets a restarted watch resume: ``canary_started_ms``
+says where to re-read from. The watch also records both arms' counts so far
+(``record_canary_counts``), for on-call to read; it never reads them back (a restarted
+watch counts again). ``streamrec model canary --promote|--drop`` ends a canary by hand
+through the same two functions (``online_models/oncall.py``).
 """
 
 from __future__ import annotations
@@ -33,6 +37,14 @@ from online_models.registry.weight_registry import WeightRegistry
 from streamrec.alerts import make_alert
 from streamrec.redis_keys import RedisKeys
 from streamrec.settings import Settings
+
+# The drift status hash's fields for the counts (canary arm, then control arm).
+COUNT_FIELDS = (
+    "canary_impressions",
+    "canary_clicked",
+    "canary_control_impressions",
+    "canary_control_clicked",
+)
 
 
 def start_canary(
@@ -58,8 +70,17 @@ def record_canary_start(
             "canary_control_version": str(control or ""),
             "canary_verdict": "running",
             "canary_reason": "",
+            **{field: "" for field in COUNT_FIELDS},
         },
     )
+
+
+def record_canary_counts(
+    client: redis.Redis, keys: RedisKeys, *, canary: tuple[int, int], control: tuple[int, int]
+) -> None:
+    """Record both arms' (resolved impressions, clicked impressions) so far."""
+    values = (*canary, *control)
+    record_finetune(client, keys, dict(zip(COUNT_FIELDS, map(str, values), strict=True)))
 
 
 def canary_started_ms(client: redis.Redis, keys: RedisKeys, version: int) -> int | None:
@@ -76,10 +97,13 @@ def promote_canary(
     """Make the canary's weights current (a new snapshot); returns the new version.
 
     ``ctrs``: the control's and the canary's CTR, ``impressions``: the canary's (for the
-    alert). ``LookupError`` when the canary does not load completely (nothing is changed).
+    alert). ``LookupError`` when ``version`` is no longer the canary (ended meanwhile by
+    the watch or on-call) or does not load completely (nothing is changed).
     """
     keys = RedisKeys(settings.redis.key_prefix)
     registry = WeightRegistry(settings, client)
+    if registry.canary_version() != version:
+        raise LookupError(f"v{version} is no longer the canary")
     weights = registry.load(version)
     if weights.version != version:
         raise LookupError(f"canary v{version} does not load (the registry fell back)")
@@ -108,12 +132,17 @@ def promote_canary(
 def drop_canary(
     settings: Settings, client: redis.Redis, version: int, ctrs: tuple[float, float],
     impressions: int, *, worse: bool, reason: str,
-) -> None:  # fmt: skip
+) -> bool:  # fmt: skip
     """Stop serving the canary ``version``; the control's lineage stays current
     (``worse``: it did worse, else the deadline kept the control; ``ctrs`` and
-    ``impressions`` as for ``promote_canary``)."""
+    ``impressions`` as for ``promote_canary``).
+
+    False (and nothing recorded or sent) when ``version`` was no longer the canary: who
+    ended it first (the watch or on-call) has recorded why.
+    """
     keys = RedisKeys(settings.redis.key_prefix)
-    WeightRegistry(settings, client).clear_canary(only_if=version)
+    if not WeightRegistry(settings, client).clear_canary(only_if=version):
+        return False
     _finish(client, keys, "rolled_back" if worse else "kept_control", reason)
     detector = "canary_rolled_back" if worse else "canary_expired"
     what = "rolled back" if worse else "dropped at its deadline"
@@ -129,6 +158,7 @@ def drop_canary(
             message=f"canary v{version} {what}: {reason}",
         ),
     )
+    return True
 
 
 def _finish(client: redis.Redis, keys: RedisKeys, verdict: str, reason: str) -> None:
