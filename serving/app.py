@@ -23,7 +23,6 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-import numpy as np
 import orjson
 import redis
 import redis.asyncio as aioredis
@@ -50,7 +49,7 @@ from serving.experiment_arms import (
     pinned_version,
 )
 from serving.explanation import explain_answer, with_events
-from serving.exploration import NewItemPool, explore
+from serving.exploration import NewItemPool, exploration_rng, explore
 from serving.hot_swap import ModelFollower, ModelHolder, ModelSnapshot, Scorer, VersionSource
 from serving.impression_log import ImpressionLog
 from serving.item_categories import read_item_categories
@@ -135,7 +134,7 @@ class ServingState:
         )
         self.build_scorer = build_scorer
         self.follower = self._follower(self.holder, registry, self.keys.model_updates)
-        self.arm_followers: list[ModelFollower] = []
+        self.arm_followers: dict[str, ModelFollower] = {}
         self.router = self._router(registry)
         # Per-arm counts only when there are arms to compare (an increment costs ~0.5 us);
         # children bound once, so a request only looks its arm up.
@@ -159,7 +158,7 @@ class ServingState:
                 max_shown=serving.explore_max_shown,
                 refresh_s=serving.explore_refresh_s,
             )
-        self.explore_rng = np.random.default_rng(serving.explore_seed)
+        self.explore_rng = exploration_rng(serving.explore_seed, serving.worker_index)
         self.impressions = ImpressionLog(
             producer,
             Topics.from_settings(settings.kafka).impressions,
@@ -211,13 +210,13 @@ class ServingState:
             else:
                 continue
             models[arm] = ArmModel(ModelHolder(), source)
-            self.arm_followers.append(self._follower(models[arm].holder, source, channel, arm))
+            self.arm_followers[arm] = self._follower(models[arm].holder, source, channel, arm)
         assignment = ArmAssignment.from_settings(experiment)
         return ArmRouter(assignment, experiment.control, self.holder, models)
 
     def start(self) -> None:
         self.follower.start()
-        for follower in self.arm_followers:
+        for follower in self.arm_followers.values():
             follower.start()
         if self.new_items is not None:
             self.new_items.start()
@@ -227,7 +226,7 @@ class ServingState:
         """Stop following the registry, flush impressions, close Redis connections."""
         grace_s = self.settings.serving.shutdown_grace_s
         self.follower.stop(grace_s)
-        for follower in self.arm_followers:
+        for follower in self.arm_followers.values():
             follower.stop(grace_s)
         if self.new_items is not None:
             self.new_items.stop(grace_s)
@@ -387,7 +386,10 @@ class RecommendHandlers:
             _response_body(request_id, request.session_id, recommendation, explanation),
             media_type=JSON,
         )
-        state.metrics.request_seconds.observe(time.perf_counter() - started)
+        if request.explain:  # on-call's slow path: counted apart, kept out of the latency SLO
+            state.metrics.explain_requests.inc()
+        else:
+            state.metrics.request_seconds.observe(time.perf_counter() - started)
         return response
 
     def _explore(
@@ -460,17 +462,25 @@ class RecommendHandlers:
         denied = self._denied(request)
         if denied is not None:
             return denied
-        snapshot = self.state.holder.current
-        follower = self.state.follower
-        failed = [
-            {
-                "version": f.version,
-                "reason": f.reason,
-                "attempts": f.attempts,
-                "next_retry_at": round(f.next_retry_at, 3),
-            }
-            for f in follower.state.failures.values()
-        ]
+        state = self.state
+        snapshot = state.holder.current
+        follower = state.follower
+        arms = []
+        for arm, arm_follower in state.arm_followers.items():
+            arm_model = state.router.models[arm]
+            held = arm_model.holder.current
+            answered_by = state.router.resolve(arm)[0]
+            arms.append(
+                {
+                    "arm": arm,
+                    "version": held.version if held else None,
+                    "wanted_version": arm_model.source.wanted,
+                    "answers": answered_by == arm,
+                    "answered_by": answered_by,
+                    "failed_versions": _failed_versions(arm_follower),
+                    "pubsub_connected": arm_follower.state.pubsub_connected,
+                }
+            )
         return _json(
             {
                 "version": snapshot.version if snapshot else None,
@@ -478,8 +488,10 @@ class RecommendHandlers:
                 "age_s": round(time.time() - snapshot.loaded_at, 3) if snapshot else None,
                 "source": snapshot.source if snapshot else None,
                 "items": len(snapshot.item_rows) if snapshot else 0,
-                "failed_versions": failed,
+                "failed_versions": _failed_versions(follower),
                 "pubsub_connected": follower.state.pubsub_connected,
+                "worker_index": state.settings.serving.worker_index,
+                "arms": arms,
             }
         )
 
@@ -490,6 +502,19 @@ class RecommendHandlers:
 
     async def openapi(self, request: Request) -> Response:
         return Response(self.state.openapi, media_type=JSON)
+
+
+def _failed_versions(follower: ModelFollower) -> list[dict[str, Any]]:
+    """The follower's failed versions as ``/model`` lists them, newest last."""
+    return [
+        {
+            "version": f.version,
+            "reason": f.reason,
+            "attempts": f.attempts,
+            "next_retry_at": round(f.next_retry_at, 3),
+        }
+        for f in follower.state.failures.values()
+    ]
 
 
 def _is_wrong_type(exc: redis.ResponseError) -> bool:

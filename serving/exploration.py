@@ -14,8 +14,9 @@ Costs are bounded and off the request path where they can be:
   the items the online model knows that are still new; a request never reads Redis for it.
 - ``explore`` (pure) draws ``explore_sample`` candidates at random from the pool (with
   replacement: no pass over the pool; a smaller pool is taken whole), samples their CTRs
-  with the caller's seeded generator and fills the slots with the best that are not on
-  the list already, not excluded and in the requested categories.
+  with the caller's seeded generator (``exploration_rng``: one stream per worker) and
+  fills the slots with the best that are not on the list already, not excluded and in the
+  requested categories.
 
 An explored item takes the list's last places (the list keeps its length K) with the
 score of the last model item kept, and its position goes into ``Recommendation.explored``
@@ -109,6 +110,17 @@ def explore(
         scores=(*scores, *([filler] * len(chosen))),
         explored=tuple(range(kept, kept + len(chosen))),
     )
+
+
+def exploration_rng(seed: int, worker_index: int) -> np.random.Generator:
+    """The exploration draws of one worker: reproducible for (``seed``, ``worker_index``).
+
+    Workers share ``explore_seed``; mixing in the worker's index (a seed sequence, so
+    nearby seeds and indexes give independent streams) keeps them from drawing the same
+    sequence, which would explore the same items in every worker. A restarted worker
+    keeps its index, so a run replays the same way.
+    """
+    return np.random.default_rng(np.random.SeedSequence((seed, worker_index)))
 
 
 class NewItemPool:

@@ -27,7 +27,7 @@ class ServingMetrics:
         )
         self.request_seconds = Histogram(
             "streamrec_serving_request_duration_seconds",
-            "Time spent answering /recommend, in the handler.",
+            "Time spent answering /recommend, in the handler (explain=true requests apart).",
             buckets=LATENCY_BUCKETS_S,
             registry=r,
         )
@@ -102,5 +102,10 @@ class ServingMetrics:
         self.explored_items = Counter(
             "streamrec_serving_explored_items_total",
             "New items placed in a list by an exploration slot.",
+            registry=r,
+        )
+        self.explain_requests = Counter(
+            "streamrec_serving_explain_requests_total",
+            "/recommend requests with explain=true answered (not in the latency histogram).",
             registry=r,
         )

@@ -127,6 +127,23 @@ class FailedVersion(_Strict):
     )
 
 
+class ArmFollower(_Strict):
+    arm: str = Field(description="A pinned-<N> or canary experiment arm.")
+    version: int | None = Field(description="Version the arm's follower holds (null: none).")
+    wanted_version: int | None = Field(
+        description="Version the arm should serve: N, or the registry's canary pointer."
+    )
+    answers: bool = Field(
+        description="The arm answers its sessions (it holds the version it wants)."
+    )
+    answered_by: str = Field(
+        description="The arm answering its sessions now: itself, else the control "
+        "(online when the control has no model either)."
+    )
+    failed_versions: list[FailedVersion]
+    pubsub_connected: bool = Field(description="Canary arm: listening to its channel.")
+
+
 class ModelResponse(_Strict):
     version: int | None
     loaded_at: float | None = Field(description="Unix time the version was swapped in.")
@@ -137,6 +154,10 @@ class ModelResponse(_Strict):
         description="Versions that failed to load and never loaded since, newest last."
     )
     pubsub_connected: bool
+    worker_index: int = Field(description="The worker process that answered (0-based).")
+    arms: list[ArmFollower] = Field(
+        description="Followers of the pinned and canary experiment arms (empty without)."
+    )
 
 
 MODELS: tuple[type[BaseModel], ...] = (
@@ -232,7 +253,8 @@ def openapi_document(settings: ServingSettings) -> dict[str, Any]:
             },
             "/model": {
                 "get": {
-                    "summary": "The serving model: version, loaded at, age, source",
+                    "summary": "The serving model (version, loaded at, age, source) and "
+                    "the experiment arms' followers",
                     "security": secured,
                     "responses": {
                         "200": _json(ModelResponse, "The model now serving."),

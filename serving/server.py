@@ -8,6 +8,11 @@ follows the registry and logs impressions on its own; the parent only supervises
 A worker that dies (killed, out of memory) is respawned by the parent while the others
 keep serving; without that, granian would stop the whole server.
 
+Each worker learns its index (0 .. workers-1; a respawned worker keeps its predecessor's)
+from ``STREAMREC_SERVING_WORKER_INDEX``, which the server sets in the worker before the app
+factory runs: granian knows the index but does not hand it to the factory. Exploration
+seeds its draws with it, so workers draw distinct but reproducible sequences.
+
 Graceful shutdown: on SIGTERM or SIGINT granian stops accepting connections, lets the
 workers finish in-flight requests, then runs the app's lifespan shutdown, which stops the
 registry follower and flushes queued impressions to Kafka (up to ``shutdown_grace_s``).
@@ -21,12 +26,16 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import signal
 import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 from serving.port_claim import PortInUseError, claim_port
 from streamrec.settings import ServingSettings
@@ -35,13 +44,28 @@ from streamrec.structured_log import log_event
 logger = logging.getLogger(__name__)
 
 APP_FACTORY = "serving.app:app_from_environment"
+WORKER_INDEX_ENV = "STREAMREC_SERVING_WORKER_INDEX"
+
+
+def load_in_worker(index: int, load_app: Callable[[], Any]) -> Any:
+    """Run in worker ``index``'s process: publish the index to its settings, then load."""
+    os.environ[WORKER_INDEX_ENV] = str(index)
+    return load_app()
 
 
 def serve(settings: ServingSettings) -> None:
     """Serve until interrupted (blocks); exit with status 1 if the port is taken."""
     from granian.constants import HTTPModes, Interfaces, Loops
     from granian.http import HTTP1Settings
-    from granian.server import Server
+    from granian.server.mp import MPServer
+
+    class Server(MPServer):
+        """granian's process server, telling each worker its index (see module doc)."""
+
+        # granian's (private) spawn hook, the one place that knows the index: granian is
+        # pinned, and tests/integration/test_serving_api.py checks two workers' indexes.
+        def _spawn_worker(self, idx: int, target: Any, callback_loader: Any) -> Any:
+            return super()._spawn_worker(idx, target, partial(load_in_worker, idx, callback_loader))
 
     try:
         claim = claim_port(settings.host, settings.port)

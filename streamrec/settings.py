@@ -335,7 +335,15 @@ class ServingSettings(BaseSettings):
     explore_sample: int = Field(
         64, ge=1, description="New items drawn per request for Thompson sampling (bounds work)."
     )
-    explore_seed: int = Field(0, description="Seed of the exploration draws (reproducible).")
+    explore_seed: int = Field(
+        0, ge=0, description="Seed of the exploration draws (reproducible; mixed per worker)."
+    )
+    worker_index: int = Field(
+        0,
+        ge=0,
+        description="This worker's index (0 .. workers-1), set by the server in each worker "
+        "process; it keeps the exploration draws distinct per worker.",
+    )
     explore_refresh_s: float = Field(
         10.0, gt=0, description="How often the new items' exposure counts are re-read."
     )

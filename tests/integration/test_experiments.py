@@ -23,6 +23,7 @@ from loadtest.experiment_report import (
     tally_outcomes,
 )
 from serving.app import ServingState, create_app
+from serving.openapi import ModelResponse
 from streamrec.events import Event, encode_event, parse_event
 from streamrec.kafka_clients import make_producer
 from streamrec.redis_keys import RedisKeys
@@ -45,10 +46,10 @@ def wait_until(condition: Callable[[], bool], what: str, timeout_s: float = 20.0
         time.sleep(0.02)
 
 
-def app_client(settings: Settings) -> TestClient:
+def app_client(settings: Settings, registry: FakeRegistry | None = None) -> TestClient:
     app = create_app(
         settings,
-        registry=FakeRegistry(current=2),
+        registry=registry or FakeRegistry(current=2),
         build_scorer=lambda weights: FakeScorer(weights.version, ITEMS),
     )
     return TestClient(app)
@@ -111,6 +112,34 @@ def test_arms_are_sticky_match_their_shares_and_label_the_impressions(
         event = logged[request_id]
         assert (event.arm, event.model_version) == (body["arm"], body["model_version"])
         assert event.items == tuple(item["item_id"] for item in body["items"])
+
+
+def test_model_shows_each_arms_follower_and_who_answers_its_sessions(
+    settings: Settings,
+) -> None:
+    """pinned-9 cannot load (the registry fails on it): the control answers its sessions."""
+    arms = {"online": 0.5, "pinned-1": 0.25, "pinned-9": 0.25}
+    settings = settings.model_copy(
+        update={"experiment": ExperimentSettings(name="model-arms", arms=arms)}
+    )
+    registry = FakeRegistry(current=2, errors={9: KeyError("version 9 was never published")})
+    with app_client(settings, registry) as client:
+        state = state_of(client)
+        wait_until(lambda: state.router.resolve("pinned-1")[0] == "pinned-1", "pinned-1 loaded")
+        wait_until(lambda: state.arm_followers["pinned-9"].failed_versions() == [9], "9 failed")
+        wait_until(lambda: state.holder.current is not None, "online model loaded")
+        body = client.get("/model").json()
+    model = ModelResponse.model_validate(body)
+    assert model.version == 2 and model.worker_index == 0
+    followers = {arm.arm: arm for arm in model.arms}
+    assert set(followers) == {"pinned-1", "pinned-9"}  # online is the model above
+    pinned, missing = followers["pinned-1"], followers["pinned-9"]
+    assert (pinned.version, pinned.wanted_version, pinned.answers) == (1, 1, True)
+    assert pinned.answered_by == "pinned-1" and pinned.failed_versions == []
+    assert (missing.version, missing.wanted_version, missing.answers) == (None, 9, False)
+    assert missing.answered_by == "online"
+    assert [failed.version for failed in missing.failed_versions] == [9]
+    assert "never published" in missing.failed_versions[0].reason
 
 
 def served_by_session(served: dict[str, dict], session_id: str) -> dict:

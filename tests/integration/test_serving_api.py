@@ -21,6 +21,7 @@ import numpy as np
 import orjson
 import pytest
 import redis
+from prometheus_client.parser import text_string_to_metric_families
 
 from online_models.model.recommender import random_weights
 from online_models.model.scorer import SessionScorer
@@ -34,7 +35,7 @@ from serving.openapi import (
     RecommendResponse,
     openapi_document,
 )
-from serving.server import spawn_server, stop_server
+from serving.server import WORKER_INDEX_ENV, spawn_server, stop_server
 from streamrec.kafka_clients import ensure_topics
 from streamrec.redis_keys import RedisKeys
 from streamrec.session_features import SessionFeatures, encode_session_features
@@ -63,6 +64,7 @@ class Served:
     redis: redis.Redis
     keys: RedisKeys
     weights: dict[int, ModelWeights]
+    env: dict[str, str]  # the server's environment (STREAMREC_* configure it)
 
 
 def session(items: tuple[str, ...], bought: tuple[str, ...] = ()) -> dict[str, bytes]:
@@ -118,7 +120,7 @@ def served(
     weights = {first.version: registry.load(first.version)}
     wait_until(lambda: http.get("/readyz").status_code == 200, "server ready")
     try:
-        yield Served(settings, registry, http, client, keys, weights)
+        yield Served(settings, registry, http, client, keys, weights, env)
     finally:
         http.close()
         assert stop_server(server) == 0, "graceful shutdown exits cleanly"
@@ -403,3 +405,46 @@ def test_an_unreadable_session_hash_falls_back_instead_of_failing(served: Served
     response = served.client.get("/recommend", params={"session_id": "garbled", "k": 2})
     assert response.status_code == 200
     assert response.json()["fallback"] == "popular"
+
+
+def sample_values(served: Served) -> dict[str, float]:
+    """This (one-worker) server's unlabelled samples by name, from ``/metrics``."""
+    text = served.client.get("/metrics").text
+    return {
+        sample.name: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if not sample.labels
+    }
+
+
+def test_explain_requests_are_counted_apart_from_the_latency_histogram(served: Served) -> None:
+    latency = "streamrec_serving_request_duration_seconds_count"
+    explains = "streamrec_serving_explain_requests_total"
+    before = sample_values(served)
+    for explain in ("true", "true", "false"):
+        params = {"session_id": "known", "k": 3, "explain": explain}
+        assert served.client.get("/recommend", params=params).status_code == 200
+    after = sample_values(served)
+    assert after[explains] - before.get(explains, 0.0) == 2
+    assert after[latency] - before[latency] == 1, "only the plain request is timed"
+
+
+def test_every_worker_of_a_server_gets_its_own_index(served: Served, tmp_path: Path) -> None:
+    """The index seeds exploration per worker: two workers must not both be worker 0."""
+    port = free_port()
+    env = {k: v for k, v in served.env.items() if k != WORKER_INDEX_ENV}
+    server = spawn_server(env | {"STREAMREC_SERVING_WORKERS": "2"}, port, tmp_path / "two.log")
+    seen: set[int] = set()
+    try:
+
+        def both_seen() -> bool:
+            # A fresh connection per call, so the kernel may hand it to either worker.
+            with httpx.Client(headers=served.client.headers, timeout=5) as fresh:
+                seen.add(fresh.get(f"http://127.0.0.1:{port}/model").json()["worker_index"])
+            return seen == {0, 1}
+
+        wait_until(both_seen, "both workers answer /model")
+    finally:
+        assert stop_server(server) == 0
+    assert seen == {0, 1}

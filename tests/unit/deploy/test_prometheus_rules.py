@@ -97,8 +97,15 @@ NORMAL_COUNTERS: dict[type, tuple[str, ...]] = {
     ),
     LearnerMetrics: ("examples", "steps", "versions", "duplicates"),
     # Per-arm requests and fallbacks: an experiment's traffic split (a popularity arm's
-    # answers are all "fallbacks"); explored_items: exploration slots filled.
-    ServingMetrics: ("model_swaps", "arm_requests", "arm_fallbacks", "explored_items"),
+    # answers are all "fallbacks"); explored_items: exploration slots filled;
+    # explain_requests: on-call asking why (kept out of the latency histogram).
+    ServingMetrics: (
+        "model_swaps",
+        "arm_requests",
+        "arm_fallbacks",
+        "explored_items",
+        "explain_requests",
+    ),
 }
 # Alert -> the SLO (SloSettings default) its threshold must equal, in the rule's unit.
 SLO_THRESHOLDS = {

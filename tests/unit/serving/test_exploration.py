@@ -6,7 +6,7 @@ from collections import Counter
 
 import numpy as np
 
-from serving.exploration import NewItemPool, NewItems, explore, new_items
+from serving.exploration import NewItemPool, NewItems, exploration_rng, explore, new_items
 from serving.hot_swap import ModelHolder, ModelSnapshot
 from serving.recommender import Recommendation
 from streamrec.redis_keys import RedisKeys
@@ -78,6 +78,16 @@ def test_a_refused_category_is_never_explored() -> None:
             allowed=lambda item: item in {"i0", "i3"}, rng=np.random.default_rng(seed),
         )  # fmt: skip
         assert {answer.item_ids[p] for p in answer.explored} <= {"i0", "i3"}
+
+
+def test_each_worker_draws_its_own_reproducible_sequence() -> None:
+    def draws(seed: int, worker_index: int) -> list[float]:
+        return exploration_rng(seed, worker_index).random(8).tolist()
+
+    assert draws(3, 1) == draws(3, 1)  # a restarted worker replays its sequence
+    per_worker = [draws(3, index) for index in range(4)]
+    assert all(a != b for n, a in enumerate(per_worker) for b in per_worker[n + 1 :])
+    assert draws(4, 0) != draws(3, 0)
 
 
 def test_bounded_by_the_slots_and_the_sample() -> None:
