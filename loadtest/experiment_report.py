@@ -33,7 +33,7 @@ from confluent_kafka import OFFSET_BEGINNING, Message, TopicPartition
 from rich.table import Table
 
 from streamrec.events import Event, parse_event
-from streamrec.exposure_outcomes import ExposureJoin, ExposureOutcome
+from streamrec.exposure_outcomes import ArmTally, ExposureJoin, ExposureOutcome
 from streamrec.kafka_clients import make_consumer, read_until_done
 from streamrec.proportions import difference_interval, two_proportion_z_test, wilson_interval
 from streamrec.recorded_events import only_events, read_event_lines
@@ -43,32 +43,6 @@ from streamrec.topics import Topics
 METRICS = ("ctr", "served_hr", "conversion")
 LABELS = {"ctr": "CTR", "served_hr": "served HR@K", "conversion": "conversion"}
 UNLABELLED = "none"  # impressions logged before arms existed
-
-
-@dataclass(slots=True)
-class ArmTally:
-    """Counts of one arm's closed outcomes."""
-
-    impressions: int = 0
-    clicked: int = 0
-    followed: int = 0  # impressions followed by any click (served HR's trials)
-    hits: int = 0
-    converted: int = 0
-
-    def add(self, outcome: ExposureOutcome) -> None:
-        self.impressions += 1
-        self.clicked += outcome.was_clicked
-        self.followed += outcome.next_click is not None
-        self.hits += outcome.served_hit
-        self.converted += outcome.converted
-
-    def counts(self, metric: str) -> tuple[int, int]:
-        """(successes, trials) of ``metric``."""
-        return {
-            "ctr": (self.clicked, self.impressions),
-            "served_hr": (self.hits, self.followed),
-            "conversion": (self.converted, self.impressions),
-        }[metric]
 
 
 @dataclass(slots=True)

@@ -29,6 +29,7 @@ from dataclasses import astuple, dataclass, field, replace
 from typing import Any
 
 from streamrec.events import Event
+from streamrec.proportions import rate
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +67,43 @@ class ExposureOutcome:
         """Shown items that got no click: the exposure's negatives."""
         clicked = set(self.clicked)
         return tuple(item for item in self.items if item not in clicked)
+
+
+@dataclass(slots=True)
+class ArmTally:
+    """Counts of one arm's closed outcomes: the one definition of an arm's CTR, served HR
+    and conversion, shared by ``streamrec experiments report`` and the canary watch.
+
+    - CTR: impressions with a click on a shown item, of all impressions;
+    - served HR: impressions whose session's next click was on the list, of those
+      followed by any click (``followed``);
+    - conversion: impressions with a shown item bought, of all impressions.
+    """
+
+    impressions: int = 0
+    clicked: int = 0
+    followed: int = 0
+    hits: int = 0
+    converted: int = 0
+
+    def add(self, outcome: ExposureOutcome) -> None:
+        self.impressions += 1
+        self.clicked += outcome.was_clicked
+        self.followed += outcome.next_click is not None
+        self.hits += outcome.served_hit
+        self.converted += outcome.converted
+
+    def counts(self, metric: str) -> tuple[int, int]:
+        """(successes, trials) of ``metric``: ``ctr``, ``served_hr`` or ``conversion``."""
+        return {
+            "ctr": (self.clicked, self.impressions),
+            "served_hr": (self.hits, self.followed),
+            "conversion": (self.converted, self.impressions),
+        }[metric]
+
+    def rate(self, metric: str) -> float:
+        """``metric`` as a share (NaN without trials)."""
+        return rate(*self.counts(metric))
 
 
 @dataclass(slots=True)

@@ -221,8 +221,8 @@ class CanaryLoop:
         for arm, tally in (("canary", watch.canary), ("control", watch.control_tally)):
             self.metrics.canary_impressions.labels(arm).set(tally.impressions)
             if tally.impressions:
-                self.metrics.canary_rate.labels(arm, "ctr").set(tally.ctr)
-                self.metrics.canary_rate.labels(arm, "served_hr").set(tally.served_hit_rate)
+                self.metrics.canary_rate.labels(arm, "ctr").set(tally.rate("ctr"))
+                self.metrics.canary_rate.labels(arm, "served_hr").set(tally.rate("served_hr"))
         record_canary_counts(
             self.client,
             self.keys,
@@ -231,7 +231,7 @@ class CanaryLoop:
         )
 
     def _act(self, version: int, verdict: CanaryVerdict) -> None:
-        ctrs = (verdict.control.ctr, verdict.canary.ctr)
+        ctrs = (verdict.control.rate("ctr"), verdict.canary.rate("ctr"))
         impressions = verdict.canary.impressions
         log_event(
             logger, "canary_verdict", version=version, action=verdict.action,

@@ -3,9 +3,10 @@
 With ``STREAMREC_DRIFT_ROLLOUT=canary`` a fine-tune that passed the gate is not promoted at
 once: serving shows it to the experiment's ``canary`` arm (a share of the sessions) while
 the control arm keeps the current lineage. ``CanaryWatch`` counts each arm's closed
-exposure outcomes (``streamrec.exposure_outcomes``: clicked or not, the next click on
-the list or not) from the canary's start, and ``judge_canary`` decides once, as soon as
-both arms have ``min_impressions`` resolved impressions:
+exposure outcomes (``streamrec.exposure_outcomes.ArmTally``, the counts the experiment
+report uses: clicked or not, the next click on the list or not) from the canary's start,
+and ``judge_canary`` decides once, as soon as both arms have ``min_impressions`` resolved
+impressions:
 
 - ``roll_back`` when the canary's CTR *or* its served hit rate is below the control's with
   a one-sided two-proportion z-test at ``alpha`` (two tests, so rolling back is the side
@@ -49,35 +50,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from streamrec.exposure_outcomes import ExposureOutcome
-from streamrec.proportions import ProportionTest, rate, two_proportion_z_test
+from streamrec.exposure_outcomes import ArmTally, ExposureOutcome
+from streamrec.proportions import ProportionTest, two_proportion_z_test
 
 CANARY_ARM = "canary"
 Action = Literal["promote", "roll_back", "keep_control"]
-
-
-@dataclass(frozen=True, slots=True)
-class ArmTally:
-    """One arm's resolved impressions and how many were clicked / had the next click listed."""
-
-    impressions: int = 0
-    clicked: int = 0
-    served_hits: int = 0
-
-    def add(self, outcome: ExposureOutcome) -> ArmTally:
-        return ArmTally(
-            self.impressions + 1,
-            self.clicked + outcome.was_clicked,
-            self.served_hits + outcome.served_hit,
-        )
-
-    @property
-    def ctr(self) -> float:
-        return rate(self.clicked, self.impressions)
-
-    @property
-    def served_hit_rate(self) -> float:
-        return rate(self.served_hits, self.impressions)
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,12 +77,8 @@ def judge_canary(
     on_deadline: Literal["control", "promote"],
 ) -> CanaryVerdict | None:
     """The verdict on the counts so far (see the module docstring); None: keep watching."""
-    ctr_test = two_proportion_z_test(
-        canary.clicked, canary.impressions, control.clicked, control.impressions
-    )
-    hit_test = two_proportion_z_test(
-        canary.served_hits, canary.impressions, control.served_hits, control.impressions
-    )
+    ctr_test = two_proportion_z_test(*canary.counts("ctr"), *control.counts("ctr"))
+    hit_test = two_proportion_z_test(*canary.counts("served_hr"), *control.counts("served_hr"))
 
     def verdict(action: Action, reason: str) -> CanaryVerdict:
         return CanaryVerdict(action, reason, canary, control, ctr_test, hit_test)
@@ -168,9 +141,9 @@ class CanaryWatch:
         if outcome.ts < self.started_ms or outcome.request_id in self._counted:
             return
         if outcome.arm == CANARY_ARM and outcome.model_version == self.version:
-            self.canary = self.canary.add(outcome)
+            self.canary.add(outcome)
         elif outcome.arm == self.control:
-            self.control_tally = self.control_tally.add(outcome)
+            self.control_tally.add(outcome)
         else:
             return
         self._counted.add(outcome.request_id)

@@ -10,7 +10,6 @@ from typer.testing import CliRunner
 
 from cli.app import app
 from loadtest.experiment_report import (
-    ArmTally,
     OutcomeTally,
     SlotTally,
     experiment_report,
@@ -19,6 +18,7 @@ from loadtest.experiment_report import (
     tally_outcomes,
 )
 from streamrec.events import Event, encode_event
+from streamrec.exposure_outcomes import ArmTally
 from streamrec.proportions import two_proportion_z_test, wilson_interval
 
 HORIZON_MS = 60_000

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import orjson
 
-from loadtest.experiment_report import ArmTally, OutcomeTally, SlotTally, experiment_report
+from loadtest.experiment_report import OutcomeTally, SlotTally, experiment_report
 from loadtest.run_report import RunRecord, write_report
+from streamrec.exposure_outcomes import ArmTally
 
 
 def test_report_writes_plots_html_and_json(tmp_path: Path) -> None:

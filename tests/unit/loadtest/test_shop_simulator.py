@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from loadtest.experiment_report import ArmTally, SlotTally
+from loadtest.experiment_report import SlotTally
 from loadtest.shop_simulator import LiveSessions
+from streamrec.exposure_outcomes import ArmTally
 
 
 def answer(request_id: str, items: list[str], arm: str, explored: list[int]) -> dict:

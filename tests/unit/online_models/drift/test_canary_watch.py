@@ -10,8 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import online_models.drift.canary_watch as canary_watch
-from online_models.drift.canary_watch import ArmTally, CanaryWatch, judge_canary
-from streamrec.exposure_outcomes import ExposureOutcome
+from online_models.drift.canary_watch import CanaryWatch, judge_canary
+from streamrec.exposure_outcomes import ArmTally, ExposureOutcome
 
 REQUEST_IDS = (f"r{n}" for n in itertools.count())
 DEFAULTS = {"min_impressions": 500, "alpha": 0.05, "expired": False, "on_deadline": "control"}
@@ -26,29 +26,34 @@ def outcome(
     )  # fmt: skip
 
 
+def followed(impressions: int, clicked: int, hits: int) -> ArmTally:
+    """An arm's counts where every impression was followed by a click (served HR's trials)."""
+    return ArmTally(impressions=impressions, clicked=clicked, followed=impressions, hits=hits)
+
+
 def test_the_docstring_example_holds() -> None:
     assert doctest.testmod(canary_watch).failed == 0
 
 
 def test_no_verdict_before_both_arms_reach_the_minimum() -> None:
-    assert judge_canary(ArmTally(10_000, 100, 100), ArmTally(499, 5, 5), **DEFAULTS) is None
+    assert judge_canary(followed(10_000, 100, 100), followed(499, 5, 5), **DEFAULTS) is None
 
 
 def test_a_canary_with_a_clearly_lower_ctr_is_rolled_back() -> None:
-    verdict = judge_canary(ArmTally(1000, 30, 300), ArmTally(1000, 60, 300), **DEFAULTS)
+    verdict = judge_canary(followed(1000, 30, 300), followed(1000, 60, 300), **DEFAULTS)
     assert verdict is not None and verdict.action == "roll_back"
     assert "CTR" in verdict.reason and "served HR" not in verdict.reason
     assert verdict.ctr_test.p_less < 0.05
 
 
 def test_a_lower_served_hit_rate_alone_rolls_back_too() -> None:
-    verdict = judge_canary(ArmTally(1000, 50, 200), ArmTally(1000, 50, 260), **DEFAULTS)
+    verdict = judge_canary(followed(1000, 50, 200), followed(1000, 50, 260), **DEFAULTS)
     assert verdict is not None and verdict.action == "roll_back"
     assert "served HR" in verdict.reason
 
 
 def test_a_canary_not_significantly_worse_is_promoted() -> None:
-    verdict = judge_canary(ArmTally(1000, 48, 290), ArmTally(1000, 50, 300), **DEFAULTS)
+    verdict = judge_canary(followed(1000, 48, 290), followed(1000, 50, 300), **DEFAULTS)
     assert verdict is not None and verdict.action == "promote"
 
 
@@ -59,7 +64,7 @@ def test_the_deadline_with_too_little_traffic_does_what_configuration_says(
     on_deadline: str, action: str
 ) -> None:
     settings = DEFAULTS | {"expired": True, "on_deadline": on_deadline}
-    verdict = judge_canary(ArmTally(10, 0, 0), ArmTally(900, 90, 90), **settings)
+    verdict = judge_canary(followed(10, 0, 0), followed(900, 90, 90), **settings)
     assert verdict is not None and verdict.action == action
     assert "deadline" in verdict.reason
 
@@ -68,7 +73,7 @@ def test_the_deadline_with_too_little_traffic_does_what_configuration_says(
 def test_identical_arms_are_never_rolled_back(impressions: int, data: st.DataObject) -> None:
     clicked = data.draw(st.integers(0, impressions))
     hits = data.draw(st.integers(0, impressions))
-    tally = ArmTally(impressions, clicked, hits)
+    tally = followed(impressions, clicked, hits)
     verdict = judge_canary(tally, tally, **DEFAULTS)
     assert verdict is not None and verdict.action == "promote"
 
@@ -93,8 +98,8 @@ def test_the_watch_counts_only_the_canary_version_and_the_control_since_the_star
     repeated = outcome("online", 6, clicked=True)
     watch.observe(repeated)
     watch.observe(repeated)  # delivered twice: counted once
-    assert watch.canary == ArmTally(1, 1, 1)
-    assert watch.control_tally == ArmTally(3, 2, 0)
+    assert watch.canary == ArmTally(impressions=1, clicked=1, followed=1, hits=1)
+    assert watch.control_tally == ArmTally(impressions=3, clicked=2)
     assert watch.verdict(now_ms=10_999) is None
     expired = watch.verdict(now_ms=11_000)
     assert expired is not None and expired.action == "keep_control"
