@@ -20,13 +20,12 @@ def alerts_tail(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON line per alert.")] = False,
 ) -> None:
     """Show the latest alerts (from the Redis alerts stream), newest last."""
-    import redis
-
     from online_models.alerts.tail import follow_alerts, latest_alerts, print_alert
+    from streamrec.redis_connection import connect_redis
     from streamrec.redis_keys import RedisKeys
 
     settings = settings_from_env()
-    client = redis.Redis.from_url(settings.redis.redis_url.get_secret_value())
+    client = connect_redis(settings.redis.redis_url.get_secret_value())
     key = RedisKeys(settings.redis.key_prefix).alerts
     shown = latest_alerts(client, key, count)
     for _, alert in shown:

@@ -45,14 +45,13 @@ def finetune(
     """Run one full fine-tune now (same path as a drift-triggered one); prints its report."""
     from dataclasses import asdict
 
-    import redis
-
     from online_models.finetune.job import FinetuneRequest, run_finetune
     from online_models.finetune.status import acquire_finetune_lock
+    from streamrec.redis_connection import connect_redis
     from streamrec.redis_keys import RedisKeys
 
     settings = settings_from_env()
-    client = redis.Redis.from_url(settings.redis.redis_url.get_secret_value())
+    client = connect_redis(settings.redis.redis_url.get_secret_value())
     keys = RedisKeys(settings.redis.key_prefix)
     if not acquire_finetune_lock(client, keys, settings.drift.finetune_timeout_s) and not force:
         console.print("a fine-tune is running or cooling down (use --force to run anyway)")

@@ -6,9 +6,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
-from cli.output import print_json_line, settings_from_env
+from cli.output import print_report, settings_from_env
 
 app = typer.Typer(no_args_is_help=True, help="The live experiment between model lineages.")
 
@@ -43,9 +42,4 @@ def experiments_report(
     )
     horizon = settings.flow.exposure_horizon_s if horizon_s is None else horizon_s
     report = report_events(read, int(horizon * 1000), settings.experiment.control)
-    if as_json:
-        print_json_line(report)
-        return
-    console = Console()
-    for table in report_tables(report):
-        console.print(table)
+    print_report(report, report_tables, as_json)

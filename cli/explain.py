@@ -17,10 +17,9 @@ from typing import Annotated, Any
 
 import orjson
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from cli.output import print_json_line, refuse, settings_from_env
+from cli.output import print_report, refuse, settings_from_env
 from streamrec.settings import ServingSettings
 
 app = typer.Typer()
@@ -54,12 +53,7 @@ def explain(
         refuse(f"serving answered {exc.code}: {exc.read()[:300].decode(errors='replace')}")
     except OSError as exc:
         refuse(f"serving at {base} did not answer: {exc}")
-    if as_json:
-        print_json_line(body)
-        return
-    console = Console()
-    for table in explanation_tables(body):
-        console.print(table)
+    print_report(body, explanation_tables, as_json)
 
 
 def serving_url(serving: ServingSettings) -> str:
@@ -83,7 +77,8 @@ def explanation_tables(body: dict[str, Any]) -> list[Table]:
         when = datetime.fromtimestamp(ts / 1000, UTC).isoformat() if ts is not None else "?"
         events.add_row(str(event["event_id"]), when, event["item_id"], str(event["known"]))
     items = Table(
-        "#", "item", "score", "source", "match", "bias", "repeat", "top event (drop)",
+        "#", "item", "score", "source", "match", "bias", "repeat", "co-visit",
+        "top event (drop)",
         title=f"{title}: items ({explanation['attribution']})",
     )  # fmt: skip
     for rank, item in enumerate(explanation["items"], 1):
@@ -92,7 +87,8 @@ def explanation_tables(body: dict[str, Any]) -> list[Table]:
         items.add_row(
             str(rank), item["item_id"], f"{item['score']:.4f}", item["source"],
             _number(item["session_match"]), _number(item["item_bias"]),
-            _number(item["session_repeat"]), f"{top} ({drop:.4f})" if top is not None else "-",
+            _number(item["session_repeat"]), _number(item["co_visitation"]),
+            f"{top} ({drop:.4f})" if top is not None else "-",
         )  # fmt: skip
     return [events, items]
 

@@ -19,12 +19,11 @@ def model_status(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON line.")] = False,
 ) -> None:
     """Current version, its age, freshness, last drift, last fine-tune and its verdict."""
-    import redis
-
     from online_models.oncall import model_status_report
+    from streamrec.redis_connection import connect_redis
 
     settings = settings_from_env()
-    client = redis.Redis.from_url(settings.redis.redis_url.get_secret_value())
+    client = connect_redis(settings.redis.redis_url.get_secret_value())
     report = model_status_report(settings, client)
     if as_json:
         print_json_line(report)
@@ -40,12 +39,11 @@ def model_rollback(
     ] = None,
 ) -> None:
     """Make an earlier version current; serving and the learner pick it up from the registry."""
-    import redis
-
     from online_models.finetune.rollback import rollback_model
+    from streamrec.redis_connection import connect_redis
 
     settings = settings_from_env()
-    client = redis.Redis.from_url(settings.redis.redis_url.get_secret_value())
+    client = connect_redis(settings.redis.redis_url.get_secret_value())
     try:
         print_json_line(rollback_model(settings, client, version))
     except (KeyError, LookupError) as exc:
@@ -68,14 +66,13 @@ def model_canary(
 ) -> None:
     """The canary being rolled out (or the last one): since when, arm share, counts so far;
     --promote / --drop end it by hand like the drift monitor's canary watch would."""
-    import redis
-
     from online_models import oncall
+    from streamrec.redis_connection import connect_redis
 
     if promote and drop:
         refuse("--promote and --drop exclude each other")
     settings = settings_from_env()
-    client = redis.Redis.from_url(settings.redis.redis_url.get_secret_value())
+    client = connect_redis(settings.redis.redis_url.get_secret_value())
     if promote or drop:
         end = oncall.promote_canary_by_hand if promote else oncall.drop_canary_by_hand
         try:

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import sys
-from typing import NoReturn
+from collections.abc import Callable, Iterable
+from typing import NoReturn, TypeVar
 
 import orjson
 import typer
 from rich.console import Console
+from rich.table import Table
 
 from streamrec.settings import Settings, load_settings
 from streamrec.structured_log import configure_logging
 
 console = Console(stderr=True)
+Report = TypeVar("Report")
 SOURCE_HELP = "YooChoose dir, event JSON lines, or a log mapping .yaml (default: the sample)."
 
 
@@ -27,6 +30,18 @@ def print_json_line(data: object) -> None:
     """Benchmarks and ``--json`` outputs: exactly one JSON line on stdout."""
     sys.stdout.write(orjson.dumps(data).decode() + "\n")
     sys.stdout.flush()
+
+
+def print_report(
+    report: Report, tables: Callable[[Report], Iterable[Table]], as_json: bool
+) -> None:
+    """A report command's ending: one JSON line with ``--json``, else its rich tables on stdout."""
+    if as_json:
+        print_json_line(report)
+        return
+    stdout = Console()
+    for table in tables(report):
+        stdout.print(table)
 
 
 def refuse(reason: str) -> NoReturn:

@@ -29,7 +29,6 @@ from datetime import datetime
 from typing import Any
 
 import bytewax.operators as op
-import redis
 from bytewax.dataflow import Dataflow
 from bytewax.operators import StatefulBatchLogic
 from prometheus_client import REGISTRY
@@ -48,6 +47,7 @@ from streamrec.alert_sender import AlertSender
 from streamrec.alerts import StreamOffset, make_alert
 from streamrec.events import EventLimits
 from streamrec.exposure_outcomes import ExposureOutcome
+from streamrec.redis_connection import connect_redis
 from streamrec.redis_keys import RedisKeys
 from streamrec.settings import Settings, load_settings
 from streamrec.topics import Topics
@@ -229,7 +229,7 @@ def build_flow(
     state_items = max(flow_settings.popular_state_items, flow_settings.popular_size)
     alerts = AlertSender(settings)
     marker = RedisMarker(
-        redis.Redis.from_url(
+        connect_redis(
             settings.redis.redis_url.get_secret_value(),
             socket_timeout=settings.redis.redis_timeout_s,
             socket_connect_timeout=settings.redis.redis_timeout_s,

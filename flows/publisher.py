@@ -10,8 +10,9 @@ unwritten session or an undelivered example. Messages of the epoch a crash
 interrupted are produced again after the restart (consumers drop them by
 ``example_id``, or by (topic, partition, offset) for dead letters).
 
-One pipelined round trip per output batch, run by a ``BackgroundWriter`` so the worker
-computes the next batch meanwhile; only sessions changed in the batch are written.
+One pipelined round trip per output batch (on a Redis Cluster, one per node:
+``cluster_batch.py``), run by a ``BackgroundWriter`` so the worker computes the next batch
+meanwhile; only sessions changed in the batch are written.
 Session hashes go through a small Lua script (HSET + EXPIRE per session, at most
 ``SESSIONS_PER_SCRIPT`` sessions per call, under a millisecond of server time, so serving
 reads are never held up for long; ZADDs are chunked the same way): redis-py
@@ -32,6 +33,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -42,9 +44,11 @@ import redis
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from redis.backoff import ExponentialBackoff
+from redis.cluster import RedisCluster
 from redis.retry import Retry
 
 from flows.background_writer import BackgroundWriter
+from flows.cluster_batch import ALLOW_CROSS_SLOT, ClusterBatch
 from flows.exposure_counts import CountsUpdate
 from flows.failure_log import closes_quietly, logs_failure
 from flows.item_popularity import PopularityUpdate
@@ -54,6 +58,7 @@ from flows.shard import ShardOutput
 from streamrec.alert_sender import AlertSender
 from streamrec.alerts import make_alert
 from streamrec.kafka_clients import make_producer
+from streamrec.redis_connection import connect_redis
 from streamrec.redis_keys import RedisKeys
 from streamrec.session_features import FIELDS
 from streamrec.settings import Settings
@@ -84,7 +89,17 @@ end
 return (i - 3 - n) / (n + 1)
 """
 
+# On a Redis Cluster: the same script, allowed to write every session of the node it runs
+# on (``flows/cluster_batch.py`` sends it only sessions of one node).
+CLUSTER_WRITE_SESSIONS_LUA = ALLOW_CROSS_SLOT + WRITE_SESSIONS_LUA
+
 PublishItem = ShardOutput | PopularityUpdate | CountsUpdate | ResyncNote
+
+
+def _queue_cluster_sessions(args: list[Any], client: ClusterBatch) -> None:
+    """``write_sessions`` on a cluster: the script's arguments join the batch, which splits
+    them by node when it is sent."""
+    client.queue_sessions(args)
 
 
 @dataclass(slots=True)
@@ -123,14 +138,23 @@ class _Clients:
         self.alerts = alerts
         self.marker = marker
         self.delivery_errors: list[str] = []
-        self.redis = redis.Redis.from_url(
+        backoff = ExponentialBackoff(cap=1.0, base=0.05)
+        self.redis = connect_redis(
             settings.redis.redis_url.get_secret_value(),
             socket_timeout=settings.redis.redis_timeout_s,
             socket_connect_timeout=settings.redis.redis_timeout_s,
-            retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), REDIS_RETRIES),
+            retry=Retry(backoff, REDIS_RETRIES),
             retry_on_error=[redis.ConnectionError, redis.TimeoutError],
         )
-        self.write_sessions = self.redis.register_script(WRITE_SESSIONS_LUA)
+        if isinstance(self.redis, RedisCluster):
+            cluster, script = self.redis, self.redis.register_script(CLUSTER_WRITE_SESSIONS_LUA)
+            self.new_batch: Callable[[], Any] = lambda: ClusterBatch(
+                cluster, script, SESSIONS_PER_SCRIPT, REDIS_RETRIES, backoff.compute
+            )
+            self.write_sessions: Callable[..., Any] = _queue_cluster_sessions
+        else:
+            self.new_batch = partial(self.redis.pipeline, transaction=False)
+            self.write_sessions = self.redis.register_script(WRITE_SESSIONS_LUA)
         self.writer = BackgroundWriter("streamrec-flow-redis")
         self.producer: Producer = make_producer(
             settings.kafka,
@@ -180,7 +204,7 @@ class _PublishPartition(StatefulSinkPartition[PublishItem, bytes]):
 
     @logs_failure
     def write_batch(self, values: list[PublishItem]) -> None:
-        pipe = self._clients.redis.pipeline(transaction=False)
+        pipe = self._clients.new_batch()
         commands = self._resync_categories(pipe)
         session_prefix = self._keys.session("")
         header: list[bytes | str | int] = [self._ttl_s, len(FIELDS), *FIELDS]

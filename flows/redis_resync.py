@@ -27,6 +27,18 @@ again. A first start re-syncs an empty or restored state without an alert. Not d
 Redis restored from an older RDB/AOF file that still holds the marker; ``DEL`` the marker to
 force a re-sync (docs/runbook.md, "Redis re-sync").
 
+On a Redis Cluster one primary restarting empty (or failing over to an empty replica) loses
+only the keys of its slots, so one marker cannot stand for them all: there is one marker key
+per primary, ``{prefix}:flow:marker:{n}``, named so that it hashes into that primary's slots
+(``streamrec.redis_connection.primary_keys``: the smallest ``n`` that lands there, from the
+client's slot map). A check reads them all (one GET per primary), and each missing one is
+set with ``SET NX`` (exactly one owner creates it and reports the loss). The flow's
+"generation" is then the values of all of them joined, in that order: any primary losing
+its keys changes it, and every owner writes its whole state again, the sessions of the
+primaries that kept theirs included (absolute values: harmless, and simpler than knowing
+which session lives where). A new slot map (a primary added, slots moved) can name new
+marker keys: one re-sync, with the alert, follows.
+
 While Redis does not answer, a check is skipped (logged) and tried again an interval later;
 the flow's own writes fail, and restart it, if Redis stays away.
 """
@@ -42,8 +54,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
 
-import redis
-
+from streamrec.redis_connection import REDIS_ERRORS, RedisClient, primary_keys
 from streamrec.structured_log import log_event
 
 logger = logging.getLogger("streamrec.flow")
@@ -82,7 +93,8 @@ class MarkerSource(Protocol):
 
 
 class RedisMarker:
-    """The marker key of one Redis key prefix; shared by the owners of a process.
+    """The marker key of one Redis key prefix (one per primary on a cluster); shared by the
+    owners of a process.
 
     While Redis does not answer, that is logged once per ``WARN_EVERY_S``, not by every
     owner at every check.
@@ -90,27 +102,37 @@ class RedisMarker:
 
     WARN_EVERY_S = 10.0
 
-    def __init__(self, client: redis.Redis, key: str) -> None:
+    def __init__(self, client: RedisClient, key: str) -> None:
         self._client = client
         self._key = key
         self._warned_s = -math.inf
 
     def read(self) -> tuple[str, bool] | None:
         try:
-            value = self._client.get(self._key)
-            if value is not None:
-                return value.decode(), False
-            fresh = new_marker()
-            if self._client.set(self._key, fresh, nx=True):
-                return fresh, True
-            value = self._client.get(self._key)  # another owner set it first
-            return (value.decode(), False) if value is not None else None
-        except redis.RedisError as exc:
+            values, created = [], False
+            for key in primary_keys(self._client, self._key):
+                reading = self._read_one(key)
+                if reading is None:
+                    return None
+                values.append(reading[0])
+                created |= reading[1]
+            return "|".join(values), created
+        except REDIS_ERRORS as exc:
             now = time.monotonic()
             if now - self._warned_s >= self.WARN_EVERY_S:
                 self._warned_s = now
                 log_event(logger, "redis_marker_unreadable", logging.WARNING, error=repr(exc))
             return None
+
+    def _read_one(self, key: str) -> tuple[str, bool] | None:
+        value = self._client.get(key)
+        if value is not None:
+            return value.decode(), False
+        fresh = new_marker()
+        if self._client.set(key, fresh, nx=True):
+            return fresh, True
+        value = self._client.get(key)  # another owner set it first
+        return (value.decode(), False) if value is not None else None
 
 
 def new_marker() -> str:

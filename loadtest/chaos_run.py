@@ -67,6 +67,7 @@ from streamrec.local_services import (
 )
 from streamrec.process_supervisor import Supervisor
 from streamrec.recorded_events import only_events, read_recorded
+from streamrec.redis_connection import RedisClient, connect_redis
 from streamrec.redis_keys import RedisKeys
 from streamrec.settings import Settings, load_settings
 from streamrec.topics import Topics
@@ -167,7 +168,7 @@ def run_chaos(plan: ChaosPlan = ChaosPlan()) -> dict[str, Any]:
     run_dir = (base.state_dir / "chaos" / run).resolve()
     os.environ.update(isolated_environment(f"chaos-{run}", run_dir) | own_services(run_dir))
     settings = load_settings()
-    client = redis.Redis.from_url(settings.redis.redis_url.get_secret_value())
+    client = connect_redis(settings.redis.redis_url.get_secret_value())
     registry = WeightRegistry(settings, client)
     events = _events(settings, plan)
     console.rule(f"streamrec chaos {run}: {len(events):,} events at {plan.rate:g}/s")
@@ -255,7 +256,7 @@ def _examples_seen(registry: WeightRegistry, version: int) -> int:
     return info.examples_seen if info else 0
 
 
-def _counted(client: redis.Redis, keys: RedisKeys, sessions: list[str]) -> dict[str, int]:
+def _counted(client: RedisClient, keys: RedisKeys, sessions: list[str]) -> dict[str, int]:
     """clicks + purchases of each session's hash in Redis (0 when missing)."""
     pipe = client.pipeline(transaction=False)
     for session in sessions:
@@ -267,7 +268,7 @@ def _counted(client: redis.Redis, keys: RedisKeys, sessions: list[str]) -> dict[
 
 
 def _wait_drained(
-    client: redis.Redis, keys: RedisKeys, acked: list[Event], plan: ChaosPlan
+    client: RedisClient, keys: RedisKeys, acked: list[Event], plan: ChaosPlan
 ) -> None:
     """Until the features in Redis and the current version stop changing for a while."""
     sessions = sorted({event.session_id for event in acked})
@@ -344,7 +345,7 @@ def _write_short_sessions(
 
 def _verdict(
     settings: Settings,
-    client: redis.Redis,
+    client: RedisClient,
     registry: WeightRegistry,
     trained_items: list[str],
     trained_seen: int,

@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import redis
 from confluent_kafka import TopicPartition
 from confluent_kafka.admin import AdminClient
 from rich.console import Console
@@ -44,6 +43,7 @@ from loadtest.run_report import RunRecord, Series, write_report
 from streamrec.events import iso_to_ms
 from streamrec.kafka_clients import broker_answers, make_consumer
 from streamrec.local_services import services_down, services_up
+from streamrec.redis_connection import connect_redis
 from streamrec.redis_keys import RedisKeys
 from streamrec.settings import Settings, load_settings
 from streamrec.topics import Topics
@@ -105,7 +105,7 @@ def load_version(settings: Settings, version: int) -> ModelWeights:
     """Weights of ``version``, held in memory (the registry may prune it during the run)."""
     from online_models.registry.weight_registry import WeightRegistry
 
-    client = redis.Redis.from_url(settings.redis.redis_url.get_secret_value())
+    client = connect_redis(settings.redis.redis_url.get_secret_value())
     return WeightRegistry(settings, client).load(version)
 
 
@@ -128,7 +128,7 @@ def static_hr_series(settings: Settings, weights: ModelWeights) -> Series:
 
 def online_hr_series(settings: Settings) -> Series:
     """Windowed prequential HR@20 of the online learner, from its signal stream."""
-    client = redis.Redis.from_url(settings.redis.redis_url.get_secret_value())
+    client = connect_redis(settings.redis.redis_url.get_secret_value())
     keys = RedisKeys(settings.redis.key_prefix)
     hits: list[bool] = []
     for _, fields in client.xrange(keys.learner_signals):
@@ -168,7 +168,7 @@ def _cleanup(settings: Settings, run_dir: Path) -> None:
         AdminClient(settings.kafka.client_config()).delete_topics(
             list(Topics.from_settings(settings.kafka).all()), operation_timeout=10
         )
-    client = redis.Redis.from_url(settings.redis.redis_url.get_secret_value())
+    client = connect_redis(settings.redis.redis_url.get_secret_value())
     keys = list(client.scan_iter(f"{settings.redis.key_prefix}:*", count=1000))
     for start in range(0, len(keys), 1000):
         client.delete(*keys[start : start + 1000])

@@ -6,7 +6,6 @@ import contextlib
 from datetime import UTC, datetime
 from pathlib import Path
 
-import redis
 from rich.console import Console
 
 from loadtest.load_run import LoadPlan, run_load
@@ -15,6 +14,7 @@ from loadtest.run_report import write_report
 from loadtest.slo_gate import check_slos, load_slo_file, slo_table
 from streamrec.events import iso_to_ms
 from streamrec.local_services import services_up
+from streamrec.redis_connection import connect_redis
 from streamrec.settings import Settings
 
 TRAIN_EPOCHS = 2
@@ -68,5 +68,5 @@ def run_load_gate(
 def _registry_empty(settings: Settings) -> bool:
     from online_models.registry.weight_registry import WeightRegistry
 
-    client = redis.Redis.from_url(settings.redis.redis_url.get_secret_value())
+    client = connect_redis(settings.redis.redis_url.get_secret_value())
     return WeightRegistry(settings, client).current_version() is None

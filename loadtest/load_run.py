@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-import redis
 from confluent_kafka import Consumer, TopicPartition
 
 from loadtest.experiment_report import OutcomeTally, experiment_report
@@ -33,6 +32,7 @@ from streamrec.events import Event, EventLimits
 from streamrec.kafka_clients import topic_size
 from streamrec.loop_processes import MetricsEndpoints
 from streamrec.recorded_events import Record, read_recorded
+from streamrec.redis_connection import RedisClient, connect_redis
 from streamrec.redis_keys import RedisKeys
 from streamrec.settings import Settings
 from streamrec.topics import Topics
@@ -201,7 +201,7 @@ def run_load(
     endpoints = MetricsEndpoints.from_settings(settings)
     topics = Topics.from_settings(settings.kafka)
     keys = RedisKeys(settings.redis.key_prefix)
-    client = redis.Redis.from_url(settings.redis.redis_url.get_secret_value())
+    client = connect_redis(settings.redis.redis_url.get_secret_value())
     alerts_before = client.xlen(keys.alerts)
     first_flow = scrape(endpoints.flow) if endpoints.flow else None
     produced_before = first_flow.value(FLOW_EVENTS_IN) if first_flow else 0.0
@@ -292,7 +292,7 @@ def _gauge_series(samples: _Samples, endpoint: str, name: str) -> Series:
 
 
 def _alerts(
-    client: redis.Redis, keys: RedisKeys, skip: int, started: float
+    client: RedisClient, keys: RedisKeys, skip: int, started: float
 ) -> list[dict[str, object]]:
     alerts = []
     for _, fields in client.xrange(keys.alerts)[skip:]:

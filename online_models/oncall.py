@@ -20,19 +20,18 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-import redis
-
 from online_models.finetune.canary_rollout import drop_canary, promote_canary, record_canary_start
 from online_models.finetune.status import read_status
 from online_models.registry.weight_registry import WeightRegistry
 from streamrec.proportions import rate
+from streamrec.redis_connection import RedisClient
 from streamrec.redis_keys import RedisKeys
 from streamrec.settings import Settings
 
 BY_HAND = "by hand"
 
 
-def model_status_report(settings: Settings, client: redis.Redis) -> dict[str, Any]:
+def model_status_report(settings: Settings, client: RedisClient) -> dict[str, Any]:
     """Plain data for the status table / ``--json``; ages in seconds (None when unknown)."""
     keys = RedisKeys(settings.redis.key_prefix)
     registry = WeightRegistry(settings, client)
@@ -110,14 +109,14 @@ def canary_view(
     }
 
 
-def canary_report(settings: Settings, client: redis.Redis) -> dict[str, Any]:
+def canary_report(settings: Settings, client: RedisClient) -> dict[str, Any]:
     """``canary_view`` of the registry's pointer and the drift status hash now."""
     keys = RedisKeys(settings.redis.key_prefix)
     pointer = WeightRegistry(settings, client).canary_version()
     return canary_view(settings, pointer, read_status(client, keys), int(time.time() * 1000))
 
 
-def drop_canary_by_hand(settings: Settings, client: redis.Redis, note: str = "") -> dict[str, Any]:
+def drop_canary_by_hand(settings: Settings, client: RedisClient, note: str = "") -> dict[str, Any]:
     """Stop serving the canary like an automatic roll-back (verdict ``rolled_back``, a
     ``canary_rolled_back`` alert); ``LookupError`` when there is none."""
     version, ctrs, impressions, reason = _canary_to_end(settings, client, note)
@@ -127,7 +126,7 @@ def drop_canary_by_hand(settings: Settings, client: redis.Redis, note: str = "")
 
 
 def promote_canary_by_hand(
-    settings: Settings, client: redis.Redis, note: str = ""
+    settings: Settings, client: RedisClient, note: str = ""
 ) -> dict[str, Any]:
     """Make the canary's weights current like an automatic promotion (a new snapshot,
     ``previous_current`` recorded, a ``canary_promoted`` alert). ``LookupError`` when there
@@ -145,7 +144,7 @@ def promote_canary_by_hand(
 
 
 def _canary_to_end(
-    settings: Settings, client: redis.Redis, note: str
+    settings: Settings, client: RedisClient, note: str
 ) -> tuple[int, tuple[float, float], int, str]:
     """The running canary's version, the alert's levels (control and canary CTR, NaN when
     not counted) and position (its impressions), and the reason."""

@@ -25,7 +25,6 @@ from typing import Any
 
 import orjson
 import redis
-import redis.asyncio as aioredis
 from confluent_kafka import Producer
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from redis.asyncio.retry import Retry
@@ -73,6 +72,7 @@ from serving.recommender import (
 )
 from serving.score_batcher import ScoreBatcher
 from serving.session_reader import SessionReader
+from streamrec.redis_connection import connect_redis, connect_redis_async
 from streamrec.redis_keys import RedisKeys
 from streamrec.session_features import SessionFeatures, decode_session_features
 from streamrec.settings import Settings, load_settings
@@ -112,21 +112,19 @@ class ServingState:
         # while redis_max_connections >= backpressure; if it were, the call fails (503).
         # One immediate retry after a timeout: the timeout also fires when this worker's
         # event loop was stalled (CPU starved, a long batch) although Redis had answered.
-        self.redis = aioredis.Redis(
-            connection_pool=aioredis.ConnectionPool.from_url(
-                url,
-                max_connections=serving.redis_max_connections,
-                socket_timeout=serving.redis_timeout_s,
-                socket_connect_timeout=serving.redis_timeout_s,
-                retry=Retry(NoBackoff(), 1),
-                retry_on_timeout=True,
-            )
+        self.redis = connect_redis_async(
+            url,
+            max_connections=serving.redis_max_connections,
+            socket_timeout=serving.redis_timeout_s,
+            socket_connect_timeout=serving.redis_timeout_s,
+            retry=Retry(NoBackoff(), 1),
+            retry_on_timeout=True,
         )
         self.sessions = SessionReader(self.redis)
-        self.sync_redis = redis.Redis.from_url(
+        self.sync_redis = connect_redis(
             url, socket_timeout=settings.redis.redis_timeout_s, health_check_interval=10
         )
-        self.pubsub_client = redis.Redis.from_url(
+        self.pubsub_client = connect_redis(
             url,
             socket_timeout=settings.redis.redis_timeout_s,
             socket_connect_timeout=settings.redis.redis_timeout_s,
@@ -606,7 +604,7 @@ def create_app(
 
         # One scoring thread per worker: workers, not threads, use the cores.
         torch.set_num_threads(settings.model.scorer_threads or 1)
-        client = redis.Redis.from_url(
+        client = connect_redis(
             settings.redis.redis_url.get_secret_value(),
             socket_timeout=settings.redis.redis_timeout_s,
         )

@@ -5,8 +5,10 @@ computed, not a story told next to it. So an explanation is read from the scorer
 ranked the answer (``Scorer.explain``: the same tensors, the same repeat bonus code):
 
 - the parts of each model score: session match (the session vector . the item vector),
-  item bias and session-repeat lift (the learned repeat bonus plus the constant lift of
-  an item the session clicked); they add up to the ranking score;
+  item bias, session-repeat lift (the learned repeat bonus plus the constant lift of
+  an item the session clicked) and co-visitation (the blend times the position-weighted
+  log1p of how often the item was clicked next after the session's items in recent
+  sessions); they add up to the ranking score;
 - the session's clicks the history was built from, with the event ids and event times
   the flow stored beside them (``SessionFeatures.events``);
 - per item, each click's leave-one-out contribution: how much the item's score drops when
@@ -87,6 +89,7 @@ def explain_answer(
             "session_match": None,
             "item_bias": None,
             "session_repeat": None,
+            "co_visitation": None,
             "event_drops": [],
             "top_event_id": None,
         }
@@ -110,6 +113,7 @@ def explain_answer(
                 session_match=float(parts.match[column]),
                 item_bias=float(parts.bias[column]),
                 session_repeat=float(parts.repeat[column]),
+                co_visitation=float(parts.covisitation[column]),
                 event_drops=drops,
                 top_event_id=event_ids[top] if top >= 0 and drops[top] > 0 else None,
             )

@@ -35,6 +35,7 @@ import redis
 
 from serving.hot_swap import ModelHolder
 from serving.recommender import Recommendation
+from streamrec.redis_connection import RedisClient
 from streamrec.redis_keys import RedisKeys
 from streamrec.structured_log import log_event
 
@@ -133,7 +134,7 @@ class NewItemPool:
 
     def __init__(
         self,
-        client: redis.Redis,
+        client: RedisClient,
         keys: RedisKeys,
         holder: ModelHolder,
         *,

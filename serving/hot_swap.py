@@ -28,6 +28,7 @@ import redis
 
 from serving.item_categories import CategoryIndex
 from serving.metrics import ServingMetrics
+from streamrec.redis_connection import RedisClient
 from streamrec.structured_log import log_event
 
 if TYPE_CHECKING:
@@ -185,7 +186,7 @@ class ModelFollower:
         registry: VersionSource,
         build_scorer: Callable[[Any], Scorer],
         *,
-        redis_client: redis.Redis | None,
+        redis_client: RedisClient | None,
         channel: str,
         poll_interval_s: float,
         category_refresh_s: float,

@@ -13,8 +13,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-import redis
 
+from streamrec.redis_connection import RedisClient
 from streamrec.redis_keys import RedisKeys
 
 _EMPTY_ROWS = np.empty(0, dtype=np.int64)
@@ -52,7 +52,7 @@ class CategoryIndex:
         return np.unique(np.concatenate(found))
 
 
-def read_item_categories(client: redis.Redis, keys: RedisKeys) -> dict[str, str]:
+def read_item_categories(client: RedisClient, keys: RedisKeys) -> dict[str, str]:
     """The whole item -> category hash, scanned in chunks so Redis is never blocked long."""
     mapping: dict[str, str] = {}
     for item_id, category in client.hscan_iter(keys.item_categories, count=5000):

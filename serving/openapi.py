@@ -49,8 +49,12 @@ class ExplainedItem(_Strict):
     session_match: float | None = Field(description="Session vector . item vector.")
     item_bias: float | None = Field(description="The item's learned bias.")
     session_repeat: float | None = Field(
-        description="Learned repeat bonus + the constant lift of an item the session clicked; "
-        "session_match + item_bias + session_repeat = score (float rounding aside)."
+        description="Learned repeat bonus + the constant lift of an item the session clicked."
+    )
+    co_visitation: float | None = Field(
+        description="Blend x position-weighted log1p(how often the item was clicked next "
+        "after the session's items in recent sessions); session_match + item_bias + "
+        "session_repeat + co_visitation = score (float rounding aside)."
     )
     event_drops: list[float] = Field(
         description="Per event (aligned with events): the drop of this item's score when that "

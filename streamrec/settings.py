@@ -142,14 +142,23 @@ class FlowSettings(BaseSettings):
     )
 
 
-# Model sizes by name, for ``STREAMREC_MODEL_PRESET`` and the benchmarks' ``--preset``.
-# "default" is the fields' own defaults (tiny, for CPU); the others are for a GPU.
-MODEL_PRESETS: dict[str, dict[str, int]] = {
+# Model sizes by name, for ``STREAMREC_MODEL_PRESET`` and the benchmarks' ``--preset``,
+# with the training recipe that goes with each size (docs/model.md, "Size recipe"): the
+# model's dropout here, training's batch size in ``TRAIN_RECIPES``; the rules that follow
+# the shape itself (learning rate by width, initialisation by depth) are in
+# ``online_models/offline/training.py``. "default" is the fields' own defaults (tiny, for
+# CPU); the others are for a GPU. A setting given explicitly still wins over its preset.
+MODEL_PRESETS: dict[str, dict[str, int | float]] = {
     "default": {},
-    "large": {"hidden_size": 256, "num_layers": 4, "num_heads": 4},
-    "xl": {"hidden_size": 512, "num_layers": 8, "num_heads": 8},
+    "large": {"hidden_size": 256, "num_layers": 4, "num_heads": 4, "dropout": 0.2},
+    "xl": {"hidden_size": 512, "num_layers": 8, "num_heads": 8, "dropout": 0.3},
 }
-SIZE_FIELDS = ("hidden_size", "num_layers", "num_heads")
+SIZE_FIELDS = ("hidden_size", "num_layers", "num_heads", "dropout")
+TRAIN_RECIPES: dict[str, dict[str, int]] = {
+    "default": {},
+    "large": {"batch_size": 256},
+    "xl": {"batch_size": 512},
+}
 
 
 class ModelSettings(BaseSettings):
@@ -187,6 +196,21 @@ class ModelSettings(BaseSettings):
     keep_snapshots: int = Field(
         3, ge=1, description="Registry keeps versions from the Nth newest snapshot on."
     )
+    covis_neighbours: int = Field(
+        20, ge=1, le=1024, description="Co-visitation: successors kept per item (K)."
+    )
+    covis_window: int = Field(
+        3,
+        ge=0,
+        description="Co-visitation: last history items paired with each target (0 = off).",
+    )
+    covis_decay: float = Field(
+        0.98,
+        gt=0,
+        le=1,
+        description="Co-visitation: an item's successor counts decay by this per unit of "
+        "weight it receives (follows each item's recent sessions).",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -208,6 +232,14 @@ def with_preset(model: ModelSettings, preset: str) -> ModelSettings:
     return model.model_copy(update={**defaults, **MODEL_PRESETS[preset], "preset": preset})
 
 
+def train_recipe(model: ModelSettings, train: TrainSettings) -> TrainSettings:
+    """``train`` with its preset's recipe (``TRAIN_RECIPES``) where nothing was set explicitly."""
+    recipe = TRAIN_RECIPES.get(model.preset, {})
+    return train.model_copy(
+        update={name: value for name, value in recipe.items() if name not in train.model_fields_set}
+    )
+
+
 class TrainSettings(BaseSettings):
     """Full training and fine-tuning (streamrec train / finetune).
 
@@ -226,6 +258,22 @@ class TrainSettings(BaseSettings):
     weight_decay: float = Field(0.0, ge=0)
     max_steps_per_epoch: int = Field(0, ge=0, description="Cap for quick runs (0 = none).")
     device: str = Field("auto", description="auto | cpu | cuda: training and evaluation.")
+    lr_reference_width: int = Field(
+        64,
+        ge=1,
+        description="The width ``lr`` is set for: a model of hidden size H trains at "
+        "lr * sqrt(lr_reference_width / H).",
+    )
+    warmup_fraction: float = Field(
+        0.05, ge=0, lt=1, description="Share of the planned steps with a linear lr warm-up."
+    )
+    final_lr_fraction: float = Field(
+        0.1,
+        gt=0,
+        le=1,
+        description="Cosine decay from the peak to this share of it at the last planned "
+        "step (1 = a constant rate after the warm-up).",
+    )
 
 
 class LearnerSettings(BaseSettings):
@@ -272,6 +320,76 @@ class LearnerSettings(BaseSettings):
         "next-click example. 1 and 0.5 were the best of 3 on the dev stream; on the evaluated "
         "stream HR@20 0.5367 vs 0.5337 without (docs/model.md).",
     )
+
+
+# The learner knobs a version's metadata may carry, fitted on its shop's warm-up by
+# ``streamrec train --tune``: metric ``learner.<field>`` (docs/model.md, "Self-tuning").
+FITTED_LEARNER_FIELDS = ("row_lr", "sampled_negatives")
+FITTED_PREFIX = "learner."
+
+
+def fitted_values(metrics: dict[str, float]) -> dict[str, float]:
+    """The fitted learner knobs among a version's ``metrics``."""
+    keys = {FITTED_PREFIX + name for name in FITTED_LEARNER_FIELDS}
+    return {key: value for key, value in metrics.items() if key in keys}
+
+
+def with_fitted(learner: LearnerSettings, fitted: dict[str, float]) -> LearnerSettings:
+    """``learner`` with the ``fitted`` knobs, except those set explicitly (they win)."""
+    update: dict[str, Any] = {}
+    for name in FITTED_LEARNER_FIELDS:
+        value = fitted.get(FITTED_PREFIX + name)
+        if value is not None and name not in learner.model_fields_set:
+            update[name] = type(getattr(learner, name))(value)
+    return learner.model_copy(update=update)
+
+
+def _comma_list(value: Any) -> Any:
+    """'1,2,4' (the environment's form) or JSON '[1, 2, 4]' to a list."""
+    if isinstance(value, str) and value.lstrip().startswith("["):
+        return json.loads(value)
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class TuneSettings(BaseSettings):
+    """Self-tuning per shop: knobs fitted on the warm-up's own validation split.
+
+    ``streamrec train`` and ``evaluate`` tune unless ``--no-tune`` (or ``enabled`` false);
+    a knob set explicitly (e.g. ``STREAMREC_LEARNER_ROW_LR``) is not searched: it wins.
+    """
+
+    model_config = _group("STREAMREC_TUNE_")
+
+    enabled: bool = Field(True, description="Tune in train and evaluate (--tune/--no-tune).")
+    budget_s: float = Field(
+        300.0,
+        gt=0,
+        description="Wall-clock bound: no candidate starts after it (the report says what "
+        "was skipped; within it the choice is deterministic).",
+    )
+    row_lrs: Annotated[tuple[float, ...], NoDecode] = Field(
+        (1.0, 2.0, 4.0), min_length=1, description="Learner row steps tried ('1,2,4')."
+    )
+    negatives: Annotated[tuple[int, ...], NoDecode] = Field(
+        (2048, 4096), min_length=1, description="Learner sampled negatives tried."
+    )
+    presets: Annotated[tuple[str, ...], NoDecode] = Field(
+        (),
+        description="Model sizes tried ('default,large'); empty: default, large and xl "
+        "when training runs on CUDA, the configured size alone on CPU.",
+    )
+
+    _split = field_validator("row_lrs", "negatives", "presets", mode="before")(_comma_list)
+
+    @field_validator("presets", mode="after")
+    @classmethod
+    def _known_presets(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = [name for name in value if name not in MODEL_PRESETS]
+        if unknown:
+            raise ValueError(f"unknown model presets {unknown} (one of {sorted(MODEL_PRESETS)})")
+        return value
 
 
 class ServingSettings(BaseSettings):
@@ -393,7 +511,7 @@ class DriftSettings(BaseSettings):
     finetune_min_holdout: int = Field(100, ge=1, description="Fewer held-out examples: reject.")
     finetune_timeout_s: float = Field(1800.0, gt=0)
     finetune_wait_examples: int = Field(
-        4000, ge=0, description="Examples collected after a drift alert before its fine-tune."
+        2000, ge=0, description="Examples collected after a drift alert before its fine-tune."
     )
     finetune_wait_s: float = Field(
         300.0, ge=0, description="...or at most this long (the stream may be quiet)."
@@ -402,6 +520,12 @@ class DriftSettings(BaseSettings):
         60.0, ge=0, description="Replay from this long before the alert (the change itself)."
     )
     replay_examples: int = Field(20000, ge=100, description="Most examples a fine-tune replays.")
+    finetune_reservoir_examples: int = Field(
+        2000, ge=0, description="Older examples sampled from the topic beside the replay (0: none)."
+    )
+    finetune_reservoir_weight: float = Field(
+        0.3, ge=0, le=1, description="Weight of a reservoir example relative to a recent one."
+    )
     finetune_skip_recovered: bool = Field(
         True, description="Skip a due fine-tune when hit@20 has healed since its alert."
     )
@@ -530,6 +654,7 @@ class Settings(BaseSettings):
     model: ModelSettings = Field(default_factory=ModelSettings)
     train: TrainSettings = Field(default_factory=TrainSettings)
     learner: LearnerSettings = Field(default_factory=LearnerSettings)
+    tune: TuneSettings = Field(default_factory=TuneSettings)
     serving: ServingSettings = Field(default_factory=ServingSettings)
     drift: DriftSettings = Field(default_factory=DriftSettings)
     experiment: ExperimentSettings = Field(default_factory=ExperimentSettings)

@@ -9,6 +9,7 @@ that kills or restarts its broker or Redis takes ``private_broker`` or ``private
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,7 +32,7 @@ from streamrec.settings import (
     Settings,
 )
 from streamrec.topics import Topics
-from tests.private_services import PrivateBroker, PrivateRedis
+from tests.private_services import PrivateBroker, PrivateRedis, PrivateRedisCluster
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_DIR = REPO_ROOT.parent / "shared" / "data" / "yoochoose-sample"
@@ -112,6 +113,16 @@ def private_broker(tmp_path: Path) -> Iterator[PrivateBroker]:
     server = PrivateBroker(tmp_path / "private-broker")
     yield server
     server.kill()
+
+
+@pytest.fixture
+def private_redis_cluster(tmp_path: Path) -> Iterator[PrivateRedisCluster]:
+    """A 3-master Redis Cluster of this test's own (``restart_empty(port)`` restarts one
+    master empty); killed after it, its directory removed with ``tmp_path``."""
+    cluster = PrivateRedisCluster(tmp_path / "private-redis-cluster")
+    yield cluster
+    cluster.kill()
+    shutil.rmtree(cluster.workdir, ignore_errors=True)
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import redis
 from pydantic import SecretStr
 
 from streamrec.local_services import (
@@ -121,3 +122,102 @@ class PrivateRedis:
         """Kill it and start a new, empty one on the same port."""
         self.kill()
         self.proc = self._start()
+
+
+class PrivateRedisCluster:
+    """A Redis Cluster of ``masters`` redis-servers (no replicas, no persistence) on free
+    ports, made by ``redis-cli --cluster create``; ``url`` is its ``redis+cluster://`` URL.
+
+    Each node keeps its ``nodes.conf`` in its own directory, so ``restart_empty`` brings a
+    master back on its port with its node id and slots but none of its data: it rejoins, as
+    a master without persistence restarting in production does.
+    """
+
+    NODE_TIMEOUT_MS = 3000
+
+    def __init__(self, workdir: Path, masters: int = 3) -> None:
+        server, cli = shutil.which("redis-server"), shutil.which("redis-cli")
+        if server is None or cli is None:
+            pytest.skip("redis-server or redis-cli is not installed")
+        self.server = server
+        self.ports = [free_port() for _ in range(masters)]
+        self.bus_ports = {port: free_port() for port in self.ports}  # node-to-node links
+        self.url = "redis+cluster://" + ",".join(f"127.0.0.1:{port}" for port in self.ports)
+        self.workdir = workdir
+        self.procs: dict[int, subprocess.Popen] = {}
+        try:
+            for port in self.ports:
+                self._start(port)
+            addresses = [f"127.0.0.1:{port}" for port in self.ports]
+            subprocess.run(
+                [cli, "--cluster", "create", *addresses, "--cluster-replicas", "0"]
+                + ["--cluster-yes"],
+                check=True,
+                capture_output=True,
+                timeout=WAIT_S * 3,
+            )
+            self.wait_ok()
+        except BaseException:
+            self.kill()
+            raise
+
+    def attach(self, settings: Settings) -> Settings:
+        """``settings`` (own key prefix, topics, state) with this cluster's URL."""
+        redis = settings.redis.model_copy(update={"redis_url": SecretStr(self.url)})
+        return settings.model_copy(update={"redis": redis})
+
+    def _start(self, port: int) -> None:
+        node_dir = self.workdir / str(port)
+        node_dir.mkdir(parents=True, exist_ok=True)
+        command = [self.server, "--bind", "127.0.0.1", "--port", str(port)]
+        command += ["--save", "", "--appendonly", "no", "--cluster-enabled", "yes"]
+        command += ["--cluster-config-file", str(node_dir / "nodes.conf")]
+        command += ["--cluster-node-timeout", str(self.NODE_TIMEOUT_MS)]
+        command += ["--cluster-port", str(self.bus_ports[port])]
+        proc = subprocess.Popen(
+            command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=node_dir
+        )
+        self.procs[port] = proc
+        wait_for(lambda: redis_answers(f"redis://127.0.0.1:{port}/0", 0.2), WAIT_S, "node")
+
+    def wait_ok(self) -> None:
+        """Until every node reports ``cluster_state:ok`` (bounded)."""
+
+        def all_ok() -> bool:
+            return all(self._cluster_ok(port) for port in self.ports)
+
+        wait_for(all_ok, WAIT_S * 3, "cluster_state:ok", interval_s=0.1)
+
+    @staticmethod
+    def _cluster_ok(port: int) -> bool:
+        try:
+            client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=0.5)
+            with contextlib.closing(client):
+                return client.execute_command("CLUSTER INFO").get("cluster_state") == "ok"
+        except (redis.RedisError, OSError):
+            return False
+
+    def master_of(self, slot: int) -> int:
+        """The port of the master serving ``slot``."""
+        client = redis.Redis(host="127.0.0.1", port=self.ports[0])
+        with contextlib.closing(client):
+            for start, end, (_, port, *_), *_ in client.execute_command("CLUSTER SLOTS"):
+                if start <= slot <= end:
+                    return int(port)
+        raise LookupError(f"slot {slot} is not served")
+
+    def restart_empty(self, port: int) -> None:
+        """SIGKILL the master on ``port`` and start it again there, empty; it rejoins with
+        its slots (its nodes.conf), and this returns once the cluster is ok again."""
+        proc = self.procs[port]
+        proc.kill()
+        proc.wait(WAIT_S)
+        self._start(port)
+        self.wait_ok()
+
+    def kill(self) -> None:
+        """SIGKILL every node, reaped; idempotent."""
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(WAIT_S)

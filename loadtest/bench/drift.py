@@ -14,17 +14,25 @@ How it measures (one process; the real learner step, detectors and fine-tune cod
   ``gradual_detection_delay_events``: the gradual scenario, from the start of the ramp);
 - ``false_alarms_per_million``: alerts after warm-up on a stationary stream of at least
   ``stationary_examples`` examples (all detectors), per million examples;
-- ``recovery_events``: events after the change until HR@20 over ``RECOVERY_WINDOW``
+- per scenario (``abrupt``, ``gradual``, ``new-items``; medians over seeds),
+  ``recovery_events``: events after the change until HR@20 over ``RECOVERY_WINDOW``
   post-change examples is back within 10% of its level over the same number of examples
-  before the change; once with online learning only, once with the first drift alert's
-  fine-tune (replay since the alert minus the lookback, train, gate: the code of
-  ``streamrec finetune``) swapped in when it would have finished, in the stream's event time;
+  before the change; once with online learning only (``recovery_events_without_finetune``),
+  once with the first drift alert's fine-tune run as the drift loop runs it: scheduled by
+  the alert, due after ``finetune_wait_examples`` examples (``FinetuneSchedule``, event
+  time for its clock), skipped when the learner already recovered (the skip alert's text
+  is reported), else replay since the alert minus the lookback plus a reservoir sampled
+  from the older stream (``finetune.reservoir.sample_runs``), trained from the learner's
+  current weights and judged against the learner's prequential hit@20 on the held-out
+  span (``finetune.training``: the code of ``streamrec finetune``), and a promoted
+  candidate swapped in when it would have finished, in the stream's event time;
 - with ``pipeline``, ``pipeline_*``: the abrupt scenario's examples through the broker, the
   real ``Learner``, the ``streamrec drift`` loop and its fine-tune process (needs a broker).
 """
 
 from __future__ import annotations
 
+import random
 import statistics
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -36,10 +44,12 @@ from rich.progress import Progress
 from flows.example_builder import examples_from_events
 from flows.feature_config import FeatureConfig
 from loadtest.synthetic_traffic import GeneratorConfig, GroundTruth, Scenario, generate
+from online_models.drift.finetune_schedule import DueFinetune, FinetuneSchedule, skipped_alert
 from online_models.drift.monitor import DriftMonitor, wants_finetune
 from online_models.drift.signals import LearnerSignal, spread_hits
-from online_models.finetune.gate import GateVerdict, judge_candidate, split_replay
-from online_models.finetune.training import hits_at_20, train_candidate
+from online_models.finetune.gate import GateVerdict, LearnedBatch, split_replay
+from online_models.finetune.reservoir import RUN_LENGTH, sample_runs
+from online_models.finetune.training import judge, train_candidate
 from online_models.learner.micro_batch import HeadLearner
 from online_models.model.recommender import random_weights
 from online_models.model.weights import ModelWeights
@@ -50,6 +60,7 @@ from streamrec.training_examples import TrainingExample
 
 RECOVERY_WINDOW = 1000
 RECOVERED_WITHIN = 0.10
+RECOVERY_SCENARIOS = (Scenario.ABRUPT, Scenario.GRADUAL, Scenario.NEW_ITEMS)
 
 
 @dataclass(slots=True)
@@ -90,15 +101,22 @@ class _StreamReplayer:
     ) -> None:
         self.settings = settings
         self.with_finetune = with_finetune
+        self.seed = seed
         self.index_of = index_of
         self.learner = HeadLearner.from_weights(
             weights or random_weights(0, settings.model, seed), settings.learner
         )
         self.monitor = DriftMonitor(settings)
         self.run = StreamRun()
-        self.recent: list[TrainingExample] = []
         self.version = 0
-        self.alert_at: tuple[int, int] | None = None  # (examples seen, event ts) of the trigger
+        drift = settings.drift
+        self.schedule = FinetuneSchedule(
+            drift.finetune_wait_examples, drift.finetune_wait_s, drift.finetune_skip_recovered
+        )
+        # Only kept with a fine-tune: the stream so far (offsets for the reservoir) and
+        # the learner's batches (its prequential hit@20 for the gate).
+        self.stream: list[TrainingExample] = []
+        self.learned: list[LearnedBatch] = []
         self.candidate: ModelWeights | None = None
         self.swap_at_ts: int | None = None
 
@@ -114,48 +132,69 @@ class _StreamReplayer:
             self.version, len(batch), outcome.ranking.hits, outcome.ranking.reciprocal_rank_sum,
             outcome.loss, first, first + len(batch) - 1, batch[-1].ts,
         )  # fmt: skip
-        triggered = False
+        triggers: list[Alert] = []
         for alert in monitor.on_learner_signal(signal):
             run.alert_events.append((run.event_index[alert.position - 1], alert))
-            triggered |= wants_finetune(alert, True)
+            triggers += [alert] if wants_finetune(alert, True) else []
         for example in batch:
             for alert in monitor.on_example(example, 0, 0):
                 run.alert_events.append((self.index_of(example), alert))
-                triggered |= wants_finetune(alert, True)
-        self.recent.extend(batch)
-        del self.recent[: max(0, len(self.recent) - 4 * self.settings.drift.replay_examples)]
+                triggers += [alert] if wants_finetune(alert, True) else []
         if self.with_finetune:
-            self._finetune_step(batch, triggered)
+            self.stream.extend(batch)
+            last_ts = max(example.ts for example in batch)
+            self.learned.append(LearnedBatch(last_ts, len(batch), outcome.ranking.hits))
+            self._finetune_step(batch, triggers)
 
-    def _finetune_step(self, batch: list[TrainingExample], triggered: bool) -> None:
-        drift = self.settings.drift
-        if triggered and self.alert_at is None and not self.run.finetune:
-            self.alert_at = (self.monitor.examples_seen, batch[-1].ts)
-        if self.alert_at is not None:
-            seen_at, ts_at = self.alert_at
-            if self.monitor.examples_seen - seen_at >= drift.finetune_wait_examples:
-                since_ts = ts_at - int(drift.finetune_lookback_s * 1000)
-                replay = [e for e in self.recent if e.ts >= since_ts][-drift.replay_examples :]
-                started = time.perf_counter()
-                candidate, verdict = finetune_candidate(
-                    self.settings, self.learner.weights(), replay
-                )
-                seconds = time.perf_counter() - started
-                self.run.finetune = {
-                    "finetune_s": seconds,
-                    "finetune_promoted": verdict.promoted,
-                    "finetune_reason": verdict.reason,
-                    "finetune_replay_examples": len(replay),
-                    "finetune_started_event": event_index_of(batch[-1]),
-                }
-                self.candidate = candidate if verdict.promoted else None
-                self.swap_at_ts = batch[-1].ts + int(seconds * 1000)
-                self.alert_at = None
-        due = self.swap_at_ts is not None and batch[-1].ts >= self.swap_at_ts
-        if self.candidate is not None and due:
+    def _finetune_step(self, batch: list[TrainingExample], triggers: list[Alert]) -> None:
+        now_s = batch[-1].ts / 1000  # the schedule's clock: event time
+        if triggers and not self.run.finetune:
+            alert = triggers[0]
+            self.schedule.schedule(
+                alert, self.monitor.quality_mark(alert), self.monitor.examples_seen, now_s
+            )
+        due = self.schedule.due(self.monitor.examples_seen, now_s, self.monitor.recovered)
+        if due is not None:
+            self._finetune(due, batch)
+        swap_due = self.swap_at_ts is not None and batch[-1].ts >= self.swap_at_ts
+        if self.candidate is not None and swap_due:
             self.learner = HeadLearner.from_weights(self.candidate, self.settings.learner)
             self.run.finetune["swapped_at_event"] = event_index_of(batch[-1])
             self.candidate = None
+
+    def _finetune(self, due: DueFinetune, batch: list[TrainingExample]) -> None:
+        """The due fine-tune, as the job runs it (or its skip, as the loop says it)."""
+        monitor, drift = self.monitor, self.settings.drift
+        if due.skip:
+            level = monitor.level_since(due.mark)
+            alert = skipped_alert(due, level, monitor.signal_examples, monitor.model_version)
+            self.run.finetune = {"finetune_promoted": False, "finetune_skipped": alert.message}
+            return
+        since_ts = int(due.scheduled_s * 1000) - int(drift.finetune_lookback_s * 1000)
+        window = next(
+            (i for i, example in enumerate(self.stream) if example.ts >= since_ts),
+            len(self.stream),
+        )
+        window = max(window, len(self.stream) - drift.replay_examples)
+        runs = sample_runs(
+            0, window, drift.finetune_reservoir_examples, RUN_LENGTH, random.Random(self.seed)
+        )
+        reservoir = [self.stream[i] for start, end in runs for i in range(start, end)]
+        started = time.perf_counter()
+        candidate, verdict = finetune_candidate(
+            self.settings, self.learner.weights(), self.stream[window:], reservoir, self.learned
+        )
+        seconds = time.perf_counter() - started
+        self.run.finetune = {
+            "finetune_s": round(seconds, 2),
+            "finetune_promoted": verdict.promoted,
+            "finetune_reason": verdict.reason,
+            "finetune_replay_examples": len(self.stream) - window,
+            "finetune_reservoir_examples": len(reservoir),
+            "finetune_started_event": event_index_of(batch[-1]),
+        }
+        self.candidate = candidate if verdict.promoted else None
+        self.swap_at_ts = batch[-1].ts + int(seconds * 1000)
 
 
 def run_stream(
@@ -181,19 +220,17 @@ def run_stream(
 
 
 def finetune_candidate(
-    settings: Settings, serving: ModelWeights, replay: Sequence[TrainingExample]
+    settings: Settings,
+    serving: ModelWeights,
+    replay: Sequence[TrainingExample],
+    reservoir: Sequence[TrainingExample],
+    learned: Sequence[LearnedBatch],
 ) -> tuple[ModelWeights, GateVerdict]:
-    """Split, train from the serving weights, and judge: what ``finetune_job`` does, in memory."""
+    """Split, train from the serving weights, and judge: what the fine-tune job does, in
+    memory (``learned``: the learner's batches so far)."""
     train, holdout = split_replay(replay, settings.drift.finetune_holdout_fraction)
-    candidate = train_candidate(settings, serving, train)
-    verdict = judge_candidate(
-        hits_at_20(candidate, holdout),
-        hits_at_20(serving, holdout),
-        len(holdout),
-        settings.drift.finetune_margin,
-        settings.drift.finetune_min_holdout,
-    )
-    return candidate, verdict
+    candidate = train_candidate(settings, serving, train, reservoir)
+    return candidate, judge(settings, candidate, serving, holdout, learned)
 
 
 def first_alert_delay(run: StreamRun, truth: GroundTruth) -> int | None:
@@ -247,51 +284,75 @@ def run_drift_benchmark(
     finetune: bool,
     pipeline: bool = False,
 ) -> dict[str, Any]:
-    """Every figure of the benchmark as one flat dict (see the module docstring)."""
+    """Every figure of the benchmark as one dict (see the module docstring): detection and
+    false alarms flat, recovery per scenario."""
     features = FeatureConfig.from_settings(settings.flow)
     result: dict[str, Any] = {"events_per_scenario": events, "seeds": seeds}
+    delay_keys = {
+        Scenario.ABRUPT: "detection_delay_events",
+        Scenario.GRADUAL: "gradual_detection_delay_events",
+        Scenario.NEW_ITEMS: "new_items_detection_delay_events",
+    }
     with Progress(transient=True) as progress:
-        for scenario, key in (
-            (Scenario.ABRUPT, "detection_delay_events"),
-            (Scenario.GRADUAL, "gradual_detection_delay_events"),
-        ):
+        for scenario in RECOVERY_SCENARIOS:
+            key = delay_keys[scenario]
             delays: list[int] = []
-            missed = 0
+            runs: list[dict[str, Any]] = []
             task = progress.add_task(f"{scenario.value} scenario", total=seeds)
             for seed in range(seeds):
                 examples, truth = scenario_examples(
                     GeneratorConfig(scenario, events=events, seed=seed), features
                 )
-                run = run_stream(settings, examples, with_finetune=False, seed=seed)
-                delay = first_alert_delay(run, truth)
-                if delay is None:
-                    missed += 1
-                else:
-                    delays.append(delay)
+                plain = run_stream(settings, examples, with_finetune=False, seed=seed)
+                delay = first_alert_delay(plain, truth)
+                delays += [] if delay is None else [delay]
+                start = truth.drift_start or 0
                 result.setdefault(f"{key}_by_detector", []).append(
-                    sorted(
-                        {a.detector for i, a in run.alert_events if i >= (truth.drift_start or 0)}
-                    )
+                    sorted({a.detector for i, a in plain.alert_events if i >= start})
                 )
+                seed_run: dict[str, Any] = {
+                    "seed": seed,
+                    "recovery_events_without_finetune": recovery_events(plain, truth),
+                }
+                if finetune:
+                    tuned = run_stream(settings, examples, with_finetune=True, seed=seed)
+                    seed_run["recovery_events"] = recovery_events(tuned, truth)
+                    seed_run.update(tuned.finetune)
+                runs.append(seed_run)
                 progress.advance(task)
             result[key] = statistics.median(delays) if delays else None
-            result[f"{key}_missed"] = missed
+            result[f"{key}_missed"] = seeds - len(delays)
+            result[scenario.value] = recovery_summary(runs)
         alarms, examples_seen = stationary_false_alarms(settings, stationary_examples, 0, progress)
         result["stationary_examples"] = examples_seen
         result["stationary_alarms"] = alarms
         result["false_alarms_per_million"] = alarms / examples_seen * 1e6
-        examples, truth = scenario_examples(
-            GeneratorConfig(Scenario.ABRUPT, events=events, seed=0), features
-        )
-        plain = run_stream(settings, examples, with_finetune=False)
-        tuned = run_stream(settings, examples, with_finetune=finetune)
-        result["recovery_events_without_finetune"] = recovery_events(plain, truth)
-        result["recovery_events"] = recovery_events(tuned, truth)
         result["recovery_window_examples"] = RECOVERY_WINDOW
-        result.update(tuned.finetune)
     if pipeline:
         result.update(run_pipeline_benchmark(settings, events))
     return result
+
+
+def recovery_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One scenario's seeds: medians of the recovery figures, whether the fine-tune was
+    promoted (in how many seeds), and every seed's own figures."""
+
+    def median(name: str) -> float | None:
+        values = [run[name] for run in runs if run.get(name) is not None]
+        return statistics.median(values) if values else None
+
+    promoted = sum(1 for run in runs if run.get("finetune_promoted"))
+    summary: dict[str, Any] = {
+        "finetune_promoted": promoted > len(runs) / 2,
+        "finetune_promoted_seeds": promoted,
+        "finetune_skipped_seeds": sum(1 for run in runs if "finetune_skipped" in run),
+        "recovery_events": median("recovery_events"),
+        "recovery_events_without_finetune": median("recovery_events_without_finetune"),
+        "runs": runs,
+    }
+    without, tuned = summary["recovery_events_without_finetune"], summary["recovery_events"]
+    summary["recovery_ratio"] = round(tuned / without, 3) if tuned and without else None
+    return summary
 
 
 def run_pipeline_benchmark(
@@ -306,7 +367,6 @@ def run_pipeline_benchmark(
     import threading
     import uuid
 
-    import redis
     from prometheus_client import CollectorRegistry
 
     from online_models.alerts.tail import latest_alerts
@@ -314,6 +374,7 @@ def run_pipeline_benchmark(
     from online_models.finetune.status import read_status
     from online_models.learner.loop import Learner
     from streamrec.kafka_clients import ensure_topics, make_producer
+    from streamrec.redis_connection import connect_redis
     from streamrec.redis_keys import RedisKeys
     from streamrec.topics import Topics
     from streamrec.training_examples import encode_example
@@ -340,7 +401,7 @@ def run_pipeline_benchmark(
     for example in examples:
         producer.produce(topics.training_examples, encode_example(example))
     producer.flush(30)
-    client = redis.Redis.from_url(config.redis.redis_url.get_secret_value())
+    client = connect_redis(config.redis.redis_url.get_secret_value())
     stop = threading.Event()
     learner = Learner(config, client, CollectorRegistry())
     learner.start()

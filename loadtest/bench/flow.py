@@ -41,7 +41,6 @@ from pathlib import Path
 import bytewax.operators as op
 import numpy as np
 import orjson
-import redis
 from bytewax.dataflow import Dataflow
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from bytewax.recovery import RecoveryConfig
@@ -60,6 +59,7 @@ from streamrec.events import Event, EventLimits
 from streamrec.kafka_clients import ensure_topics
 from streamrec.local_services import services_up
 from streamrec.recorded_events import only_events, read_yoochoose
+from streamrec.redis_connection import connect_redis
 from streamrec.redis_keys import RedisKeys
 from streamrec.settings import Settings
 from streamrec.topics import Topics
@@ -207,7 +207,7 @@ def _cleanup(settings: Settings) -> None:
 
 
 def _cleanup_keys(settings: Settings) -> None:
-    client = redis.Redis.from_url(settings.redis.redis_url.get_secret_value())
+    client = connect_redis(settings.redis.redis_url.get_secret_value())
     keys = list(client.scan_iter(f"{settings.redis.key_prefix}:*", count=5000))
     for start in range(0, len(keys), 5000):
         client.delete(*keys[start : start + 5000])
@@ -219,7 +219,7 @@ SIZE_SAMPLE = 2000  # session hashes whose memory is measured
 def session_bytes(settings: Settings) -> dict[str, float]:
     """Redis memory per session hash (``MEMORY USAGE`` of a sample: median and p99) and how
     many sessions the flow wrote: what the sizing guide multiplies out."""
-    client = redis.Redis.from_url(settings.redis.redis_url.get_secret_value())
+    client = connect_redis(settings.redis.redis_url.get_secret_value())
     keys = RedisKeys(settings.redis.key_prefix)
     names = list(islice(client.scan_iter(keys.session_pattern(), count=5000), SIZE_SAMPLE))
     pipe = client.pipeline(transaction=False)

@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import redis
 import torch
 from prometheus_client import CollectorRegistry
 
@@ -39,6 +38,7 @@ from online_models.model.device import pick_device, synchronize
 from online_models.model.recommender import random_weights
 from online_models.registry.weight_registry import WeightRegistry
 from streamrec.kafka_clients import broker_answers, ensure_topics, make_producer
+from streamrec.redis_connection import RedisClient, connect_redis
 from streamrec.settings import KafkaSettings, RedisSettings, Settings
 from streamrec.topics import Topics
 from streamrec.training_examples import TrainingExample, encode_example
@@ -68,7 +68,7 @@ def run_learner_benchmark(
     if settings.learner.torch_threads:
         torch.set_num_threads(settings.learner.torch_threads)
     examples = sample_examples(settings, n_examples)
-    client = redis.Redis.from_url(settings.redis.redis_url.get_secret_value())
+    client = connect_redis(settings.redis.redis_url.get_secret_value())
     try:
         report = _throughput_and_publish(settings, client, examples)
         report |= _event_to_weights(settings, client, examples, seconds, rate)
@@ -87,7 +87,7 @@ def run_learner_benchmark(
 
 
 def _throughput_and_publish(
-    settings: Settings, client: redis.Redis, examples: list[TrainingExample]
+    settings: Settings, client: RedisClient, examples: list[TrainingExample]
 ) -> dict[str, Any]:
     device = pick_device(settings.learner.device)
     learner = HeadLearner.from_weights(random_weights(0, settings.model), settings.learner, device)
@@ -129,7 +129,7 @@ def _throughput_and_publish(
 
 def _event_to_weights(
     settings: Settings,
-    client: redis.Redis,
+    client: RedisClient,
     examples: list[TrainingExample],
     seconds: float,
     rate: float,
@@ -208,7 +208,7 @@ def _delete_topics(kafka: KafkaSettings, topics: Topics) -> None:
     AdminClient(kafka.client_config()).delete_topics(list(topics.all()))
 
 
-def _delete_keys(client: redis.Redis, redis_settings: RedisSettings) -> None:
+def _delete_keys(client: RedisClient, redis_settings: RedisSettings) -> None:
     keys = list(client.scan_iter(f"{redis_settings.key_prefix}:*", count=1000))
     for start in range(0, len(keys), 1000):
         client.delete(*keys[start : start + 1000])

@@ -34,7 +34,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import redis
 from rich.console import Console
 
 from flows.session_state import SessionState
@@ -51,6 +50,7 @@ from streamrec.events import Event, EventLimits
 from streamrec.kafka_clients import broker_answers, ensure_topics
 from streamrec.local_services import free_port
 from streamrec.recorded_events import read_recorded
+from streamrec.redis_connection import RedisClient, connect_redis
 from streamrec.redis_keys import RedisKeys
 from streamrec.session_features import encode_session_features
 from streamrec.settings import Settings
@@ -117,7 +117,7 @@ def load_sample(settings: Settings) -> tuple[SampleData, list[tuple[str, dict[st
 
 
 def write_features(
-    client: redis.Redis,
+    client: RedisClient,
     keys: RedisKeys,
     hashes: list[tuple[str, dict[str, bytes]]],
     categories: dict[str, str],
@@ -138,7 +138,7 @@ def write_features(
     pipe.execute()
 
 
-def delete_prefix(client: redis.Redis, prefix: str) -> None:
+def delete_prefix(client: RedisClient, prefix: str) -> None:
     keys = list(client.scan_iter(f"{prefix}:*", count=2000))
     for start in range(0, len(keys), 2000):
         client.delete(*keys[start : start + 2000])
@@ -160,9 +160,7 @@ def publish_swaps(
     from online_models.model.weights import ITEM_TABLE
     from online_models.registry.weight_registry import WeightRegistry
 
-    registry = WeightRegistry(
-        settings, redis.Redis.from_url(settings.redis.redis_url.get_secret_value())
-    )
+    registry = WeightRegistry(settings, connect_redis(settings.redis.redis_url.get_secret_value()))
     rng = np.random.default_rng(1)
     published: list[float] = []
     start = time.monotonic() + delay_s
@@ -201,7 +199,7 @@ def run_serving_benchmark(settings: Settings, config: BenchConfig) -> dict[str, 
             "model": settings.model.model_copy(update={"store_dir": workdir / "models"}),
         }
     )
-    client = redis.Redis.from_url(settings.redis.redis_url.get_secret_value())
+    client = connect_redis(settings.redis.redis_url.get_secret_value())
     keys = RedisKeys(settings.redis.key_prefix)
     kafka_ok = broker_answers(settings.kafka)
     if kafka_ok:
@@ -287,7 +285,7 @@ def run_serving_benchmark(settings: Settings, config: BenchConfig) -> dict[str, 
 
 
 def run_large_catalog(
-    settings: Settings, config: BenchConfig, client: redis.Redis, keys: RedisKeys, workdir: Path
+    settings: Settings, config: BenchConfig, client: RedisClient, keys: RedisKeys, workdir: Path
 ) -> dict[str, Any]:
     """p99 of top-20 over a synthetic catalog of ``large_items`` items."""
     from online_models.model.recommender import random_weights

@@ -23,12 +23,12 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import orjson
-import redis
 from confluent_kafka import Producer
 
 from online_models.alerts.metrics import AlertMetrics
 from streamrec.alerts import Alert, alert_as_dict, append_to_stream, encode_alert
 from streamrec.kafka_clients import make_producer
+from streamrec.redis_connection import RedisClient
 from streamrec.redis_keys import RedisKeys
 from streamrec.settings import Settings
 from streamrec.structured_log import log_event
@@ -71,7 +71,7 @@ class RedisAlertSink:
 
     name = "redis"
 
-    def __init__(self, client: redis.Redis, key: str, maxlen: int) -> None:
+    def __init__(self, client: RedisClient, key: str, maxlen: int) -> None:
         self._client = client
         self._key = key
         self._maxlen = maxlen
@@ -258,7 +258,7 @@ class AlertFanout:
 
 
 def build_fanout(
-    settings: Settings, client: redis.Redis, producer: Producer, metrics: AlertMetrics | None
+    settings: Settings, client: RedisClient, producer: Producer, metrics: AlertMetrics | None
 ) -> AlertFanout:
     """Every configured sink: topic, stream, log, Prometheus, and the webhook if a URL is set.
 
@@ -291,7 +291,7 @@ def build_fanout(
     return AlertFanout(sinks, metrics)
 
 
-def send_alert(settings: Settings, client: redis.Redis, alert: Alert) -> None:
+def send_alert(settings: Settings, client: RedisClient, alert: Alert) -> None:
     """Send one alert to every sink from a short-lived process (a fine-tune, a rollback):
     nobody scrapes it, so no Prometheus sink; delivered before returning."""
     producer = make_producer(settings.kafka, **{"linger.ms": 0})

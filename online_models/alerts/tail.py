@@ -7,22 +7,22 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import orjson
-import redis
 from rich.console import Console
 
 from streamrec.alerts import Alert, alert_as_dict, alert_from_stream
+from streamrec.redis_connection import RedisClient
 
 _SEVERITY_STYLE = {"info": "cyan", "warning": "yellow", "critical": "bold red"}
 
 
-def latest_alerts(client: redis.Redis, key: str, count: int) -> list[tuple[str, Alert]]:
+def latest_alerts(client: RedisClient, key: str, count: int) -> list[tuple[str, Alert]]:
     """The newest ``count`` alerts as (stream id, alert), oldest first; unreadable ones skipped."""
     entries = client.xrevrange(key, count=count) if count > 0 else []
     return [pair for pair in map(_decode_entry, reversed(entries)) if pair is not None]
 
 
 def follow_alerts(
-    client: redis.Redis, key: str, cursor: str, stop: threading.Event, block_ms: int = 500
+    client: RedisClient, key: str, cursor: str, stop: threading.Event, block_ms: int = 500
 ) -> Iterator[Alert]:
     """Alerts added after ``cursor`` (``$``: after now), as they arrive, until ``stop``."""
     while not stop.is_set():

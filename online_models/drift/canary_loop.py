@@ -33,7 +33,6 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-import redis
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from online_models.drift.canary_watch import CanaryVerdict, CanaryWatch
@@ -49,6 +48,7 @@ from online_models.registry.weight_registry import WeightLoadError, WeightRegist
 from streamrec.events import Event, EventLimits, parse_event
 from streamrec.exposure_outcomes import ExposureJoin, ExposureOutcome
 from streamrec.kafka_clients import make_consumer
+from streamrec.redis_connection import RedisClient
 from streamrec.redis_keys import RedisKeys
 from streamrec.settings import Settings
 from streamrec.structured_log import log_event
@@ -71,7 +71,7 @@ class CanaryLoop:
     def __init__(
         self,
         settings: Settings,
-        client: redis.Redis,
+        client: RedisClient,
         metrics: DriftMetrics,
         on_promoted: Callable[[int], None],
     ) -> None:

@@ -34,8 +34,9 @@ from prometheus_client import CollectorRegistry
 from online_models.alerts.metrics import AlertMetrics
 from online_models.alerts.sinks import AlertFanout, PrometheusAlertSink, build_fanout
 from online_models.drift.canary_loop import CanaryLoop
+from online_models.drift.finetune_schedule import DueFinetune, FinetuneSchedule, skipped_alert
 from online_models.drift.metrics import DriftMetrics
-from online_models.drift.monitor import REGRESSED, DriftMonitor, QualityMark, wants_finetune
+from online_models.drift.monitor import REGRESSED, DriftMonitor, wants_finetune
 from online_models.drift.signals import LearnerSignal
 from online_models.finetune.job import FinetuneRequest, run_finetune_process
 from online_models.finetune.rollback import rollback_model
@@ -46,10 +47,11 @@ from online_models.finetune.status import (
     save_signal_cursor,
     start_cooldown,
 )
-from streamrec.alerts import Alert, alert_from_stream, encode_alert, make_alert
+from streamrec.alerts import Alert, alert_from_stream, encode_alert
 from streamrec.events import Event, EventLimits, parse_event
 from streamrec.example_dedupe import ExampleDedupe, rebuild_dedupe
 from streamrec.kafka_clients import emptied_end, make_consumer, make_producer
+from streamrec.redis_connection import RedisClient, connect_redis
 from streamrec.redis_keys import RedisKeys
 from streamrec.settings import Settings
 from streamrec.structured_log import log_event
@@ -66,7 +68,7 @@ class DriftLoop:
     metrics are registered on ``metrics_registry``."""
 
     def __init__(
-        self, settings: Settings, client: redis.Redis, metrics_registry: CollectorRegistry
+        self, settings: Settings, client: RedisClient, metrics_registry: CollectorRegistry
     ) -> None:
         self.settings = settings
         self.client = client
@@ -82,8 +84,10 @@ class DriftLoop:
         )
         self.cursor = read_status(client, self.keys).get("signals_cursor", "0-0")
         self.finetune: BaseProcess | None = None
-        # The triggering alert, examples seen and time then, and where quality stood.
-        self.pending: tuple[Alert, int, float, QualityMark] | None = None
+        drift = settings.drift
+        self.schedule = FinetuneSchedule(
+            drift.finetune_wait_examples, drift.finetune_wait_s, drift.finetune_skip_recovered
+        )
         self.alerts_sent = 0
         self._last_finetune_id = read_status(client, self.keys).get("finetune_id", "")
         newest = client.xrevrange(self.keys.alerts, count=1)
@@ -205,16 +209,23 @@ class DriftLoop:
             return
         log_event(logger, "auto_rollback", **done)
 
+    @property
+    def pending(self) -> Alert | None:
+        """The alert whose fine-tune is scheduled and not yet due."""
+        return self.schedule.pending.alert if self.schedule.pending is not None else None
+
     def _schedule_finetune(self, alert: Alert) -> None:
         """Take the lock now; start once enough post-drift examples arrived (or time passed)."""
-        if self.pending is not None or (self.finetune is not None and self.finetune.is_alive()):
+        if self.schedule.pending is not None or (
+            self.finetune is not None and self.finetune.is_alive()
+        ):
             return
         drift = self.settings.drift
         if not acquire_finetune_lock(self.client, self.keys, drift.finetune_timeout_s):
             log_event(logger, "finetune_skipped_cooldown", alert_id=alert.alert_id)
             return
         mark = self.monitor.quality_mark(alert)
-        self.pending = (alert, self.monitor.examples_seen, time.monotonic(), mark)
+        self.schedule.schedule(alert, mark, self.monitor.examples_seen, time.monotonic())
         log_event(
             logger,
             "finetune_scheduled",
@@ -223,17 +234,14 @@ class DriftLoop:
         )
 
     def _start_due_finetune(self) -> None:
-        if self.pending is None:
+        monitor = self.monitor
+        due = self.schedule.due(monitor.examples_seen, time.monotonic(), monitor.recovered)
+        if due is None:
             return
-        alert, seen_at_alert, alert_at, mark = self.pending
-        drift = self.settings.drift
-        collected = self.monitor.examples_seen - seen_at_alert >= drift.finetune_wait_examples
-        if not collected and time.monotonic() - alert_at < drift.finetune_wait_s:
+        if due.skip:
+            self._skip_finetune(due)
             return
-        self.pending = None
-        if drift.finetune_skip_recovered and self.monitor.recovered(mark):
-            self._skip_finetune(alert, mark.reference)
-            return
+        alert, drift = due.alert, self.settings.drift
         request = FinetuneRequest(
             trigger=alert.alert_id,
             replay_examples=drift.replay_examples,
@@ -248,19 +256,15 @@ class DriftLoop:
         self.metrics.finetune_running.set(1)
         log_event(logger, "finetune_started", alert_id=alert.alert_id, pid=self.finetune.pid)
 
-    def _skip_finetune(self, alert: Alert, reference: float) -> None:
+    def _skip_finetune(self, due: DueFinetune) -> None:
         """The learner healed while the fine-tune waited for its examples: say so, not run."""
-        level = self.monitor.levels()["hit_rate"]
-        skipped = make_alert(
-            "finetune_skipped", "hit@20", reference, level, self.monitor.signal_examples,
-            self.monitor.model_version,
-            message=f"no fine-tune for {alert.detector} alert {alert.alert_id}: the learner "
-            f"recovered by itself (hit@20 {level:.4g}, {reference:.4g} before)",
-        )  # fmt: skip
+        monitor = self.monitor
+        level = monitor.level_since(due.mark)
+        skipped = skipped_alert(due, level, monitor.signal_examples, monitor.model_version)
         self.fanout.send(skipped)
         self.alerts_sent += 1
         start_cooldown(self.client, self.keys, 0)  # a later alert may start one
-        log_event(logger, "finetune_skipped", alert_id=alert.alert_id, hit_rate=level)
+        log_event(logger, "finetune_skipped", alert_id=due.alert.alert_id, hit_rate=level)
 
     def _housekeeping(self, consumer: Consumer) -> None:
         self._start_due_finetune()
@@ -318,7 +322,7 @@ def run_drift_monitor(
 ) -> DriftLoop:
     """Run the monitor until ``stop`` is set, its metrics on ``metrics_registry``; returns
     the loop (for its counters)."""
-    client = redis.Redis.from_url(
+    client = connect_redis(
         settings.redis.redis_url.get_secret_value(),
         socket_timeout=max(settings.redis.redis_timeout_s, 1.0),
     )

@@ -18,6 +18,7 @@ of the observation that tripped it. Whether an alert starts a fine-tune is decid
 from __future__ import annotations
 
 import math
+from collections import deque
 from dataclasses import dataclass
 
 from online_models.drift.detectors import GuardedDetector, detector_specs
@@ -39,6 +40,7 @@ REFERENCE_SESSIONS = 300  # sessions that make the category reference
 NOT_RECOVERED = "quality_not_recovered"
 REGRESSED = "promotion_regressed"
 MIN_RECOVERY_EXAMPLES = 200  # scored since an alert, to call the learner recovered
+RECENT_EXAMPLES = 500  # the newest scored examples that say where quality stands now
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +93,7 @@ class DriftMonitor:
         self.examples_seen = 0
         self.signal_examples = 0
         self.hits_seen = 0.0  # hit@20 values summed over ``signal_examples``
+        self.recent_hits: deque[float] = deque(maxlen=RECENT_EXAMPLES)
         self.impressions_resolved = 0
         self.topics = Topics.from_settings(settings.kafka)
 
@@ -107,6 +110,7 @@ class DriftMonitor:
         for value in spread_hits(signal.hits_at_20, signal.examples):
             self.signal_examples += 1
             self.hits_seen += value
+            self.recent_hits.append(value)
             regressed = self.promotion.observe(value, signal.model_version)
             if regressed is not None:
                 alerts.append(self._regressed(regressed, where))
@@ -170,14 +174,23 @@ class DriftMonitor:
         return QualityMark(reference, self.hits_seen, self.signal_examples)
 
     def recovered(self, mark: QualityMark) -> bool:
-        """Whether hit@20 over the examples since ``mark`` (at least
-        ``MIN_RECOVERY_EXAMPLES``) is back within ``recovered_within`` of its reference: the
-        learner healed by itself, and a fine-tune has nothing to add."""
+        """Whether hit@20 now (``level_since``; at least ``MIN_RECOVERY_EXAMPLES`` scored
+        since ``mark``) is back within ``recovered_within`` of its reference: the learner
+        healed by itself, and a fine-tune has nothing to add."""
         examples = self.signal_examples - mark.examples
         if examples < MIN_RECOVERY_EXAMPLES or math.isnan(mark.reference):
             return False
-        level = (self.hits_seen - mark.hits) / examples
-        return level >= (1 - self.recovery.tolerance) * mark.reference
+        return self.level_since(mark) >= (1 - self.recovery.tolerance) * mark.reference
+
+    def level_since(self, mark: QualityMark) -> float:
+        """hit@20 now: over the examples scored since ``mark``, or over the newest
+        ``RECENT_EXAMPLES`` of them when there are more (the mean since an alert still
+        carries the worst moments right after the change: a learner that healed a while
+        ago would not count as healed). NaN: none yet."""
+        examples = self.signal_examples - mark.examples
+        if examples > len(self.recent_hits):
+            return sum(self.recent_hits) / len(self.recent_hits)
+        return (self.hits_seen - mark.hits) / examples if examples else math.nan
 
     def watch_promotion(self, version: int) -> None:
         """A fine-tune made ``version`` current: judge it on the next examples it ranks

@@ -1,21 +1,30 @@
 """The fine-tune gate: decide whether a fine-tuned candidate replaces the serving model.
 
 The replay buffer is split in time: the candidate trains on the older part and both models
-are scored on the most recent part, which neither the fine-tune has trained on. (The serving
-model's online learner may have seen those examples, so the comparison is, if anything,
-tilted towards keeping the serving model.) The candidate is promoted only when its HR@20
-beats the serving model's by at least ``margin`` on at least ``min_holdout`` examples.
-Pure: no model, Kafka or Redis here.
+are judged on the most recent part, on examples neither had learned from when it ranked
+them. The candidate never trained on the held-out part. The serving model's online
+learner has (it learns every example right after ranking it), so scoring today's serving
+weights on them would compare a model that has seen the answers with one that has not:
+that is why fine-tunes used to lose. The serving side is therefore what the learner
+ranked on those examples *before* learning them (its prequential hit@20, from its signal
+stream: ``prequential_hit_rate``); only where the signals do not cover the held-out span
+are the serving weights scored directly, which tilts the verdict towards keeping them.
+The candidate is promoted only when its HR@20 beats the serving model's by at least
+``margin`` on at least ``min_holdout`` examples. Pure: no model, Kafka or Redis here.
 
->>> judge_candidate(candidate_hits=60, serving_hits=40, holdout=100, margin=0.05, min_holdout=50)
+>>> judge_candidate(candidate_hr=0.6, serving_hr=0.4, holdout=100, margin=0.05, min_holdout=50)
 GateVerdict(promoted=True, candidate_hr=0.6, serving_hr=0.4, margin=0.05, holdout=100, \
 reason='candidate HR@20 0.6000 >= serving 0.4000 + margin 0.0500')
+>>> batches = [LearnedBatch(100, 10, 2), LearnedBatch(200, 10, 4), LearnedBatch(300, 10, 9)]
+>>> prequential_hit_rate(batches, first_ts_ms=150, last_ts_ms=250)
+(0.4, 10)
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from streamrec.training_examples import TrainingExample
 
@@ -41,21 +50,41 @@ def split_replay(
     return ordered[:cut], ordered[cut:]
 
 
+class LearnedBatch(NamedTuple):
+    """One learner micro-batch as its signal reports it: the newest example's event time,
+    examples ranked and hits@20 (ranked before the learner stepped on them)."""
+
+    event_ts_ms: int
+    examples: int
+    hits: int
+
+
+def prequential_hit_rate(
+    batches: Iterable[LearnedBatch], first_ts_ms: int, last_ts_ms: int
+) -> tuple[float, int]:
+    """(hit@20, examples) of the learner over the batches whose newest example falls in
+    ``[first_ts_ms, last_ts_ms]`` (event time); ``(nan, 0)`` when none does."""
+    hits = examples = 0
+    for batch in batches:
+        if first_ts_ms <= batch.event_ts_ms <= last_ts_ms:
+            hits += batch.hits
+            examples += batch.examples
+    return (hits / examples if examples else float("nan")), examples
+
+
 def judge_candidate(
-    candidate_hits: float, serving_hits: float, holdout: int, margin: float, min_holdout: int
+    candidate_hr: float, serving_hr: float, holdout: int, margin: float, min_holdout: int
 ) -> GateVerdict:
     """Promote when the candidate's HR@20 >= the serving model's + ``margin``."""
     if holdout < min_holdout:
         return GateVerdict(
             False,
-            candidate_hits / holdout if holdout else 0.0,
-            serving_hits / holdout if holdout else 0.0,
+            candidate_hr,
+            serving_hr,
             margin,
             holdout,
             f"only {holdout} held-out examples (< {min_holdout}): no trustworthy verdict",
         )
-    candidate_hr = candidate_hits / holdout
-    serving_hr = serving_hits / holdout
     if candidate_hr >= serving_hr + margin and candidate_hr > serving_hr:
         reason = (
             f"candidate HR@20 {candidate_hr:.4f} >= serving {serving_hr:.4f} + margin {margin:.4f}"

@@ -2,12 +2,15 @@
 
 Runs in its own process (started by the drift monitor, or ``streamrec finetune``):
 
-1. read the last ``replay_examples`` training examples back from Kafka (``finetune_replay``);
-2. split them in time: older part to train, most recent part held out (``finetune_gate``);
-3. train backbone and head from the serving weights with the same code as
-   ``streamrec train`` (``train_candidate``);
-4. score the candidate and the *then* serving model (the learner kept updating it) on the
-   held-out examples and let the gate decide;
+1. read the last ``replay_examples`` training examples back from Kafka (``replay``) and a
+   reservoir of older ones sampled from the same topic (``reservoir``);
+2. split the recent ones in time: older part to train, most recent part held out (``gate``);
+3. train backbone and head from the newest serving weights (the learner keeps changing
+   them: the current version when the replay is read) on the training part and the
+   down-weighted reservoir, with the same code as ``streamrec train`` (``train_candidate``),
+   on ``TrainSettings.device``;
+4. score the candidate on the held-out examples against what the serving lineage ranked on
+   them before learning them (the learner's signals; ``judge``) and let the gate decide;
 5. promoted: publish the candidate as a snapshot and make it current (the learner reloads
    it and continues from there), or, with ``STREAMREC_DRIFT_ROLLOUT=canary``, serve it on
    the experiment's canary arm first (verdict ``canary``; ``canary_rollout``); rejected:
@@ -29,12 +32,13 @@ import redis
 
 from online_models.alerts.sinks import send_alert
 from online_models.finetune.canary_rollout import start_canary
-from online_models.finetune.gate import GateVerdict, judge_candidate, split_replay
+from online_models.finetune.gate import LearnedBatch, split_replay
 from online_models.finetune.replay import read_replay
+from online_models.finetune.reservoir import read_reservoir
 from online_models.finetune.status import record_finetune, start_cooldown
-from online_models.model.weights import ModelWeights
 from online_models.registry.weight_registry import WeightRegistry
 from streamrec.alerts import make_alert
+from streamrec.redis_connection import connect_redis
 from streamrec.redis_keys import RedisKeys
 from streamrec.settings import Settings
 from streamrec.structured_log import configure_logging, log_event
@@ -111,7 +115,7 @@ def _finetune(
 ) -> FinetuneReport:
     # torch is imported here, not at module level: the drift monitor imports this module
     # to spawn the job and must not pay for torch itself.
-    from online_models.finetune.training import train_candidate
+    from online_models.finetune.training import judge, train_candidate
 
     topics = Topics.from_settings(settings.kafka)
     registry = WeightRegistry(settings, client)
@@ -119,19 +123,27 @@ def _finetune(
         settings.kafka, topics.training_examples, request.replay_examples, request.since_ms,
         repeat_window=settings.flow.repeat_window,
     )  # fmt: skip
-    train, holdout = split_replay(examples, settings.drift.finetune_holdout_fraction)
+    drift = settings.drift
+    before_ms = request.since_ms if request.since_ms is not None else _oldest_ts(examples)
+    reservoir = read_reservoir(
+        settings.kafka, topics.training_examples, drift.finetune_reservoir_examples, before_ms,
+        seed=before_ms,
+    )  # fmt: skip
+    train, holdout = split_replay(examples, drift.finetune_holdout_fraction)
     base = registry.load()
     log_event(
         logger,
         "finetune_replayed",
         finetune_id=finetune_id,
         train=len(train),
+        reservoir=len(reservoir),
         holdout=len(holdout),
         base_version=base.version,
     )
-    candidate = train_candidate(settings, base, train)
+    candidate = train_candidate(settings, base, train, reservoir)
     serving = registry.load()  # the learner may have moved on while we trained
-    verdict = _judge(settings, candidate, serving, holdout)
+    learned = _learned_batches(client, RedisKeys(settings.redis.key_prefix), holdout)
+    verdict = judge(settings, candidate, serving, holdout, learned)
     candidate_version: int | None = None
     canary = settings.drift.rollout == "canary"
     if verdict.promoted:
@@ -165,22 +177,39 @@ def _finetune(
     )
 
 
-def _judge(
-    settings: Settings,
-    candidate: ModelWeights,
-    serving: ModelWeights,
-    holdout: Sequence[TrainingExample],
-) -> GateVerdict:
-    from online_models.finetune.training import hits_at_20
+def _oldest_ts(examples: Sequence[TrainingExample]) -> int:
+    """Where the reservoir ends for a replay without a start time: its oldest example."""
+    return min((example.ts for example in examples), default=int(time.time() * 1000))
 
-    drift = settings.drift
-    return judge_candidate(
-        candidate_hits=hits_at_20(candidate, holdout, settings.train.device),
-        serving_hits=hits_at_20(serving, holdout, settings.train.device),
-        holdout=len(holdout),
-        margin=drift.finetune_margin,
-        min_holdout=drift.finetune_min_holdout,
-    )
+
+def _learned_batches(
+    client: redis.Redis, keys: RedisKeys, holdout: Sequence[TrainingExample]
+) -> list[LearnedBatch]:
+    """The learner's signals (newest first) back to the oldest held-out example."""
+    if not holdout:
+        return []
+    first_ts = holdout[0].ts
+    batches: list[LearnedBatch] = []
+    cursor = "+"
+    while True:
+        entries = client.xrevrange(keys.learner_signals, max=cursor, count=1000)
+        for _, fields in entries:
+            data = {_text(key): _text(value) for key, value in fields.items()}
+            if "event_ts_ms" not in data:
+                continue  # a signal without event time cannot be placed in the span
+            batch = LearnedBatch(
+                int(data["event_ts_ms"]), int(data["examples"]), int(float(data["hits_at_20"]))
+            )
+            if batch.event_ts_ms < first_ts:
+                return batches
+            batches.append(batch)
+        if len(entries) < 1000:
+            return batches
+        cursor = f"({_text(entries[-1][0])}"
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def _announce(settings: Settings, client: redis.Redis, report: FinetuneReport) -> None:
@@ -218,7 +247,7 @@ def _announce(settings: Settings, client: redis.Redis, report: FinetuneReport) -
 def run_finetune_process(settings: Settings, request: FinetuneRequest) -> None:
     """Entry point of the process the drift monitor spawns."""
     configure_logging(settings.log_level)
-    client = redis.Redis.from_url(settings.redis.redis_url.get_secret_value())
+    client = connect_redis(settings.redis.redis_url.get_secret_value())
     report = run_finetune(settings, client, request)
     if report.verdict == "failed":
         raise SystemExit(1)

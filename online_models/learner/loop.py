@@ -37,7 +37,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import redis
 import torch
 from confluent_kafka import Consumer, Message, TopicPartition
 from prometheus_client import CollectorRegistry
@@ -47,14 +46,16 @@ from online_models.learner.metrics import LearnerMetrics
 from online_models.learner.micro_batch import BatchOutcome, HeadLearner
 from online_models.learner.positions import LearnerPositions
 from online_models.learner.version_follower import SkippedVersion, VersionFollower
+from online_models.model.covisitation import CovisitationRule
 from online_models.model.device import pick_device
 from online_models.model.weights import ModelWeights
 from online_models.registry.weight_registry import Publication, VersionInfo, WeightRegistry
 from streamrec.alert_sender import AlertSender
 from streamrec.example_dedupe import rebuild_dedupe
 from streamrec.kafka_clients import emptied_end, make_consumer
+from streamrec.redis_connection import RedisClient
 from streamrec.redis_keys import RedisKeys
-from streamrec.settings import Settings
+from streamrec.settings import Settings, fitted_values, with_fitted
 from streamrec.structured_log import log_event
 from streamrec.topics import Topics
 from streamrec.training_examples import TrainingExample, decode_example
@@ -83,7 +84,7 @@ class Learner:
     def __init__(
         self,
         settings: Settings,
-        client: redis.Redis,
+        client: RedisClient,
         metrics_registry: CollectorRegistry,
     ) -> None:
         self.settings = settings
@@ -108,6 +109,9 @@ class Learner:
         self.publications: list[PublishRecord] = []
         self.on_publish: Callable[[PublishRecord], None] | None = None
         self.skipped = 0
+        # Learner knobs fitted on the shop's warm-up (``streamrec train --tune``), carried
+        # from version to version in the metadata; explicit settings win (``with_fitted``).
+        self.fitted: dict[str, float] = {}
 
     @property
     def positions(self) -> dict[int, int]:
@@ -170,9 +174,14 @@ class Learner:
         self.consumer.commit(offsets=offsets, asynchronous=False)
 
     def _adopt(self, weights: ModelWeights) -> VersionInfo | None:
-        """Continue from ``weights`` (a fresh optimizer state); returns its metadata."""
-        self.head = HeadLearner.from_weights(weights, self.settings.learner, self.device)
+        """Continue from ``weights`` (a fresh optimizer state); returns its metadata.
+
+        Its fitted knobs, if it carries any, replace the ones followed so far."""
         info = self.registry.info(weights.version)
+        self.fitted = (fitted_values(info.metrics) if info else {}) or self.fitted
+        learner = with_fitted(self.settings.learner, self.fitted)
+        covisitation = CovisitationRule.from_settings(self.settings.model)
+        self.head = HeadLearner.from_weights(weights, learner, self.device, covisitation)
         self.examples_seen = info.examples_seen if info else 0
         self.metrics.model_version.set(weights.version)
         self.metrics.items.set(weights.n_items)
@@ -329,7 +338,7 @@ class Learner:
         offsets = checkpoint.offsets  # the version's metadata; the same offsets are committed
         common = {
             "source": SOURCE, "examples_seen": self.examples_seen, "offsets": offsets,
-            "expected_current": self.follower.followed,
+            "expected_current": self.follower.followed, "metrics": self.fitted,
         }  # fmt: skip
         try:
             if snapshot or self.follower.followed is None:

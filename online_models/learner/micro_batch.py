@@ -21,6 +21,12 @@ no click has no item to prefer and adds nothing. (A logistic loss on every shown
 label 0 when ignored, was tried first: on the dev stream it pushed down the model's own
 best candidates and cost 0.11 to 0.20 HR@20; see docs/model.md.)
 
+Co-visitation (``online_models/model/covisitation.py``): ranking adds the head's
+co-visitation term, ``blend * evidence``, to every score; the steps' logits carry
+it too, so ``blend`` is learned by the same loss (Adam, with the projection). After the
+steps, the batch's examples update the table (last history items -> target), so the next
+batch sees them; the rows that changed go into the next delta like any touched row.
+
 Guards: a non-finite loss or gradient skips the step (nothing changes, the outcome says
 why); gradients are clipped to ``grad_clip`` in total norm.
 """
@@ -37,6 +43,11 @@ import numpy as np
 import torch
 
 from online_models.learner.prepared_batch import PreparedBatch, prepare_batch
+from online_models.model.covisitation import (
+    CovisitationRule,
+    successor_pairs,
+    update_covisitation,
+)
 from online_models.model.device import pick_device
 from online_models.model.item_index import ItemIndex, last_known
 from online_models.model.prequential_ranks import exact_ranks, screened_ranks
@@ -47,6 +58,7 @@ from streamrec.settings import LearnerSettings
 from streamrec.training_examples import TrainingExample
 
 NEW_ROW_SCALE = 0.5
+BLEND_EXAMPLES = 256  # explored examples per step whose blended loss moves the blend
 RANK_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
@@ -119,13 +131,15 @@ class HeadLearner:
         version: int,
         device: torch.device | None = None,
         seed: int = 0,
+        covisitation: CovisitationRule = CovisitationRule(),
     ) -> None:
         self.device = device or pick_device(settings.device)
         self.model = model.to(self.device)
         self.model.backbone.eval().requires_grad_(False)
         self.index = index
         self.settings = settings
-        self.dense_parameters = list(self.model.projection.parameters())
+        self.covisitation = covisitation
+        self.dense_parameters = [*self.model.projection.parameters(), self.model.covis_blend]
         self.dense_optimizer = torch.optim.Adam(self.dense_parameters, lr=settings.lr)
         # Negatives are host bookkeeping: the same stream of candidates on every device.
         self.generator = torch.Generator().manual_seed(seed)
@@ -141,10 +155,15 @@ class HeadLearner:
 
     @classmethod
     def from_weights(
-        cls, weights: ModelWeights, settings: LearnerSettings, device: torch.device | None = None
+        cls,
+        weights: ModelWeights,
+        settings: LearnerSettings,
+        device: torch.device | None = None,
+        covisitation: CovisitationRule = CovisitationRule(),
     ) -> HeadLearner:
         model = SessionRecommender.from_weights(weights)
-        return cls(model, ItemIndex(weights.item_ids), settings, weights.version, device)
+        index = ItemIndex(weights.item_ids)
+        return cls(model, index, settings, weights.version, device, covisitation=covisitation)
 
     def _autocast(self) -> contextlib.AbstractContextManager[None]:
         if self.amp:
@@ -194,6 +213,8 @@ class HeadLearner:
             )
             if outcome.skipped:
                 break
+        if not outcome.skipped:  # a skipped step changes nothing, the table included
+            self._add_successors(histories, targets)
         outcome.step_s = time.perf_counter() - started
         return outcome
 
@@ -211,6 +232,20 @@ class HeadLearner:
             top = scores.topk(min(k, scores.shape[1]), dim=1).indices.cpu().numpy()
         ids = self.index.ids
         return [tuple(ids[row] for row in line) for line in top]
+
+    def _add_successors(self, histories: Histories, targets: np.ndarray) -> None:
+        """The batch's (last history items -> target) pairs into the co-visitation table."""
+        ranked = len(targets)
+        rule = self.covisitation
+        sources, successors, amounts = successor_pairs(
+            histories.rows[:ranked], histories.mask[:ranked], targets, rule.window
+        )
+        model = self.model
+        changed = update_covisitation(
+            model.covis_items, model.covis_weight, self._to_device(sources),
+            self._to_device(successors), self._to_device(amounts), rule.decay,
+        )  # fmt: skip
+        self.touched[changed] = True
 
     def _histories(self, item_rows: np.ndarray, slots: np.ndarray) -> Histories:
         """The last ``max_seq_len`` known rows of each history, on the host and the device."""
@@ -307,7 +342,8 @@ class HeadLearner:
         Clicked lists add ``weight * cross-entropy`` of the clicked item over the list's
         items (their items join the candidates) to the sum; the sum is divided by the
         next-click examples' weight, so a list's weight is relative to one next-click
-        example.
+        example. The next-click logits carry the co-visitation term of the candidates
+        (``blend`` learns here, by the same loss).
         """
         model = self.model
         ranked = len(targets)
@@ -334,9 +370,24 @@ class HeadLearner:
                 logits[at] = -math.inf
             losses = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
             total = (losses * example_weights).sum()
+            # The blend learns from the blended scores, the head from its own: the rows keep
+            # learning what co-visitation already explains (ranking adds both anyway).
+            # (one scalar: the first ``BLEND_EXAMPLES`` say enough, and a large batch's
+            # blended logits would cost as much as its own)
+            some = slice(0, BLEND_EXAMPLES)
+            blended = logits[some].detach() + self._covisitation_logits(
+                histories, explore[some], device_candidates
+            )
+            blend_losses = torch.nn.functional.cross_entropy(
+                blended, labels[some], reduction="none"
+            )
+            share = float(weights[explore].sum()) / float(weights[explore[some]].sum() or 1.0)
+            blend_loss = (blend_losses * example_weights[some]).sum() * share
         # The reported loss is the next-click part's: the drift monitor's loss signal
         # must not step when impressions start or stop flowing.
         next_click_loss = total.detach() / (denominator or 1.0)
+        if len(explore):
+            total = total + blend_loss
         if len(shown.rows):
             total = total + self._list_loss(forward.sessions, output_rows, bias_rows,
                                             candidates, shown)  # fmt: skip
@@ -367,6 +418,23 @@ class HeadLearner:
         self.touched[device_candidates] = True
         self.touched[forward.inputs] = True
         return reported, ""
+
+    def _covisitation_logits(
+        self, histories: Histories, explore: np.ndarray, candidates: torch.Tensor
+    ) -> torch.Tensor:
+        """The co-visitation term of each explored example's candidates (E x C, dense;
+        ``candidates`` sorted), from the table as it was when the batch was ranked."""
+        rows, mask = histories.device_rows.rows, histories.device_rows.mask
+        evidence = self.model.covisitation_evidence(rows, mask)
+        line_of = torch.full((int(explore.max()) + 1,), -1, device=self.device)
+        line_of[self._to_device(explore)] = torch.arange(len(explore), device=self.device)
+        lines = line_of[evidence.lines.clamp(max=len(line_of) - 1)]
+        columns = torch.searchsorted(candidates, evidence.columns).clamp(max=len(candidates) - 1)
+        keep = (lines >= 0) & (evidence.lines < len(line_of))
+        keep &= candidates[columns] == evidence.columns
+        term = self.model.covisitation_term(evidence)[keep]
+        dense = torch.zeros(len(explore), len(candidates), device=self.device)
+        return dense.index_put((lines[keep], columns[keep]), term, accumulate=True)
 
     def _list_loss(
         self,

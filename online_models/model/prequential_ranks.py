@@ -9,7 +9,9 @@ scores below ``target - eps``, nothing outside the kept set can reach the target
 re-checked count is the exact rank. Rows where that does not hold (and whose kept set
 has not already put the target past the cutoff) come back as ``uncertain``, for the caller
 to rank exactly. Session items are lifted for ranking (``SessionRecommender.add_repeat_bonus``)
-and are always scored in float32 here, from the history itself.
+and are always scored in float32 here, from the history itself. The co-visitation term
+(``SessionRecommender.add_covisitation``, the same function every ranking uses) is added
+in float32 to the exact scores and, rounded, to the cheap ones.
 """
 
 from __future__ import annotations
@@ -47,25 +49,30 @@ def screened_ranks(
     if n == 0:
         return torch.full_like(targets, MISS_RANK), torch.zeros_like(known)
     table, bias = model.item_table[:n], model.item_bias[:n]
+    covisitation = model.add_covisitation(sessions.new_zeros(len(sessions), n), rows, mask)
     present = mask > 0
     lifted, first = _session_scores(model, sessions, rows, present)
+    lifted = lifted + covisitation.gather(1, rows.clamp(max=n - 1))
     at_target = present & (rows == targets[:, None])
     in_session = at_target.any(dim=1)
-    plain = _exact_scores(sessions, table, bias, targets.clamp(min=0)[:, None])[:, 0]
+    target_column = targets.clamp(min=0)[:, None]
+    plain = _exact_scores(sessions, table, bias, target_column)[:, 0]
+    plain = plain + covisitation.gather(1, target_column)[:, 0]
     session_score = torch.where(at_target, lifted, torch.full_like(lifted, -torch.inf)).amax(1)
     target = torch.where(in_session, session_score, plain)
     count = (first & (lifted >= target[:, None])).sum(dim=1) + (~in_session).long()
     cheap = torch.addmm(bias.to(dtype), sessions.to(dtype), table.to(dtype).T)
+    cheap += covisitation.to(dtype)
     kept = min(CUTOFF + SCREEN_MARGIN, n)
     top = torch.topk(cheap, min(kept + 1, n), dim=1)
     indices = top.indices[:, :kept]
-    exact = _exact_scores(sessions, table, bias, indices)
+    exact = _exact_scores(sessions, table, bias, indices) + covisitation.gather(1, indices)
     other = ~((indices[:, :, None] == rows[:, None, :]) & present[:, None, :]).any(dim=2)
     other &= indices != targets[:, None]  # the target itself is counted once, above
     count += (other & (exact >= target[:, None])).sum(dim=1)
     if kept < n:
         left_out = top.values[:, kept].float()
-        eps = rank_error_bound(sessions, table, bias, dtype)
+        eps = rank_error_bound(sessions, table, bias, dtype, covisitation.abs().amax(dim=1))
         certain = (left_out < target - eps) | (count > CUTOFF)
     else:
         certain = torch.ones_like(known)
@@ -75,16 +82,22 @@ def screened_ranks(
 
 
 def rank_error_bound(
-    sessions: torch.Tensor, table: torch.Tensor, bias: torch.Tensor, dtype: torch.dtype
+    sessions: torch.Tensor,
+    table: torch.Tensor,
+    bias: torch.Tensor,
+    dtype: torch.dtype,
+    covisitation: torch.Tensor | float = 0.0,
 ) -> torch.Tensor:
     """Per session, a bound on |cheap score - float32 score| over every item.
 
     Rounding the inputs moves a dot product by at most ``2u |s| |t|`` (Cauchy-Schwarz), the
-    bias by ``u |b|``, the output by ``u |score|``; ``u`` is the unit roundoff of ``dtype``.
-    Four ``u`` over the largest magnitudes covers all three with room for the accumulation.
+    bias by ``u |b|``, the co-visitation term (per session, at most ``covisitation``) by
+    ``u`` of it, the output by ``u |score|``; ``u`` is the unit roundoff of ``dtype``.
+    Four ``u`` over the largest magnitudes covers all of them with room for the accumulation.
     """
     unit = torch.finfo(dtype).eps / 2
     largest = sessions.norm(dim=1) * table.norm(dim=1).amax() + bias.abs().amax()
+    largest = largest + torch.as_tensor(covisitation, device=largest.device).abs()
     return 4 * unit * largest + torch.finfo(torch.float32).eps * largest
 
 

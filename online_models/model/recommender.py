@@ -7,7 +7,9 @@ bias, a projection of the encoder's last position, and a repeat bonus per histor
 (shoppers often go back to an item they just saw; the bonus lets any item in the session,
 even one whose row is still untrained, rank by how recently it was clicked):
 ``scores = proj(h) @ table.T + bias + bonus[position of the item in the history]``; for
-ranking, the session's own items are also lifted above every other item.
+ranking, the session's own items are also lifted above every other item, and the head's
+co-visitation table adds ``blend * evidence`` (``covisitation.py``: what session-kNN
+knows, items clicked next after the session's items in recent sessions).
 The table keeps spare capacity and doubles when full, so new items never force a restart.
 """
 
@@ -22,12 +24,22 @@ import torch
 from torch import nn
 from transformers import BertConfig, BertModel
 
+from online_models.model.covisitation import Evidence, session_evidence
 from online_models.model.last_position_encoder import last_position_state
-from online_models.model.weights import ITEM_BIAS, ITEM_TABLE, ModelShape, ModelWeights
+from online_models.model.weights import (
+    COVIS_ITEMS,
+    COVIS_WEIGHT,
+    ITEM_BIAS,
+    ITEM_TABLE,
+    ModelShape,
+    ModelWeights,
+)
 from streamrec.settings import ModelSettings
 
 PROJECTION_PREFIX = "head.projection."
 REPEAT_BONUS = "head.repeat_bonus"
+COVIS_BLEND = "head.covis_blend"
+INITIAL_BLEND = 1.0  # until a warm-up fits it (``fit_blend``)
 LENGTH_BUCKETS = (2, 5, 10)
 SHORT_SESSION = 5  # on CPU, histories up to this long are encoded apart from longer ones
 BACKBONE_PREFIX = "backbone."
@@ -114,6 +126,12 @@ class SessionRecommender(nn.Module):
         self.item_bias = nn.Parameter(torch.zeros(capacity))
         self.projection = nn.Linear(shape.hidden_size, shape.hidden_size)
         self.repeat_bonus = nn.Parameter(torch.zeros(shape.max_seq_len))
+        self.covis_blend = nn.Parameter(torch.full((1,), INITIAL_BLEND))
+        neighbours = shape.covis_neighbours
+        self.register_buffer(
+            "covis_items", torch.full((capacity, neighbours), -1, dtype=torch.int32)
+        )
+        self.register_buffer("covis_weight", torch.zeros(capacity, neighbours))
         self.n_items = 0
         # What runs the backbone in ``encode``; serving swaps in a traced copy.
         self.backbone_call: BackboneCall = partial(last_position_state, self.backbone)
@@ -140,6 +158,8 @@ class SessionRecommender(nn.Module):
                 )
             self.item_table[start:needed] = vectors.to(self.item_table.device)
             self.item_bias[start:needed] = 0.0
+            self.covis_items[start:needed] = -1
+            self.covis_weight[start:needed] = 0.0
         self.n_items = needed
         return range(start, needed)
 
@@ -149,9 +169,15 @@ class SessionRecommender(nn.Module):
             table[: self.n_items] = self.item_table[: self.n_items]
             bias = torch.zeros(capacity, device=self.item_bias.device)
             bias[: self.n_items] = self.item_bias[: self.n_items]
+            items = self.covis_items.new_full((capacity, self.covis_items.shape[1]), -1)
+            items[: self.n_items] = self.covis_items[: self.n_items]
+            weight = self.covis_weight.new_zeros((capacity, self.covis_weight.shape[1]))
+            weight[: self.n_items] = self.covis_weight[: self.n_items]
         # Same Parameter objects: optimizers and references stay valid.
         self.item_table.data = table
         self.item_bias.data = bias
+        self.covis_items = items
+        self.covis_weight = weight
 
     def encode(self, batch: EncoderBatch, table: torch.Tensor | None = None) -> torch.Tensor:
         """The encoder's last-position state (B x H); zero for empty histories.
@@ -195,11 +221,39 @@ class SessionRecommender(nn.Module):
     ) -> torch.Tensor:
         """Scores of every known item (B x n_items) for sessions with these histories.
 
-        ``lift`` is for ranking, never for a loss (see ``add_repeat_bonus``).
+        ``lift`` is for ranking, never for a loss (see ``add_repeat_bonus``); ranking
+        scores also carry the co-visitation term (``add_covisitation``). Full training's
+        loss leaves that term out: the warm-up's table holds the training targets.
         """
         n = self.n_items
         scores = torch.addmm(self.item_bias[:n], sessions, self.item_table[:n].T)
-        return self.add_repeat_bonus(scores, rows, mask, lift=lift)
+        scores = self.add_repeat_bonus(scores, rows, mask, lift=lift)
+        return self.add_covisitation(scores, rows, mask) if lift else scores
+
+    def covisitation_evidence(self, rows: torch.Tensor, mask: torch.Tensor) -> Evidence:
+        """Each session's co-visitation evidence for the candidates its items' rows name."""
+        return session_evidence(
+            self.covis_items, self.covis_weight, rows, mask, rows.shape[1], self.n_items
+        )
+
+    def covisitation_term(self, evidence: Evidence) -> torch.Tensor:
+        """What the evidence adds at its (line, column) pairs (repeated pairs add up)."""
+        return self.covis_blend * evidence.values
+
+    def add_covisitation(
+        self, scores: torch.Tensor, rows: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor:
+        """Add the co-visitation term at each session's evidenced columns (in place).
+
+        The one place the blended score is made: the learner's ranking pass, evaluation,
+        validation and serving all come here. A scatter of the history rows' ``K``
+        neighbours, never a catalogue-sized pass.
+        """
+        if scores.shape[1] == 0:
+            return scores
+        evidence = self.covisitation_evidence(rows, mask)
+        term = self.covisitation_term(evidence).to(scores.dtype)
+        return scores.index_put_((evidence.lines, evidence.columns), term, accumulate=True)
 
     def add_repeat_bonus(
         self, scores: torch.Tensor, columns: torch.Tensor, mask: torch.Tensor, *, lift: bool
@@ -241,14 +295,17 @@ class SessionRecommender(nn.Module):
             for name, value in self.projection.state_dict().items()
         }
         tensors[REPEAT_BONUS] = self.repeat_bonus.detach().cpu().float().numpy().copy()
+        tensors[COVIS_BLEND] = self.covis_blend.detach().cpu().float().numpy().copy()
         return tensors
 
     def row_tensors(self, rows: np.ndarray) -> dict[str, np.ndarray]:
-        """The item rows ``rows`` of the table and bias."""
+        """The item rows ``rows`` of every row tensor (table, bias, co-visitation)."""
         index = torch.as_tensor(rows, dtype=torch.long, device=self.item_table.device)
         return {
             ITEM_TABLE: self.item_table.detach()[index].cpu().float().numpy(),
             ITEM_BIAS: self.item_bias.detach()[index].cpu().float().numpy(),
+            COVIS_ITEMS: self.covis_items[index].cpu().numpy(),
+            COVIS_WEIGHT: self.covis_weight[index].cpu().numpy(),
         }
 
     def to_weights(self, version: int, item_ids: list[str]) -> ModelWeights:
@@ -283,9 +340,11 @@ class SessionRecommender(nn.Module):
         }
         self.backbone.load_state_dict(backbone)
         self.projection.load_state_dict(projection)
-        if REPEAT_BONUS in weights.tensors:  # versions from before the bonus existed: zeros
-            with torch.no_grad():
-                self.repeat_bonus.copy_(torch.from_numpy(np.array(weights.tensors[REPEAT_BONUS])))
+        with torch.no_grad():  # versions from before a tensor existed keep its initial value
+            for name, parameter in ((REPEAT_BONUS, self.repeat_bonus),
+                                    (COVIS_BLEND, self.covis_blend)):  # fmt: skip
+                if name in weights.tensors:
+                    parameter.copy_(torch.from_numpy(np.array(weights.tensors[name])))
         self.n_items = 0
         if weights.n_items > self.capacity:
             capacity = self.capacity
@@ -297,6 +356,10 @@ class SessionRecommender(nn.Module):
             self.item_bias[: weights.n_items] = torch.from_numpy(
                 np.array(weights.tensors[ITEM_BIAS])
             )
+        if COVIS_ITEMS in weights.tensors:  # versions from before co-visitation: empty
+            n = weights.n_items
+            self.covis_items[:n] = torch.from_numpy(np.array(weights.tensors[COVIS_ITEMS]))
+            self.covis_weight[:n] = torch.from_numpy(np.array(weights.tensors[COVIS_WEIGHT]))
 
 
 def random_weights(n_items: int, settings: ModelSettings, seed: int = 0) -> ModelWeights:
@@ -314,4 +377,6 @@ def random_weights(n_items: int, settings: ModelSettings, seed: int = 0) -> Mode
         np.float32
     )
     tensors[ITEM_BIAS] = np.zeros(n_items, dtype=np.float32)
+    tensors[COVIS_ITEMS] = np.full((n_items, shape.covis_neighbours), -1, dtype=np.int32)
+    tensors[COVIS_WEIGHT] = np.zeros((n_items, shape.covis_neighbours), dtype=np.float32)
     return ModelWeights(0, shape, [f"item-{i}" for i in range(n_items)], tensors)

@@ -31,9 +31,10 @@ BLOCK_ROWS = 32  # columns per block of ``block_top_k``
 class ScoreParts:
     """The parts of some items' ranking scores for one session (float32, one per item).
 
-    ``match + bias + repeat`` is each item's ranking score, up to float rounding (the parts
-    are read from the same tensors, in the same dtype, as ``top_k_batch`` reads them; a
-    bfloat16 table ranks by the sum rounded to bfloat16, about 3 significant digits).
+    ``match + bias + repeat + covisitation`` is each item's ranking score, up to float
+    rounding (the parts are read from the same tensors, in the same dtype, as
+    ``top_k_batch`` reads them; a bfloat16 table ranks by the sum rounded to bfloat16,
+    about 3 significant digits).
     ``drops[j]`` is, per item, its score minus its score with the history's ``j``-th click
     left out (leave-one-out: how much that click lifted the item).
     """
@@ -41,6 +42,7 @@ class ScoreParts:
     match: np.ndarray  # session vector . item vector
     bias: np.ndarray  # the item's learned bias
     repeat: np.ndarray  # repeat bonus + session-item lift (0 for an item not in the session)
+    covisitation: np.ndarray  # blend * co-visitation evidence (0 without evidence)
     drops: np.ndarray  # len(history) x items
 
 
@@ -177,13 +179,26 @@ class SessionScorer:
             lifted = torch.zeros(len(histories), len(picked) + 1, device=self.device)
             repeat = self._model.add_repeat_bonus(lifted, columns, mask, lift=True)
             repeat = repeat[:, : len(picked)]
-            scores = match + bias + repeat
+            covisitation = self._covisitation_at(history_rows, mask, picked)
+            scores = match + bias + repeat + covisitation
             return ScoreParts(
                 match=match[0].cpu().numpy(),
                 bias=bias[0].cpu().numpy(),
                 repeat=repeat[0].cpu().numpy(),
+                covisitation=covisitation[0].cpu().numpy(),
                 drops=(scores[0] - scores[1:]).cpu().numpy(),
             )
+
+    def _covisitation_at(
+        self, rows: torch.Tensor, mask: torch.Tensor, picked: torch.Tensor
+    ) -> torch.Tensor:
+        """The co-visitation term (the model's own) of the ``picked`` rows, per history."""
+        evidence = self._model.covisitation_evidence(rows, mask)
+        term = self._model.covisitation_term(evidence)
+        same = evidence.columns[:, None] == picked[None, :]
+        match, column = same.nonzero(as_tuple=True)
+        out = torch.zeros(rows.shape[0], len(picked), device=self.device)
+        return out.index_put_((evidence.lines[match], column), term[match], accumulate=True)
 
     def _scores(self, history: Sequence[str]) -> torch.Tensor:
         """float32 scores of every item for one session."""
@@ -194,7 +209,8 @@ class SessionScorer:
         """float32 scores (B x padded rows; padding rows score -inf), one matrix product."""
         queries, rows, mask = self._queries(histories)
         scores = torch.addmm(self._bias, queries.to(self._table.dtype), self._table.T)
-        return self._model.add_repeat_bonus(scores.float(), rows, mask, lift=True)
+        scores = self._model.add_repeat_bonus(scores.float(), rows, mask, lift=True)
+        return self._model.add_covisitation(scores, rows, mask)
 
     def _on_device(self, values: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(values).to(self.device)

@@ -2,7 +2,8 @@
 
 A ``ModelWeights`` is framework-free (numpy arrays keyed by parameter name plus the
 ordered item ids), so the registry, serving and tests can handle it without torch.
-Row ``i`` of ``head.item_table`` and ``head.item_bias`` belongs to ``item_ids[i]``.
+Row ``i`` of every row tensor (``head.item_table``, ``head.item_bias`` and the
+co-visitation table ``head.covis_items`` / ``head.covis_weight``) belongs to ``item_ids[i]``.
 A ``WeightDelta`` holds what changed between two versions: the touched item rows, the
 rows of items that appeared since the parent, and the dense tensors that changed.
 """
@@ -17,7 +18,10 @@ from streamrec.settings import ModelSettings
 
 ITEM_TABLE = "head.item_table"
 ITEM_BIAS = "head.item_bias"
-ROW_TENSORS = (ITEM_TABLE, ITEM_BIAS)
+COVIS_ITEMS = "head.covis_items"  # int32 successor rows, -1 = empty slot
+COVIS_WEIGHT = "head.covis_weight"  # float32 decayed counts
+ROW_TENSORS = (ITEM_TABLE, ITEM_BIAS, COVIS_ITEMS, COVIS_WEIGHT)
+COVIS_NEIGHBOURS = 20  # default of ModelSettings.covis_neighbours (a unit test holds them equal)
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,11 +32,16 @@ class ModelShape:
     num_layers: int
     num_heads: int
     max_seq_len: int
+    covis_neighbours: int = COVIS_NEIGHBOURS  # K slots per co-visitation row
 
     @classmethod
     def from_settings(cls, settings: ModelSettings) -> ModelShape:
         return cls(
-            settings.hidden_size, settings.num_layers, settings.num_heads, settings.max_seq_len
+            settings.hidden_size,
+            settings.num_layers,
+            settings.num_heads,
+            settings.max_seq_len,
+            settings.covis_neighbours,
         )
 
     def as_dict(self) -> dict[str, int]:
@@ -41,6 +50,7 @@ class ModelShape:
             "num_layers": self.num_layers,
             "num_heads": self.num_heads,
             "max_seq_len": self.max_seq_len,
+            "covis_neighbours": self.covis_neighbours,
         }
 
 
@@ -94,11 +104,14 @@ def apply_delta(weights: ModelWeights, delta: WeightDelta) -> ModelWeights:
     n_new = len(delta.new_item_ids)
     tensors = dict(weights.tensors)
     for name in ROW_TENSORS:
-        old = weights.tensors[name]
+        old = weights.tensors.get(name)
+        if old is None:  # weights built without the optional co-visitation rows
+            continue
         grown = np.empty((old.shape[0] + n_new, *old.shape[1:]), dtype=old.dtype)
         grown[: old.shape[0]] = old
-        grown[old.shape[0] :] = 0
-        grown[delta.rows] = delta.row_values[name]
+        grown[old.shape[0] :] = -1 if name == COVIS_ITEMS else 0  # empty rows
+        if name in delta.row_values:  # a delta may leave the co-visitation rows out
+            grown[delta.rows] = delta.row_values[name]
         tensors[name] = grown
     for name, value in delta.dense.items():
         if name not in tensors or tensors[name].shape != value.shape:

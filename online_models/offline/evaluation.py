@@ -14,6 +14,9 @@ and only then learns from it:
 - ``online+exposure(neg=..,pos=..)``, one per pair of exposure weights asked for: ``online``
   in a simulated shop (``ShopFeedbackTransformer``) that learns from what it showed.
 
+With ``tune``, the warm-up model's size and the learner's knobs are first fitted on the
+warm-up's own validation split (``tuning.fit_to_shop``), and ``online`` uses them.
+
 Every model's ``ctr@20`` is the share of click examples whose next click was in its top 20:
 the CTR of a shop that shows a model's top 20 and whose shoppers follow the recorded next
 click (it is HR@20 over clicks only; purchases get no list).
@@ -33,6 +36,7 @@ from rich.progress import Progress
 
 from flows.exposure_examples import exposure_example
 from online_models.learner.micro_batch import HeadLearner
+from online_models.model.covisitation import CovisitationRule
 from online_models.model.device import pick_device
 from online_models.model.item_index import ItemIndex
 from online_models.model.ranking_metrics import CUTOFF
@@ -42,6 +46,7 @@ from online_models.offline.popularity import RecentPopularity
 from online_models.offline.recorded_examples import load_examples
 from online_models.offline.session_knn import KnnConfig, SessionKnn
 from online_models.offline.training import rank_examples, split_by_time, train
+from online_models.offline.tuning import fit_to_shop
 from streamrec.events import Event
 from streamrec.exposure_outcomes import ExposureJoin, ExposureOutcome
 from streamrec.settings import LearnerSettings, Settings
@@ -217,13 +222,16 @@ def run_evaluation(
     stream_until_ms: int | None = None,
     exposure_weights: Sequence[tuple[float, float]] = (),
     baselines: bool = True,
+    tune: bool = False,
 ) -> dict[str, Any]:
     """Warm up on ``sources`` (any recorded source) before ``cutoff_ms``, stream the rest
     (up to ``stream_until_ms``: a dev stream inside a later warm-up), and return
     ``{"examples": N, "models": {...}}`` (and write the plot).
 
     ``exposure_weights``: (negative, positive) pairs, one ``ShopFeedbackTransformer`` each;
-    ``baselines=False`` leaves out popularity, session-kNN and static (weight tuning).
+    ``baselines=False`` leaves out popularity, session-kNN and static (weight tuning);
+    ``tune``: the size and the learner's knobs are fitted on the warm-up's own validation
+    split first (``tuning.fit_to_shop``; the report's ``tuning`` says what was tried).
     """
     examples = load_examples(settings, sources)
     warm = [e for e in examples if e.ts < cutoff_ms]
@@ -232,10 +240,17 @@ def run_evaluation(
     if not warm or not stream:
         raise ValueError("the cut-off leaves no warm-up or no stream examples")
     log_event(logger, "evaluation_split", warm=len(warm), stream=len(stream))
-    trained = train(settings.model, settings.train, warm, progress=progress)
+    report: dict[str, Any] = {}
+    learner_settings = settings.learner
+    if tune:
+        tuning = fit_to_shop(settings, warm, progress=progress)
+        trained, learner_settings = tuning.trained, tuning.learner
+        report["tuning"] = tuning.report()
+        log_event(logger, "evaluation_tuned", **report["tuning"]["chosen"])
+    else:
+        trained = train(settings.model, settings.train, warm, progress=progress)
     log_event(logger, "evaluation_trained", **trained.metrics)
     models: dict[str, StreamRanker] = {}
-    report: dict[str, Any] = {}
     if baselines:
         knn_config = tune_session_knn(warm, settings.train.validation_fraction)
         log_event(logger, "session_knn_chosen", config=str(knn_config))
@@ -255,13 +270,16 @@ def run_evaluation(
             "normalize": knn_config.normalize,
         }
     learner_device = pick_device(settings.learner.device)
-    online = HeadLearner.from_weights(trained.weights, settings.learner, learner_device)
+    covisitation = CovisitationRule.from_settings(settings.model)
+    online = HeadLearner.from_weights(
+        trained.weights, learner_settings, learner_device, covisitation
+    )
     models["online"] = OnlineTransformer(online)
     for negative, positive in exposure_weights:
-        learner = settings.learner.model_copy(
+        learner = learner_settings.model_copy(
             update={"exposure_negative_weight": negative, "exposure_positive_weight": positive}
         )
-        head = HeadLearner.from_weights(trained.weights, learner, learner_device)
+        head = HeadLearner.from_weights(trained.weights, learner, learner_device, covisitation)
         models[f"online+exposure(neg={negative:g},pos={positive:g})"] = ShopFeedbackTransformer(
             head
         )

@@ -5,25 +5,33 @@ both call it. It splits the examples by time (the newest ``validation_fraction``
 validation set, so validation is always "the future"), trains with full-softmax
 cross-entropy over all known items, evaluates HR@20/MRR@20 after each epoch and stops
 early after ``patience`` epochs without improvement, returning the best epoch's weights.
+
+The recipe follows the model's size (docs/model.md, "Size recipe"): the preset's batch
+size and dropout (``streamrec.settings``: ``TRAIN_RECIPES``, ``MODEL_PRESETS``), a rate
+that falls with width (``peak_lr``), a linear warm-up then a cosine decay over the planned
+steps (``lr_factor``), and residual-branch outputs scaled down with depth at
+initialisation (``scale_residual_outputs``).
 """
 
 from __future__ import annotations
 
 import math
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from rich.progress import Progress
 
+from online_models.model.covisitation import CovisitationRule
+from online_models.model.covisitation_warmup import fit_blend, learn_successors
 from online_models.model.device import pick_device
 from online_models.model.item_index import ItemIndex
 from online_models.model.ranking_metrics import RankingTotals, ranking_totals, target_ranks
 from online_models.model.recommender import SessionRecommender, history_tensors
 from online_models.model.weights import ModelShape, ModelWeights
-from streamrec.settings import ModelSettings, TrainSettings
+from streamrec.settings import ModelSettings, TrainSettings, train_recipe
 from streamrec.training_examples import TrainingExample
 
 EVAL_BATCH = 1024
@@ -54,19 +62,27 @@ def train(
     """
     if not examples:
         raise ValueError("no training examples")
+    train_settings = train_recipe(model_settings, train_settings)
     torch.manual_seed(train_settings.seed)
     rng = random.Random(train_settings.seed)
     run_on = pick_device(train_settings.device)
     train_set, validation = split_by_time(list(examples), train_settings.validation_fraction)
     model, index = _initial_model(model_settings, init_from, train_set)
     model.to(run_on)
+    covisitation = CovisitationRule.from_settings(model_settings)
+    learn_successors(model, index, train_set, covisitation)
     optimizer = torch.optim.AdamW(
-        model.parameters(), lr=train_settings.lr, weight_decay=train_settings.weight_decay
+        model.parameters(),
+        lr=peak_lr(train_settings, model.shape.hidden_size),
+        weight_decay=train_settings.weight_decay,
     )
     batch = train_settings.batch_size
     steps = math.ceil(len(train_set) / batch)
     if train_settings.max_steps_per_epoch:
         steps = min(steps, train_settings.max_steps_per_epoch)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_factor(train_settings, steps * train_settings.epochs)
+    )
     best: tuple[float, dict[str, torch.Tensor], int] | None = None
     history: list[dict[str, float]] = []
     order = list(range(len(train_set)))
@@ -83,6 +99,7 @@ def train(
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
                 optimizer.step()
+                schedule.step()
                 loss_sum += float(loss.detach())
                 bar.update(
                     task, advance=1, description=f"epoch {epoch} loss {loss_sum / (step + 1):.3f}"
@@ -93,6 +110,7 @@ def train(
                 "loss": loss_sum / max(steps, 1),
                 "hr@20": totals.hit_rate,
                 "mrr@20": totals.mrr,
+                "lr": optimizer.param_groups[0]["lr"],
             }
             history.append(record)
             if best is None or totals.hit_rate > best[0]:
@@ -103,18 +121,55 @@ def train(
     assert best is not None
     model.load_state_dict(best[1])
     model.eval()
+    fit_blend(model, index, validation)  # then the table takes in the newest examples too
+    learn_successors(model, index, validation, covisitation)
     best_record = history[best[2] - 1]
     metrics = {
         "hr@20": best_record["hr@20"],
         "mrr@20": best_record["mrr@20"],
         "best_epoch": float(best[2]),
         "epochs_run": float(len(history)),
+        "epochs": float(train_settings.epochs),
         "train_examples": float(len(train_set)),
         "validation_examples": float(len(validation)),
         "items": float(len(index)),
     }
     version = init_from.version if init_from is not None else 0
     return TrainResult(model.cpu().to_weights(version, index.ids), metrics, history)
+
+
+def peak_lr(settings: TrainSettings, hidden_size: int) -> float:
+    """The rate after the warm-up: ``settings.lr`` at ``lr_reference_width``, divided by the
+    square root of how much wider the model is (Adam's updates are per weight, while a
+    wider layer sums more of them: the same rate moves its outputs further)."""
+    return settings.lr * math.sqrt(settings.lr_reference_width / hidden_size)
+
+
+def lr_factor(settings: TrainSettings, total_steps: int) -> Callable[[int], float]:
+    """The share of the peak rate at each optimizer step: a linear warm-up over
+    ``warmup_fraction`` of ``total_steps``, then a cosine decay to ``final_lr_fraction``
+    at ``total_steps`` (an early stop ends the run partway down the curve)."""
+    warmup = math.ceil(settings.warmup_fraction * total_steps)
+    final = settings.final_lr_fraction
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        done = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+        return final + (1.0 - final) * 0.5 * (1.0 + math.cos(math.pi * done))
+
+    return factor
+
+
+def scale_residual_outputs(model: SessionRecommender) -> None:
+    """Scale each encoder layer's residual-branch output projections (attention output and
+    feed-forward output) by 1 / sqrt(2 * layers), as GPT-2 does: at initialisation a
+    deeper stack then adds no more to the residual stream than a shallow one."""
+    scale = 1.0 / math.sqrt(2 * model.shape.num_layers)
+    with torch.no_grad():
+        for layer in model.backbone.encoder.layer:
+            layer.attention.output.dense.weight.mul_(scale)
+            layer.output.dense.weight.mul_(scale)
 
 
 def split_by_time(
@@ -135,6 +190,7 @@ def _initial_model(
     else:
         shape = ModelShape.from_settings(settings)
         model = SessionRecommender(shape, settings.initial_items, settings.dropout)
+        scale_residual_outputs(model)
         index = ItemIndex()
     new_ids = index.add_all(
         item for example in train_set for item in (*example.history, example.target_item)

@@ -10,10 +10,11 @@ the registry after Redis lost it.
 and checks it against the blob's own length (every tensor's bytes inside the blob and
 matching its declared shape), then against the model (``WeightSpec``: a snapshot's own
 declared model shape, a delta's the weights it applies to): every tensor's name, dtype and
-shape, the item-row tensors' width and row count. Only then are the tensors read, so a
-header declaring a 10^9 x 64 table, a table of the wrong width or a delta without
-``start_row`` is a ``BlobFormatError``, never a huge allocation or a crash later in the
-model.
+shape, the item-row tensors' width and row count (the co-visitation rows: int32 item rows
+and float32 counts, ``K`` wide; a version written before them loads with an empty
+table). Only then are the tensors read, so a header declaring a 10^9 x 64 table, a table
+of the wrong width or a delta without ``start_row`` is a ``BlobFormatError``, never a huge
+allocation or a crash later in the model.
 """
 
 from __future__ import annotations
@@ -30,14 +31,13 @@ from safetensors.numpy import load as load_tensors
 from safetensors.numpy import save as save_tensors
 
 from online_models.model.weights import (
-    ITEM_BIAS,
-    ITEM_TABLE,
+    COVIS_ITEMS,
     ROW_TENSORS,
     ModelShape,
     ModelWeights,
     WeightDelta,
 )
-from online_models.registry.weight_spec import ShapeError, WeightSpec
+from online_models.registry.weight_spec import OPTIONAL_ROWS, ShapeError, WeightSpec
 
 _IDS_BYTES = "__item_ids.bytes"
 _IDS_LENGTHS = "__item_ids.lengths"
@@ -192,8 +192,9 @@ def check_snapshot(header: BlobHeader) -> WeightSpec:
     except (KeyError, TypeError, ValueError, ShapeError) as exc:
         raise BlobFormatError(f"unreadable snapshot shape: {exc}") from exc
     n = _check_ids(header)
-    expected = {ITEM_TABLE: (n, spec.shape.hidden_size), ITEM_BIAS: (n,), **spec.dense}
-    _check_tensors(header, expected, spec.optional, ignore=(_IDS_BYTES, _IDS_LENGTHS))
+    expected = {**spec.rows(n), **{name: ("F32", shape) for name, shape in spec.dense.items()}}
+    optional = spec.optional | OPTIONAL_ROWS
+    _check_tensors(header, expected, optional, ignore=(_IDS_BYTES, _IDS_LENGTHS))
     return spec
 
 
@@ -201,15 +202,28 @@ def decode_snapshot(blob: bytes) -> ModelWeights:
     header = read_header(blob, len(blob))
     spec = check_snapshot(header)
     tensors, ids = _read_tensors(blob, header)
+    tensors = _with_empty_rows(tensors, spec, len(ids))
     parent = int(header.metadata["parent"]) if header.metadata.get("parent") else None
     return ModelWeights(header.int_field("version"), spec.shape, ids, tensors, parent=parent)
+
+
+def _with_empty_rows(
+    tensors: dict[str, np.ndarray], spec: WeightSpec, n: int
+) -> dict[str, np.ndarray]:
+    """``tensors`` with the optional row tensors a version before them lacks, empty."""
+    for name, (dtype, shape) in spec.rows(n).items():
+        if name in OPTIONAL_ROWS and name not in tensors:
+            empty = -1 if name == COVIS_ITEMS else 0
+            tensors[name] = np.full(shape, empty, np.int32 if dtype == "I32" else np.float32)
+    return tensors
 
 
 def encode_delta(delta: WeightDelta, info: str = "") -> bytes:
     """The touched rows, new item ids and changed dense tensors as one blob."""
     tensors: dict[str, np.ndarray] = {_ROWS: np.ascontiguousarray(delta.rows, dtype=np.int64)}
     for name in ROW_TENSORS:
-        tensors[_ROW_PREFIX + name] = np.ascontiguousarray(delta.row_values[name])
+        if name in delta.row_values:  # a delta without the optional rows leaves them as they are
+            tensors[_ROW_PREFIX + name] = np.ascontiguousarray(delta.row_values[name])
     for name, value in delta.dense.items():
         tensors[_DENSE_PREFIX + name] = np.ascontiguousarray(value)
     tensors.update(_encode_ids(delta.new_item_ids))
@@ -237,11 +251,11 @@ def check_delta(header: BlobHeader, spec: WeightSpec) -> None:
         raise BlobFormatError("a delta needs its row numbers")
     k = rows.shape[0]
     expected = {
-        _ROW_PREFIX + ITEM_TABLE: (k, spec.shape.hidden_size),
-        _ROW_PREFIX + ITEM_BIAS: (k,),
-        **{_DENSE_PREFIX + name: shape for name, shape in spec.dense.items()},
+        **{_ROW_PREFIX + name: entry for name, entry in spec.rows(k).items()},
+        **{_DENSE_PREFIX + name: ("F32", shape) for name, shape in spec.dense.items()},
     }
     changed_only = {_DENSE_PREFIX + name for name in spec.dense}  # a delta carries what changed
+    changed_only |= {_ROW_PREFIX + name for name in OPTIONAL_ROWS}  # older learners
     _check_tensors(header, expected, changed_only, ignore=(_IDS_BYTES, _IDS_LENGTHS, _ROWS))
 
 
@@ -251,7 +265,11 @@ def decode_delta(blob: bytes, spec: WeightSpec) -> WeightDelta:
     tensors, ids = _read_tensors(blob, header)
     try:
         rows = tensors.pop(_ROWS)
-        row_values = {name: tensors.pop(_ROW_PREFIX + name) for name in ROW_TENSORS}
+        row_values = {
+            name: tensors.pop(_ROW_PREFIX + name)
+            for name in ROW_TENSORS
+            if name not in OPTIONAL_ROWS or _ROW_PREFIX + name in tensors
+        }
     except KeyError as exc:
         raise BlobFormatError(f"unreadable delta: missing {exc}") from exc
     start_row = header.int_field("start_row")
@@ -286,19 +304,20 @@ def _check_ids(header: BlobHeader) -> int:
 
 def _check_tensors(
     header: BlobHeader,
-    expected: Mapping[str, tuple[int, ...]],
+    expected: Mapping[str, tuple[str, tuple[int, ...]]],
     optional: set[str] | frozenset[str],
     ignore: tuple[str, ...],
 ) -> None:
-    """Every declared tensor is expected, float32 and of the expected shape; none missing."""
+    """Every declared tensor is expected, of the expected dtype and shape; none missing."""
     for name, entry in header.tensors.items():
         if name in ignore:
             continue
         if name not in expected:
             raise BlobFormatError(f"unexpected tensor {name!r}")
-        if entry.dtype != "F32" or entry.shape != tuple(expected[name]):
+        dtype, shape = expected[name]
+        if entry.dtype != dtype or entry.shape != tuple(shape):
             raise BlobFormatError(
-                f"{name} is {entry.dtype}{list(entry.shape)}, expected F32{list(expected[name])}"
+                f"{name} is {entry.dtype}{list(entry.shape)}, expected {dtype}{list(shape)}"
             )
     missing = set(expected) - set(header.tensors) - set(optional)
     if missing:

@@ -5,16 +5,18 @@ Keys (``streamrec.redis_keys``): ``model_version(n)`` hashes (``VersionInfo``), 
 ``model_sequence`` counter; new current versions are announced on ``model_updates``,
 canary changes on ``model_canary_updates``. The rules (what becomes current, what loads)
 are ``weight_registry``'s; this module only reads and writes these keys, each change in
-one round trip.
+one round trip, atomically (a script or MULTI/EXEC). On a Redis Cluster they all share one
+hash slot (``redis_keys``), which scripts and transactions need; a pointer moves and is
+announced in one script (a cluster client refuses PUBLISH in a pipeline), and the
+announcement is a classic PUBLISH, which a cluster passes to subscribers on every node.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
-import redis
-
 from online_models.registry.version_info import VersionInfo
+from streamrec.redis_connection import RedisClient
 from streamrec.redis_keys import RedisKeys
 
 # INCR the counter only if it exists: a missing one means a new or reset Redis, and the
@@ -37,17 +39,26 @@ redis.call('DEL', KEYS[1])
 redis.call('PUBLISH', KEYS[2], '')
 return 1
 """
+# Point KEYS[1] at ARGV[1] (if ARGV[2] is set: only while it still is that version) and
+# announce it on KEYS[2]; 1 when set (compare-and-set).
+_MOVE_POINTER = """
+if ARGV[2] ~= '' and redis.call('GET', KEYS[1]) ~= ARGV[2] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1])
+redis.call('PUBLISH', KEYS[2], ARGV[1])
+return 1
+"""
 
 
 class VersionIndex:
     """Version metadata under one key prefix."""
 
-    def __init__(self, keys: RedisKeys, client: redis.Redis) -> None:
+    def __init__(self, keys: RedisKeys, client: RedisClient) -> None:
         self.keys = keys
         self.client = client
         self._allocate = client.register_script(_ALLOCATE)
         self._raise_counter = client.register_script(_RAISE_COUNTER)
         self._clear_canary = client.register_script(_CLEAR_CANARY)
+        self._move_pointer = client.register_script(_MOVE_POINTER)
 
     # -- reading -------------------------------------------------------------------
 
@@ -66,7 +77,7 @@ class VersionIndex:
     def infos(self, limit: int) -> list[VersionInfo]:
         """Metadata of the newest ``limit`` versions, oldest first."""
         numbers = self.client.zrevrange(self.keys.model_versions, 0, limit - 1)
-        pipe = self.client.pipeline()
+        pipe = self.client.pipeline(transaction=True)
         for number in reversed(numbers):
             pipe.hgetall(self.keys.model_version(int(number)))
         return [VersionInfo.from_redis(raw) for raw in pipe.execute() if raw]
@@ -93,13 +104,13 @@ class VersionIndex:
     # -- writing -------------------------------------------------------------------
 
     def register(self, info: VersionInfo) -> None:
-        pipe = self.client.pipeline()
+        pipe = self.client.pipeline(transaction=True)
         pipe.hset(self.keys.model_version(info.version), mapping=info.to_redis())
         pipe.zadd(self.keys.model_versions, {str(info.version): info.version})
         pipe.execute()
 
     def unregister(self, version: int) -> None:
-        pipe = self.client.pipeline()
+        pipe = self.client.pipeline(transaction=True)
         pipe.zrem(self.keys.model_versions, str(version))
         pipe.delete(self.keys.model_version(version))
         pipe.execute()
@@ -125,18 +136,12 @@ class VersionIndex:
                 return False
             self.client.publish(self.keys.model_updates, str(version))
             return True
-        pipe = self.client.pipeline()
-        pipe.set(self.keys.model_current, version)
-        pipe.publish(self.keys.model_updates, str(version))
-        pipe.execute()
-        return True
+        return self.flip(version, None)
 
     def set_canary(self, version: int) -> None:
         """Point ``canary`` at ``version`` and announce it."""
-        pipe = self.client.pipeline()
-        pipe.set(self.keys.model_canary, version)
-        pipe.publish(self.keys.model_canary_updates, str(version))
-        pipe.execute()
+        keys = [self.keys.model_canary, self.keys.model_canary_updates]
+        self._move_pointer(keys=keys, args=[version, ""])
 
     def clear_canary(self, only_if: int | None = None) -> bool:
         """Remove ``canary`` (with ``only_if``: only while it points there) and announce
@@ -147,20 +152,6 @@ class VersionIndex:
     def flip(self, version: int, expected_current: int | None) -> bool:
         """Point ``current`` at ``version`` if it still is ``expected_current`` (None: in
         any case) and announce it; whether it was set (compare-and-set)."""
-        with self.client.pipeline() as pipe:
-            while True:
-                try:
-                    pipe.watch(self.keys.model_current)
-                    current = pipe.get(self.keys.model_current)
-                    if expected_current is not None and (
-                        current is None or int(current) != expected_current
-                    ):
-                        pipe.unwatch()
-                        return False
-                    pipe.multi()
-                    pipe.set(self.keys.model_current, version)
-                    pipe.publish(self.keys.model_updates, str(version))
-                    pipe.execute()
-                    return True
-                except redis.WatchError:
-                    continue
+        keys = [self.keys.model_current, self.keys.model_updates]
+        expected = "" if expected_current is None else str(expected_current)
+        return bool(self._move_pointer(keys=keys, args=[version, expected]))

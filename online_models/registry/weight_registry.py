@@ -41,7 +41,6 @@ from collections.abc import Callable
 from dataclasses import replace
 
 import numpy as np
-import redis
 
 from online_models.model.weights import ModelShape, ModelWeights, WeightDelta, apply_delta
 from online_models.registry.blob_store import BlobStore
@@ -56,6 +55,7 @@ from online_models.registry.blobs import (
 from online_models.registry.version_index import VersionIndex
 from online_models.registry.version_info import BlobName, Publication, VersionInfo
 from online_models.registry.weight_spec import WeightSpec
+from streamrec.redis_connection import RedisClient
 from streamrec.redis_keys import RedisKeys
 from streamrec.settings import Settings
 from streamrec.structured_log import log_event
@@ -73,7 +73,7 @@ class WeightLoadError(RuntimeError):
 class WeightRegistry:
     """Publish and load model versions (see the module docstring for the guarantees)."""
 
-    def __init__(self, settings: Settings, client: redis.Redis) -> None:
+    def __init__(self, settings: Settings, client: RedisClient) -> None:
         self.keys = RedisKeys(settings.redis.key_prefix)
         self.index = VersionIndex(self.keys, client)
         self.store = BlobStore(settings.model.store_dir)

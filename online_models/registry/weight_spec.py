@@ -13,11 +13,19 @@ import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from online_models.model.weights import ModelShape
+from online_models.model.weights import (
+    COVIS_ITEMS,
+    COVIS_WEIGHT,
+    ITEM_BIAS,
+    ITEM_TABLE,
+    ModelShape,
+)
 
 # Largest size of any dimension a declared model shape may have (a header asking for more
 # is refused before anything is built).
 MAX_DIMENSION = 1 << 16
+# Row tensors a version written before co-visitation lacks (it loads with an empty table).
+OPTIONAL_ROWS = frozenset({COVIS_ITEMS, COVIS_WEIGHT})
 
 
 class ShapeError(ValueError):
@@ -29,12 +37,23 @@ class WeightSpec:
     """The model shape, and name -> shape of every dense (non item-row) tensor.
 
     ``optional`` tensors may be absent (versions written before they existed load
-    without them, see ``SessionRecommender.load_weights``).
+    without them, see ``SessionRecommender.load_weights``). ``rows(n)`` gives the item-row
+    tensors of an ``n``-item model with their dtypes.
     """
 
     shape: ModelShape
     dense: Mapping[str, tuple[int, ...]]
     optional: frozenset[str]
+
+    def rows(self, n: int) -> dict[str, tuple[str, tuple[int, ...]]]:
+        """Name -> (safetensors dtype, shape) of the row tensors of ``n`` item rows."""
+        neighbours = self.shape.covis_neighbours
+        return {
+            ITEM_TABLE: ("F32", (n, self.shape.hidden_size)),
+            ITEM_BIAS: ("F32", (n,)),
+            COVIS_ITEMS: ("I32", (n, neighbours)),
+            COVIS_WEIGHT: ("F32", (n, neighbours)),
+        }
 
     @classmethod
     def for_shape(cls, shape: ModelShape) -> WeightSpec:
@@ -61,6 +80,7 @@ def _spec_for(shape: ModelShape) -> WeightSpec:
 
     from online_models.model.recommender import (
         BACKBONE_PREFIX,
+        COVIS_BLEND,
         PROJECTION_PREFIX,
         REPEAT_BONUS,
         SessionRecommender,
@@ -73,4 +93,5 @@ def _spec_for(shape: ModelShape) -> WeightSpec:
         PROJECTION_PREFIX + n: tuple(v.shape) for n, v in model.projection.state_dict().items()
     }
     dense[REPEAT_BONUS] = tuple(model.repeat_bonus.shape)
-    return WeightSpec(shape, dense, frozenset({REPEAT_BONUS}))
+    dense[COVIS_BLEND] = tuple(model.covis_blend.shape)
+    return WeightSpec(shape, dense, frozenset({REPEAT_BONUS, COVIS_BLEND}))

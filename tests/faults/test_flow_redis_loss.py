@@ -2,7 +2,8 @@
 
 The flow writes a session when it changes; before re-syncs, the sessions that stayed quiet
 after Redis lost its data never came back (28.7% of them in the incident). The test's own
-redis-server is killed and started again, empty, on the same port.
+redis-server is killed and started again, empty, on the same port; on a Redis Cluster, one
+of its three masters is (its slots' keys lost, the others' kept).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import redis
 
 from flows.item_popularity import ItemPopularity
 from online_models.alerts.tail import latest_alerts
+from streamrec.redis_connection import connect_redis
 from streamrec.redis_keys import RedisKeys
 from streamrec.settings import Settings
 from tests.faults.tailing_flow import flow_alerts, start_flow, stop_flow, wait_while_running
@@ -26,7 +28,7 @@ from tests.integration.test_feature_flow import (
     read_popular,
     read_state,
 )
-from tests.private_services import PrivateRedis
+from tests.private_services import PrivateRedis, PrivateRedisCluster
 from tests.unit.flows.test_shard import reference_features, sample_events
 
 pytestmark = pytest.mark.faults
@@ -84,3 +86,37 @@ def test_after_redis_restarts_empty_every_live_session_is_written_again(
             clicked.setdefault(event.item_id, set()).add(event.category)
     assert categories.keys() == clicked.keys()
     assert all(category in clicked[item] for item, category in categories.items())
+
+
+def test_after_one_cluster_master_restarts_empty_every_live_session_is_written_again(
+    settings: Settings, private_redis_cluster: PrivateRedisCluster, tmp_path: Path
+) -> None:
+    events = sample_events(12_000)
+    first, second = events[:6000], events[6000:]
+    lossy = private_redis_cluster.attach(flow_settings(settings, "lossy-cluster"))
+    client = connect_redis(lossy.redis.redis_url.get_secret_value())
+    keys = RedisKeys(lossy.redis.key_prefix)
+    log = tmp_path / "flow.log"
+    flow = start_flow(lossy, log, **FLOW_ENV)
+    try:
+        produce_events(lossy, first)
+        before = reference_features(first)
+        wait_while_running(flow, log, lambda: decoded(read_state(lossy)) == before, "first half")
+
+        restarted = private_redis_cluster.master_of(client.keyslot(keys.session(min(before))))
+        private_redis_cluster.restart_empty(restarted)
+        kept = decoded(read_state(lossy))
+        lost = before.keys() - kept.keys()
+        assert lost and kept, "one master's sessions are lost, the others' kept"
+        produce_events(lossy, second)
+        expected = reference_features(events)
+        quiet_lost = lost - {e.session_id for e in second}
+        assert len(quiet_lost) > 100, "many lost sessions must get no new event"
+        wait_while_running(flow, log, lambda: decoded(read_state(lossy)) == expected, "re-sync")
+        alerts = flow_alerts(lossy.kafka, 2, timeout_s=3)
+        assert flow.poll() is None, "the flow stopped"
+    finally:
+        stop_flow(flow)
+
+    assert [(a.detector, a.signal) for a in alerts] == [("redis_resync", "marker_missing")]
+    assert_popular_close(read_popular(lossy), expected_popularity(lossy, events))

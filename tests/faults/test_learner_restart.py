@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -15,33 +14,28 @@ import redis
 from online_models.registry.weight_registry import WeightRegistry
 from streamrec.settings import Settings
 from tests.integration.test_learner import make_examples, produce, small_settings
+from tests.process_env import process_env
 
 pytestmark = pytest.mark.faults
 
 
 def learner_env(settings: Settings) -> dict[str, str]:
     model, learner = settings.model, settings.learner
-    return os.environ | {
-        "STREAMREC_BOOTSTRAP_SERVERS": settings.kafka.bootstrap_servers,
-        "STREAMREC_TOPIC_PREFIX": settings.kafka.topic_prefix,
-        "STREAMREC_PARTITIONS": str(settings.kafka.partitions),
-        "STREAMREC_REDIS_URL": settings.redis.redis_url.get_secret_value(),
-        "STREAMREC_KEY_PREFIX": settings.redis.key_prefix,
-        "STREAMREC_STATE_DIR": str(settings.state_dir),
-        "STREAMREC_MODEL_STORE_DIR": str(model.store_dir),
-        "STREAMREC_MODEL_HIDDEN_SIZE": str(model.hidden_size),
-        "STREAMREC_MODEL_NUM_LAYERS": str(model.num_layers),
-        "STREAMREC_MODEL_NUM_HEADS": str(model.num_heads),
-        "STREAMREC_MODEL_MAX_SEQ_LEN": str(model.max_seq_len),
-        "STREAMREC_LEARNER_BATCH_SIZE": str(learner.batch_size),
-        "STREAMREC_LEARNER_BATCH_MS": str(learner.batch_ms),
-        "STREAMREC_LEARNER_PUBLISH_EVERY_STEPS": str(learner.publish_every_steps),
-        "STREAMREC_LEARNER_SNAPSHOT_EVERY": str(learner.snapshot_every),
-        "STREAMREC_LEARNER_SAMPLED_NEGATIVES": str(learner.sampled_negatives),
-        "STREAMREC_LEARNER_METRICS_PORT": "0",
-        "STREAMREC_LEARNER_CONSUMER_GROUP": learner.consumer_group,
-        "OMP_NUM_THREADS": "1",
-    }
+    return process_env(
+        settings,
+        STREAMREC_MODEL_HIDDEN_SIZE=str(model.hidden_size),
+        STREAMREC_MODEL_NUM_LAYERS=str(model.num_layers),
+        STREAMREC_MODEL_NUM_HEADS=str(model.num_heads),
+        STREAMREC_MODEL_MAX_SEQ_LEN=str(model.max_seq_len),
+        STREAMREC_LEARNER_BATCH_SIZE=str(learner.batch_size),
+        STREAMREC_LEARNER_BATCH_MS=str(learner.batch_ms),
+        STREAMREC_LEARNER_PUBLISH_EVERY_STEPS=str(learner.publish_every_steps),
+        STREAMREC_LEARNER_SNAPSHOT_EVERY=str(learner.snapshot_every),
+        STREAMREC_LEARNER_SAMPLED_NEGATIVES=str(learner.sampled_negatives),
+        STREAMREC_LEARNER_METRICS_PORT="0",
+        STREAMREC_LEARNER_CONSUMER_GROUP=learner.consumer_group,
+        OMP_NUM_THREADS="1",
+    )
 
 
 def start_learner(settings: Settings, log: Path, *extra: str) -> subprocess.Popen:

@@ -9,7 +9,6 @@ answers every request from the last good model.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 import uuid
@@ -28,6 +27,7 @@ from streamrec.redis_keys import RedisKeys
 from streamrec.session_features import SessionFeatures, encode_session_features
 from streamrec.settings import KafkaSettings, ModelSettings, RedisSettings, Settings
 from tests.conftest import free_port
+from tests.process_env import process_env
 
 pytestmark = pytest.mark.faults
 N_ITEMS = 50
@@ -69,17 +69,13 @@ def served(
     features = SessionFeatures(("item-1", "item-2"), 2, 0, (), {}, 1, 2, 1)
     client.hset(keys.session("known"), mapping=encode_session_features(features))
     port = free_port()
-    env = os.environ | {
-        "STREAMREC_BOOTSTRAP_SERVERS": broker,
-        "STREAMREC_TOPIC_PREFIX": settings.kafka.topic_prefix,
-        "STREAMREC_REDIS_URL": redis_url,
-        "STREAMREC_KEY_PREFIX": settings.redis.key_prefix,
-        "STREAMREC_MODEL_STORE_DIR": str(settings.model.store_dir),
-        "STREAMREC_SERVING_WORKERS": "1",
-        "STREAMREC_SERVING_POLL_INTERVAL_S": str(POLL_INTERVAL_S),
-        "STREAMREC_SERVING_MODEL_RETRY_BASE_S": str(RETRY_BASE_S),
-        "STREAMREC_SERVING_MODEL_RETRY_MAX_S": str(RETRY_MAX_S),
-    }
+    env = process_env(
+        settings,
+        STREAMREC_SERVING_WORKERS="1",
+        STREAMREC_SERVING_POLL_INTERVAL_S=str(POLL_INTERVAL_S),
+        STREAMREC_SERVING_MODEL_RETRY_BASE_S=str(RETRY_BASE_S),
+        STREAMREC_SERVING_MODEL_RETRY_MAX_S=str(RETRY_MAX_S),
+    )
     server = spawn_server(env, port, workdir / "server.log")
     http = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10)
     try:
@@ -146,7 +142,7 @@ def test_serving_follows_the_registry_down_after_a_reset_and_a_rollback(served: 
     before = publish(served, seed=3)
     wait_until(lambda: model(served)["version"] == before, "version before the reset")
     # Redis lost the registry (a reset): its keys are gone and publishing starts over.
-    registry_keys = list(served.redis.scan_iter(f"{served.keys.prefix}:model:*"))
+    registry_keys = list(served.redis.scan_iter(f"{served.keys.prefix}:{{model}}:*"))
     served.redis.delete(*registry_keys)
     first = publish(served, seed=4)
     wait_until(lambda: model(served)["version"] == first, "the new lineage served")

@@ -8,7 +8,6 @@ model score must add up to the score in the answer.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
@@ -27,6 +26,7 @@ from streamrec.events import Event
 from streamrec.settings import Settings
 from tests.conftest import free_port
 from tests.integration.test_feature_flow import produce_events, run_flow_in_process
+from tests.process_env import process_env
 
 pytestmark = pytest.mark.integration
 SESSION = "explained-1"
@@ -56,16 +56,12 @@ def test_an_explanation_names_the_sessions_real_events_and_the_serving_version(
     )
 
     port = free_port()
-    env = os.environ | {
-        "STREAMREC_BOOTSTRAP_SERVERS": settings.kafka.bootstrap_servers,
-        "STREAMREC_TOPIC_PREFIX": settings.kafka.topic_prefix,
-        "STREAMREC_REDIS_URL": settings.redis.redis_url.get_secret_value(),
-        "STREAMREC_KEY_PREFIX": settings.redis.key_prefix,
-        "STREAMREC_MODEL_STORE_DIR": str(settings.model.store_dir),
-        "STREAMREC_SERVING_AUTH_TOKEN": TOKEN,
-        "STREAMREC_SERVING_WORKERS": "1",
-        "STREAMREC_SERVING_PORT": str(port),
-    }
+    env = process_env(
+        settings,
+        STREAMREC_SERVING_AUTH_TOKEN=TOKEN,
+        STREAMREC_SERVING_WORKERS="1",
+        STREAMREC_SERVING_PORT=str(port),
+    )
     server = spawn_server(env, port, tmp_path / "server.log")
     http = httpx.Client(
         base_url=f"http://127.0.0.1:{port}",
@@ -106,7 +102,10 @@ def test_an_explanation_names_the_sessions_real_events_and_the_serving_version(
         for item in body["items"]:
             explained = by_item[item["item_id"]]
             parts = (
-                explained["session_match"] + explained["item_bias"] + explained["session_repeat"]
+                explained["session_match"]
+                + explained["item_bias"]
+                + explained["session_repeat"]
+                + explained["co_visitation"]
             )
             assert parts == pytest.approx(item["score"], rel=1e-5, abs=1e-4)
         # The session's own items rank first, each lifted most by its own click.

@@ -6,7 +6,6 @@ are also used by the crash test in tests/faults/.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
@@ -30,6 +29,7 @@ from flows.runner import ensure_recovery_dir
 from loadtest.traffic_replay import replay
 from streamrec.events import Event, RejectReason, encode_event
 from streamrec.kafka_clients import ensure_topics, make_producer
+from streamrec.redis_connection import connect_redis
 from streamrec.redis_keys import RedisKeys
 from streamrec.session_features import SessionFeatures, decode_session_features
 from streamrec.settings import Settings
@@ -37,6 +37,7 @@ from streamrec.topics import Topics
 from streamrec.training_examples import decode_example
 from tests.conftest import free_port
 from tests.kafka_reading import read_topic
+from tests.process_env import process_env
 from tests.unit.flows.test_shard import reference_features, run_shard, sample_events
 
 pytestmark = pytest.mark.integration
@@ -88,20 +89,15 @@ def run_flow_in_process(settings: Settings) -> None:
 def flow_env(settings: Settings) -> dict[str, str]:
     """Environment for a ``streamrec flow`` process with these settings."""
     flow = settings.flow
-    return os.environ | {
-        "STREAMREC_BOOTSTRAP_SERVERS": settings.kafka.bootstrap_servers,
-        "STREAMREC_TOPIC_PREFIX": settings.kafka.topic_prefix,
-        "STREAMREC_PARTITIONS": str(settings.kafka.partitions),
-        "STREAMREC_REDIS_URL": settings.redis.redis_url.get_secret_value(),
-        "STREAMREC_KEY_PREFIX": settings.redis.key_prefix,
-        "STREAMREC_STATE_DIR": str(settings.state_dir),
-        "STREAMREC_FLOW_RECOVERY_DIR": str(flow.recovery_dir),
-        "STREAMREC_FLOW_METRICS_PORT": "0",
-        "STREAMREC_FLOW_STOP_AT_END": "true" if flow.stop_at_end else "false",
-        "STREAMREC_FLOW_SNAPSHOT_INTERVAL_S": str(flow.snapshot_interval_s),
-        "STREAMREC_FLOW_PUBLISH_PARTITIONS": str(flow.publish_partitions),
-        "STREAMREC_LOG_LEVEL": "WARNING",
-    }
+    return process_env(
+        settings,
+        STREAMREC_FLOW_RECOVERY_DIR=str(flow.recovery_dir),
+        STREAMREC_FLOW_METRICS_PORT="0",
+        STREAMREC_LOG_LEVEL="WARNING",
+        STREAMREC_FLOW_STOP_AT_END="true" if flow.stop_at_end else "false",
+        STREAMREC_FLOW_SNAPSHOT_INTERVAL_S=str(flow.snapshot_interval_s),
+        STREAMREC_FLOW_PUBLISH_PARTITIONS=str(flow.publish_partitions),
+    )
 
 
 def flow_process(settings: Settings, *args: str, log: Path | None = None) -> subprocess.Popen:
@@ -117,7 +113,7 @@ def flow_process(settings: Settings, *args: str, log: Path | None = None) -> sub
 
 def read_state(settings: Settings) -> dict[str, dict[bytes, bytes]]:
     """Every session hash under the settings' key prefix, raw."""
-    client = redis.Redis.from_url(settings.redis.redis_url.get_secret_value())
+    client = connect_redis(settings.redis.redis_url.get_secret_value())
     keys = RedisKeys(settings.redis.key_prefix)
     prefix = keys.session("")
     names = list(client.scan_iter(keys.session_pattern(), count=5000))
@@ -131,13 +127,13 @@ def read_state(settings: Settings) -> dict[str, dict[bytes, bytes]]:
 
 
 def count_sessions(settings: Settings) -> int:
-    client = redis.Redis.from_url(settings.redis.redis_url.get_secret_value())
+    client = connect_redis(settings.redis.redis_url.get_secret_value())
     pattern = RedisKeys(settings.redis.key_prefix).session_pattern()
     return sum(1 for _ in client.scan_iter(pattern, count=5000))
 
 
 def read_popular(settings: Settings) -> dict[str, float]:
-    client = redis.Redis.from_url(settings.redis.redis_url.get_secret_value())
+    client = connect_redis(settings.redis.redis_url.get_secret_value())
     pairs = client.zrange(RedisKeys(settings.redis.key_prefix).popular, 0, -1, withscores=True)
     return {item.decode(): score for item, score in pairs}
 

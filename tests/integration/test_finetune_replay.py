@@ -1,4 +1,5 @@
-"""The fine-tune's replay buffer read back from the real broker by count and time range."""
+"""The fine-tune's replay buffer read back from the real broker by count and time range,
+and its reservoir sampled from the offsets before the window."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import time
 import pytest
 
 from online_models.finetune.replay import read_replay
+from online_models.finetune.reservoir import read_reservoir
 from streamrec.kafka_clients import make_producer
 from streamrec.settings import Settings
 from streamrec.topics import Topics
@@ -41,3 +43,22 @@ def test_replay_by_count_and_time_range(settings: Settings) -> None:
 
     until = read_replay(settings.kafka, topic, 1000, until_ms=middle_ms, idle_s=0.5)
     assert [e.example_id for e in until] == [f"e{i}" for i in range(300)]
+
+
+def test_reservoir_samples_only_what_came_before_the_window(settings: Settings) -> None:
+    topic = Topics.from_settings(settings.kafka).training_examples
+    produce(settings, 0, 300)
+    time.sleep(0.05)
+    window_ms = int(time.time() * 1000)
+    time.sleep(0.05)
+    produce(settings, 300, 200)
+
+    sampled = read_reservoir(settings.kafka, topic, 100, before_ms=window_ms, seed=1, idle_s=0.5)
+    ids = [int(e.example_id[1:]) for e in sampled]
+    assert 50 <= len(ids) <= 200 and len(set(ids)) == len(ids)
+    assert max(ids) < 300  # nothing of the window
+    assert ids == sorted(ids)  # oldest first
+
+    everything = read_reservoir(settings.kafka, topic, 1000, window_ms, seed=1, idle_s=0.5)
+    assert [e.example_id for e in everything] == [f"e{i}" for i in range(300)]
+    assert read_reservoir(settings.kafka, topic, 0, before_ms=window_ms, seed=1) == []

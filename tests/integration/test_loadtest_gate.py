@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +10,7 @@ import orjson
 
 from streamrec.settings import Settings
 from tests.conftest import free_port
+from tests.process_env import process_env
 
 
 def test_loadtest_fails_when_an_slo_is_impossible_and_passes_the_others(
@@ -21,20 +21,15 @@ def test_loadtest_fails_when_an_slo_is_impossible_and_passes_the_others(
         "freshness_p99_ms: 30000\nevent_to_weights_p99_ms: 60000\nserving_p99_ms: 0.001\n"
         "serving_error_rate: 0.01\ndlq_rate: 0.01\nconsumer_lag: 100000\n"
     )
-    env = dict(os.environ) | {
-        "STREAMREC_BOOTSTRAP_SERVERS": settings.kafka.bootstrap_servers,
-        "STREAMREC_TOPIC_PREFIX": settings.kafka.topic_prefix,
-        "STREAMREC_REDIS_URL": settings.redis.redis_url.get_secret_value(),
-        "STREAMREC_KEY_PREFIX": settings.redis.key_prefix,
-        "STREAMREC_STATE_DIR": str(tmp_path / "state"),
-        "STREAMREC_MODEL_STORE_DIR": str(tmp_path / "models"),
-        "STREAMREC_FLOW_RECOVERY_DIR": str(tmp_path / "recovery"),
-        "STREAMREC_SERVING_PORT": str(free_port()),
-        "STREAMREC_FLOW_METRICS_PORT": str(free_port()),
-        "STREAMREC_LEARNER_METRICS_PORT": str(free_port()),
-        "STREAMREC_DRIFT_METRICS_PORT": str(free_port()),
-        "STREAMREC_DRIFT_FINETUNE_ENABLED": "false",
-    }
+    env = process_env(
+        settings,
+        STREAMREC_FLOW_RECOVERY_DIR=str(tmp_path / "recovery"),
+        STREAMREC_SERVING_PORT=str(free_port()),
+        STREAMREC_FLOW_METRICS_PORT=str(free_port()),
+        STREAMREC_LEARNER_METRICS_PORT=str(free_port()),
+        STREAMREC_DRIFT_METRICS_PORT=str(free_port()),
+        STREAMREC_DRIFT_FINETUNE_ENABLED="false",
+    )
     run = subprocess.run(
         [
             sys.executable,

@@ -9,7 +9,6 @@ as the real CLI, configured through the environment like in production.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
@@ -35,21 +34,14 @@ from serving.app import create_app
 from streamrec.redis_keys import RedisKeys
 from streamrec.settings import ServingSettings, Settings
 from tests.conftest import tiny_model
+from tests.process_env import process_env
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def streamrec(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
-    env = os.environ | {
-        "STREAMREC_BOOTSTRAP_SERVERS": settings.kafka.bootstrap_servers,
-        "STREAMREC_TOPIC_PREFIX": settings.kafka.topic_prefix,
-        "STREAMREC_REDIS_URL": settings.redis.redis_url.get_secret_value(),
-        "STREAMREC_KEY_PREFIX": settings.redis.key_prefix,
-        "STREAMREC_MODEL_STORE_DIR": str(settings.model.store_dir),
-        "STREAMREC_STATE_DIR": str(settings.state_dir),
-        "STREAMREC_LOG_LEVEL": "WARNING",
-    }
+    env = process_env(settings, STREAMREC_LOG_LEVEL="WARNING")
     return subprocess.run(
         [sys.executable, "-m", "cli", *args],
         capture_output=True, text=True, env=env, cwd=ROOT, timeout=60,

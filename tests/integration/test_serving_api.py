@@ -49,6 +49,7 @@ from streamrec.settings import (
 from streamrec.topics import Topics
 from tests.conftest import free_port
 from tests.kafka_reading import read_topic
+from tests.process_env import process_env
 
 pytestmark = pytest.mark.integration
 TOKEN = "test-token-123"
@@ -98,19 +99,15 @@ def served(
     client.hset(keys.item_categories, mapping=CATEGORY_OF)
     client.zadd(keys.popular, {"item-10": 9.0, "item-11": 8.0, "item-12": 7.0, "item-13": 6.0})
     port = free_port()
-    env = os.environ | {
-        "STREAMREC_BOOTSTRAP_SERVERS": broker,
-        "STREAMREC_TOPIC_PREFIX": settings.kafka.topic_prefix,
-        "STREAMREC_REDIS_URL": redis_url,
-        "STREAMREC_KEY_PREFIX": settings.redis.key_prefix,
-        "STREAMREC_MODEL_STORE_DIR": str(settings.model.store_dir),
-        "STREAMREC_SERVING_AUTH_TOKEN": TOKEN,
-        "STREAMREC_SERVING_WORKERS": "1",
-        "STREAMREC_SERVING_MAX_K": "50",
-        "STREAMREC_SERVING_MAX_BODY_BYTES": "1024",
-        "STREAMREC_SERVING_POLL_INTERVAL_S": "1.5",
-        "STREAMREC_SERVING_IMPRESSION_BATCH_MS": "10",
-    }
+    env = process_env(
+        settings,
+        STREAMREC_SERVING_AUTH_TOKEN=TOKEN,
+        STREAMREC_SERVING_WORKERS="1",
+        STREAMREC_SERVING_MAX_K="50",
+        STREAMREC_SERVING_MAX_BODY_BYTES="1024",
+        STREAMREC_SERVING_POLL_INTERVAL_S="1.5",
+        STREAMREC_SERVING_IMPRESSION_BATCH_MS="10",
+    )
     server = spawn_server(env, port, workdir / "server.log")
     http = httpx.Client(
         base_url=f"http://127.0.0.1:{port}",

@@ -21,13 +21,13 @@ BODY = {
         "items": [
             {
                 "item_id": "i1", "score": 1001.5, "source": "model", "popularity": None,
-                "session_match": 0.75, "item_bias": 0.25, "session_repeat": 1000.5,
-                "event_drops": [1000.9, 0.0], "top_event_id": "ev-1",
+                "session_match": 0.5, "item_bias": 0.25, "session_repeat": 1000.5,
+                "co_visitation": 0.25, "event_drops": [1000.9, 0.0], "top_event_id": "ev-1",
             },
             {
                 "item_id": "i5", "score": 2.0, "source": "exploration", "popularity": None,
                 "session_match": None, "item_bias": None, "session_repeat": None,
-                "event_drops": [], "top_event_id": None,
+                "co_visitation": None, "event_drops": [], "top_event_id": None,
             },
         ],
     },

@@ -81,6 +81,7 @@ def publisher(resume: bytes | None = None) -> tuple[_PublishPartition, SimpleNam
         producer=Producer(),
         marker=Marker(),
         redis=SimpleNamespace(pipeline=pipeline),
+        new_batch=lambda: pipeline(transaction=False),
         write_sessions=lambda args, client: None,
         writer=Writer(),
         delivery_errors=[],

@@ -49,7 +49,9 @@ def test_the_parts_of_each_model_score_add_up_to_it(snapshot: ModelSnapshot) -> 
     assert (explanation["model_version"], explanation["arm"]) == (7, "online")
     assert explanation["fallback_reason"] is None
     for item, score in zip(explanation["items"], recommendation.scores, strict=True):
-        total = item["session_match"] + item["item_bias"] + item["session_repeat"]
+        total = sum(
+            item[part] for part in ("session_match", "item_bias", "session_repeat", "co_visitation")
+        )
         assert item["source"] == "model" and item["popularity"] is None
         assert total == pytest.approx(score, rel=1e-5, abs=1e-4)
     Explanation.model_validate(explanation)  # the documented shape

@@ -111,3 +111,22 @@ def test_ctr_drop_on_impressions_raises_an_alert() -> None:
     (alert,) = [a for a in alerts if a.detector == "ctr"]
     assert alert.level_after < alert.level_before
     assert alert.offsets[0].topic == "p-impressions"
+
+
+def test_recovered_is_judged_on_quality_now_not_on_the_mean_since_the_alert() -> None:
+    rng = np.random.default_rng(2)
+    drift = monitor()
+    alerts = []
+    for signal in batches(rng, 0.45, 200, 3, 0):
+        alerts += drift.on_learner_signal(signal)
+    for signal in batches(rng, 0.1, 10, 4, 20_000):
+        alerts += drift.on_learner_signal(signal)
+    (alert,) = [a for a in alerts if a.detector == "hit_rate"]
+    mark = drift.quality_mark(alert)
+    for signal in batches(rng, 0.1, 10, 4, 21_000):
+        drift.on_learner_signal(signal)
+    assert not drift.recovered(mark) and drift.level_since(mark) < 0.2
+    for signal in batches(rng, 0.45, 6, 5, 22_000):  # healed: 600 examples back at 0.45
+        drift.on_learner_signal(signal)
+    assert drift.level_since(mark) > 0.4  # the mean since the alert is still ~0.3
+    assert drift.recovered(mark)

@@ -5,7 +5,12 @@ from __future__ import annotations
 import doctest
 
 import online_models.finetune.gate as finetune_gate
-from online_models.finetune.gate import judge_candidate, split_replay
+from online_models.finetune.gate import (
+    LearnedBatch,
+    judge_candidate,
+    prequential_hit_rate,
+    split_replay,
+)
 from streamrec.training_examples import TrainingExample
 
 
@@ -26,12 +31,27 @@ def test_empty_replay_splits_into_nothing() -> None:
 
 
 def test_candidate_must_beat_serving_by_the_margin() -> None:
-    assert judge_candidate(60, 40, 100, 0.05, 10).promoted
-    tie = judge_candidate(40, 40, 100, 0.0, 10)
+    assert judge_candidate(0.6, 0.4, 100, 0.05, 10).promoted
+    tie = judge_candidate(0.4, 0.4, 100, 0.0, 10)
     assert not tie.promoted and "does not beat" in tie.reason
-    assert not judge_candidate(44, 40, 100, 0.05, 10).promoted
+    assert not judge_candidate(0.44, 0.4, 100, 0.05, 10).promoted
 
 
 def test_too_few_held_out_examples_are_no_verdict() -> None:
-    verdict = judge_candidate(9, 1, 10, 0.0, 100)
+    verdict = judge_candidate(0.9, 0.1, 10, 0.0, 100)
     assert not verdict.promoted and "only 10 held-out" in verdict.reason
+
+
+def test_serving_side_is_the_learners_hit_rate_over_the_held_out_span_only() -> None:
+    batches = [
+        LearnedBatch(event_ts_ms=900, examples=100, hits=90),  # before the span: trained on
+        LearnedBatch(event_ts_ms=1000, examples=100, hits=30),
+        LearnedBatch(event_ts_ms=1500, examples=50, hits=30),
+        LearnedBatch(event_ts_ms=2001, examples=100, hits=100),  # after it
+    ]
+    assert prequential_hit_rate(batches, 1000, 2000) == (60 / 150, 150)
+
+
+def test_no_learner_batch_in_the_span_gives_no_serving_rate() -> None:
+    rate, examples = prequential_hit_rate([LearnedBatch(10, 100, 5)], 1000, 2000)
+    assert examples == 0 and rate != rate  # NaN

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from online_models.learner.micro_batch import HeadLearner
+from online_models.model.covisitation import CovisitationRule
 from online_models.model.item_index import ItemIndex
 from online_models.model.recommender import SessionRecommender, random_weights
 from online_models.model.weights import ITEM_TABLE
@@ -45,7 +46,8 @@ def drifting_stream(count: int, seed: int = 3) -> list[TrainingExample]:
 
 def test_new_and_reference_formulations_rank_and_learn_alike() -> None:
     weights = random_weights(120, SMALL)
-    learner = HeadLearner.from_weights(weights, SETTINGS, CPU)
+    # the reference predates co-visitation: the table stays empty, so its term is zero
+    learner = HeadLearner.from_weights(weights, SETTINGS, CPU, CovisitationRule(window=0))
     reference = ReferenceHeadLearner(
         SessionRecommender.from_weights(weights), ItemIndex(weights.item_ids), SETTINGS
     )

@@ -1,0 +1,146 @@
+"""Co-visitation: which items shoppers clicked next after each item, in recent sessions.
+
+The evidence that makes session-kNN strong, kept as two row tensors of the head: for item
+row ``i``, ``items[i]`` holds up to ``K`` successor rows (-1 = empty slot) and
+``weights[i]`` their decayed counts. Every example adds pairs from the last ``window``
+items of its history to its target, linearly weighted (the latest click 1, the one
+before ``(window - 1) / window``, ...); a row's existing counts decay by ``decay`` per
+unit of weight it receives, so each row follows its own recent successors the way
+session-kNN samples the most recent sessions holding an item. A row keeps the ``K``
+largest counts: an old successor drops out once a fresher one outweighs it.
+
+A session's evidence for a candidate is the position-weighted sum (V-SKNN's linear
+weights over the session's clicks, the latest 1) of ``log1p`` of the candidate's counts in
+the rows of the session's items; ranking adds ``blend * evidence`` to the head's score
+(``SessionRecommender.add_covisitation``). Everything here is vectorised: no per-example
+or per-item Python, and a session's evidence is a scatter-add of its history rows' ``K``
+neighbours, never a catalogue-sized pass.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from streamrec.settings import ModelSettings
+
+WINDOW = 3  # defaults: ModelSettings.covis_window / covis_decay (a unit test holds them equal)
+DECAY = 0.98
+
+
+@dataclass(frozen=True, slots=True)
+class CovisitationRule:
+    """How examples update the table: the history items paired with each target (0: none,
+    the table stays as it is), and the decay per unit of weight a row receives."""
+
+    window: int = WINDOW
+    decay: float = DECAY
+
+    @classmethod
+    def from_settings(cls, settings: ModelSettings) -> CovisitationRule:
+        return cls(settings.covis_window, settings.covis_decay)
+
+
+@dataclass(frozen=True, slots=True)
+class Evidence:
+    """A batch's co-visitation evidence, sparse: ``values[j]`` for (line, column) pairs,
+    each pair once."""
+
+    lines: torch.Tensor
+    columns: torch.Tensor
+    values: torch.Tensor
+
+
+def position_weights(mask: torch.Tensor, window: int) -> torch.Tensor:
+    """B x W linear weights of the last ``window`` history positions (latest 1), else 0.
+
+    ``mask`` is left-padded: the last column is the latest click.
+    """
+    width = mask.shape[1]
+    from_end = torch.arange(width - 1, -1, -1, device=mask.device, dtype=torch.float32)
+    counted = mask.sum(dim=1, keepdim=True).clamp(max=window, min=1).float()
+    return ((counted - from_end) / counted).clamp(min=0) * (mask > 0)
+
+
+def session_evidence(
+    items: torch.Tensor,
+    weights: torch.Tensor,
+    rows: torch.Tensor,
+    mask: torch.Tensor,
+    window: int,
+    n_items: int,
+) -> Evidence:
+    """Per session (line of ``rows``/``mask``), each history position's neighbours with
+    ``position weight * log1p(count)``; a (line, column) pair may repeat (sum them)."""
+    position = position_weights(mask, window)
+    line, column = (position > 0).nonzero(as_tuple=True)
+    sources = rows[line, column]
+    neighbours = items[sources].long()  # P x K
+    values = torch.log1p(weights[sources]) * position[line, column, None]
+    valid = (neighbours >= 0) & (neighbours < n_items)
+    lines = line[:, None].expand_as(neighbours)[valid]
+    return Evidence(lines, neighbours[valid], values[valid])
+
+
+def successor_pairs(
+    rows: np.ndarray, mask: np.ndarray, targets: np.ndarray, window: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(source row, target row, weight) for the last ``window`` history items of each
+    example (left-padded ``rows``/``mask``), linearly weighted; an item is never its own
+    successor and unknown targets (-1) give no pair."""
+    if window == 0:
+        empty = np.zeros(0, np.int64)
+        return empty, empty, np.zeros(0, np.float32)
+    position = position_weights(torch.from_numpy(mask), window).numpy()
+    keep = (position > 0) & (rows != targets[:, None]) & (targets[:, None] >= 0)
+    line, column = np.nonzero(keep)
+    return rows[line, column], targets[line], position[line, column].astype(np.float32)
+
+
+def update_covisitation(
+    items: torch.Tensor,
+    weights: torch.Tensor,
+    sources: torch.Tensor,
+    targets: torch.Tensor,
+    amounts: torch.Tensor,
+    decay: float,
+) -> torch.Tensor:
+    """Add the pairs to the table in place; returns the rows that changed (sorted).
+
+    Each changed row's counts first decay by ``decay ** (weight it receives)``, then the
+    pairs' weights are added to their targets' counts (a target not in the row competes
+    for a slot with its new count); the row keeps its ``K`` largest counts, heaviest first.
+    """
+    device = amounts.device
+    if len(sources) == 0:
+        return torch.zeros(0, dtype=torch.long, device=device)
+    span = max(int(items.shape[0]), 1)
+    pairs, at = torch.unique(sources.long() * span + targets.long(), return_inverse=True)
+    amounts = torch.zeros(len(pairs), device=device).index_add_(0, at, amounts)
+    sources, targets = pairs // span, pairs % span
+    changed, line = torch.unique(sources, return_inverse=True)  # pairs sorted by source
+    received = torch.zeros(len(changed), device=device).index_add_(0, line, amounts)
+    kept_items = items[changed].long()
+    kept = weights[changed] * torch.pow(torch.tensor(decay, device=device), received)[:, None]
+    same = kept_items[line] == targets[:, None]  # a pair whose target the row already holds
+    hit = same.any(dim=1)
+    slot = same.int().argmax(dim=1)
+    kept.index_put_((line[hit], slot[hit]), amounts[hit], accumulate=True)
+    # the other pairs are newcomers: the j-th of a row goes to column K + j
+    new_line = line[~hit]
+    first = torch.searchsorted(new_line, new_line)
+    rank = torch.arange(len(new_line), device=device) - first
+    extra = int(rank.max()) + 1 if len(rank) else 0
+    neighbours = items.shape[1]
+    all_items = torch.cat([kept_items, kept_items.new_full((len(changed), extra), -1)], dim=1)
+    all_weights = torch.cat([kept, kept.new_zeros((len(changed), extra))], dim=1)
+    all_items[new_line, neighbours + rank] = targets[~hit]
+    all_weights[new_line, neighbours + rank] = amounts[~hit]
+    all_weights = torch.where(all_items >= 0, all_weights, torch.full_like(all_weights, -1.0))
+    top = torch.topk(all_weights, neighbours, dim=1)  # empty slots (-1) sort last
+    best_items = all_items.gather(1, top.indices)
+    items[changed] = torch.where(top.values >= 0, best_items, -1).to(items.dtype)
+    weights[changed] = top.values.clamp(min=0).to(weights.dtype)
+    return changed

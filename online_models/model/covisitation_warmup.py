@@ -1,0 +1,83 @@
+"""The co-visitation table and its blend from recorded examples: what full training adds.
+
+``learn_successors`` fills the table from examples in event-time order, in the online
+learner's micro-batches and with the same update (``update_covisitation``), so a trained
+model starts with the table the learner would have built. ``fit_blend`` picks the blend
+the online learner starts from: the grid value with the best HR@20 on the given (later)
+examples, with everything else frozen; the learner keeps adjusting it by gradient.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from online_models.model.covisitation import (
+    CovisitationRule,
+    successor_pairs,
+    update_covisitation,
+)
+from online_models.model.item_index import ItemIndex
+from online_models.model.ranking_metrics import CUTOFF, target_ranks
+from online_models.model.recommender import SessionRecommender, history_tensors
+from streamrec.training_examples import TrainingExample
+
+BLEND_GRID = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
+CHUNK = 256  # the learner's micro-batch: decay sees the same steps as online
+FIT_CHUNK = 1024
+
+
+def learn_successors(
+    model: SessionRecommender,
+    index: ItemIndex,
+    examples: Sequence[TrainingExample],
+    rule: CovisitationRule,
+) -> None:
+    """Add every example's (last history items -> target) pairs, oldest first; examples
+    whose items the index does not know add only their known pairs."""
+    ordered = sorted(examples, key=lambda example: example.ts)
+    device = model.item_table.device
+    for start in range(0, len(ordered), CHUNK):
+        chunk = ordered[start : start + CHUNK]
+        rows, mask = index.encode_histories([e.history for e in chunk], model.shape.max_seq_len)
+        targets = index.rows_of([e.target_item for e in chunk])
+        sources, successors, amounts = successor_pairs(rows, mask, targets, rule.window)
+        update_covisitation(
+            model.covis_items,
+            model.covis_weight,
+            torch.from_numpy(sources).to(device),
+            torch.from_numpy(successors).to(device),
+            torch.from_numpy(amounts).to(device),
+            rule.decay,
+        )
+
+
+def fit_blend(
+    model: SessionRecommender,
+    index: ItemIndex,
+    examples: Sequence[TrainingExample],
+    grid: Sequence[float] = BLEND_GRID,
+) -> dict[float, float]:
+    """Set ``model``'s blend to the grid value with the best HR@20 on ``examples`` (ties:
+    the smaller blend); returns HR@20 by blend. Nothing else changes."""
+    if not examples:
+        return {}
+    device = model.item_table.device
+    hits = np.zeros(len(grid))
+    model.eval()
+    with torch.no_grad():
+        for start in range(0, len(examples), FIT_CHUNK):
+            chunk = examples[start : start + FIT_CHUNK]
+            rows, mask = index.encode_histories([e.history for e in chunk], model.shape.max_seq_len)
+            batch = history_tensors(rows, mask, device)
+            sessions = model.session_vectors(batch)
+            targets = torch.from_numpy(index.rows_of([e.target_item for e in chunk])).to(device)
+            for at, blend in enumerate(grid):
+                model.covis_blend.fill_(blend)
+                scores = model.scores(sessions, batch.rows, batch.mask, lift=True)
+                hits[at] += int((target_ranks(scores, targets) < CUTOFF).sum())
+        best = int(np.argmax(hits))
+        model.covis_blend.fill_(grid[best])
+    return {blend: float(h) / len(examples) for blend, h in zip(grid, hits, strict=True)}
