@@ -142,6 +142,9 @@ def bench_drift(
     ] = 1_000_000,
     events: Annotated[int, typer.Option(help="Events per abrupt/gradual scenario.")] = 40_000,
     seeds: Annotated[int, typer.Option(help="Seeds per scenario (medians reported).")] = 3,
+    first_seed: Annotated[
+        int, typer.Option(help="The scenarios' first seed (another range: a dev set).")
+    ] = 0,
     finetune: Annotated[
         bool, typer.Option(help="Run the recovery comparison with a drift fine-tune.")
     ] = True,
@@ -172,6 +175,11 @@ def bench_drift(
 
     print_json_line(
         run_drift_benchmark(
-            settings_from_env(), stationary_examples, events, seeds, finetune, pipeline
-        )
+            settings_from_env(),
+            stationary_examples,
+            events,
+            range(first_seed, first_seed + seeds),
+            finetune,
+            pipeline,
+        )  # fmt: skip
     )

@@ -96,10 +96,6 @@ def _seed(address: str, masked: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def is_cluster_url(url: str) -> bool:
-    return parse_cluster_url(url) is not None
-
-
 def connect_redis(url: str, **options: Any) -> RedisClient:
     """A synchronous client for ``url``.
 
@@ -138,10 +134,6 @@ def connect_redis_async(url: str, **options: Any) -> AsyncRedisClient:
         ssl=cluster.tls,
         **options,
     )
-
-
-def is_cluster(client: RedisClient | AsyncRedisClient) -> bool:
-    return isinstance(client, RedisCluster | AsyncRedisCluster)
 
 
 def primary_keys(client: RedisClient, base: str) -> list[str]:

@@ -200,7 +200,7 @@ class ModelSettings(BaseSettings):
         20, ge=1, le=1024, description="Co-visitation: successors kept per item (K)."
     )
     covis_window: int = Field(
-        3,
+        5,
         ge=0,
         description="Co-visitation: last history items paired with each target (0 = off).",
     )
@@ -210,6 +210,12 @@ class ModelSettings(BaseSettings):
         le=1,
         description="Co-visitation: an item's successor counts decay by this per unit of "
         "weight it receives (follows each item's recent sessions).",
+    )
+    covis_reverse: float = Field(
+        1.0,
+        ge=0,
+        description="Co-visitation: each pair also counts backwards (target -> history item) "
+        "at this share of its weight (0 = successors only).",
     )
 
     @model_validator(mode="before")

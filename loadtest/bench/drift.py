@@ -280,14 +280,14 @@ def run_drift_benchmark(
     settings: Settings,
     stationary_examples: int,
     events: int,
-    seeds: int,
+    seeds: range,
     finetune: bool,
     pipeline: bool = False,
 ) -> dict[str, Any]:
     """Every figure of the benchmark as one dict (see the module docstring): detection and
     false alarms flat, recovery per scenario."""
     features = FeatureConfig.from_settings(settings.flow)
-    result: dict[str, Any] = {"events_per_scenario": events, "seeds": seeds}
+    result: dict[str, Any] = {"events_per_scenario": events, "seeds": list(seeds)}
     delay_keys = {
         Scenario.ABRUPT: "detection_delay_events",
         Scenario.GRADUAL: "gradual_detection_delay_events",
@@ -298,8 +298,8 @@ def run_drift_benchmark(
             key = delay_keys[scenario]
             delays: list[int] = []
             runs: list[dict[str, Any]] = []
-            task = progress.add_task(f"{scenario.value} scenario", total=seeds)
-            for seed in range(seeds):
+            task = progress.add_task(f"{scenario.value} scenario", total=len(seeds))
+            for seed in seeds:
                 examples, truth = scenario_examples(
                     GeneratorConfig(scenario, events=events, seed=seed), features
                 )
@@ -321,7 +321,7 @@ def run_drift_benchmark(
                 runs.append(seed_run)
                 progress.advance(task)
             result[key] = statistics.median(delays) if delays else None
-            result[f"{key}_missed"] = seeds - len(delays)
+            result[f"{key}_missed"] = len(seeds) - len(delays)
             result[scenario.value] = recovery_summary(runs)
         alarms, examples_seen = stationary_false_alarms(settings, stationary_examples, 0, progress)
         result["stationary_examples"] = examples_seen

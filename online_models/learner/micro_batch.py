@@ -238,7 +238,7 @@ class HeadLearner:
         ranked = len(targets)
         rule = self.covisitation
         sources, successors, amounts = successor_pairs(
-            histories.rows[:ranked], histories.mask[:ranked], targets, rule.window
+            histories.rows[:ranked], histories.mask[:ranked], targets, rule.window, rule.reverse
         )
         model = self.model
         changed = update_covisitation(

@@ -26,8 +26,9 @@ import torch
 
 from streamrec.settings import ModelSettings
 
-WINDOW = 3  # defaults: ModelSettings.covis_window / covis_decay (a unit test holds them equal)
+WINDOW = 5  # defaults: ModelSettings.covis_window / covis_decay (a unit test holds them equal)
 DECAY = 0.98
+REVERSE = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,10 +38,11 @@ class CovisitationRule:
 
     window: int = WINDOW
     decay: float = DECAY
+    reverse: float = REVERSE
 
     @classmethod
     def from_settings(cls, settings: ModelSettings) -> CovisitationRule:
-        return cls(settings.covis_window, settings.covis_decay)
+        return cls(settings.covis_window, settings.covis_decay, settings.covis_reverse)
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,18 +87,28 @@ def session_evidence(
 
 
 def successor_pairs(
-    rows: np.ndarray, mask: np.ndarray, targets: np.ndarray, window: int
+    rows: np.ndarray, mask: np.ndarray, targets: np.ndarray, window: int, reverse: float = 0.0
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(source row, target row, weight) for the last ``window`` history items of each
     example (left-padded ``rows``/``mask``), linearly weighted; an item is never its own
-    successor and unknown targets (-1) give no pair."""
+    successor and unknown targets (-1) give no pair. With ``reverse`` > 0 every pair also
+    counts the other way, at ``reverse`` times its weight (the items clicked before an
+    item are evidence too, as session-kNN counts any co-occurrence)."""
     if window == 0:
         empty = np.zeros(0, np.int64)
         return empty, empty, np.zeros(0, np.float32)
     position = position_weights(torch.from_numpy(mask), window).numpy()
     keep = (position > 0) & (rows != targets[:, None]) & (targets[:, None] >= 0)
     line, column = np.nonzero(keep)
-    return rows[line, column], targets[line], position[line, column].astype(np.float32)
+    sources, successors = rows[line, column], targets[line]
+    amounts = position[line, column].astype(np.float32)
+    if reverse <= 0:
+        return sources, successors, amounts
+    return (
+        np.concatenate([sources, successors]),
+        np.concatenate([successors, sources]),
+        np.concatenate([amounts, amounts * np.float32(reverse)]),
+    )
 
 
 def update_covisitation(

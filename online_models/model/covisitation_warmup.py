@@ -22,9 +22,10 @@ from online_models.model.covisitation import (
 from online_models.model.item_index import ItemIndex
 from online_models.model.ranking_metrics import CUTOFF, target_ranks
 from online_models.model.recommender import SessionRecommender, history_tensors
+from online_models.model.weights import ModelWeights
 from streamrec.training_examples import TrainingExample
 
-BLEND_GRID = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
+BLEND_GRID = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0)
 CHUNK = 256  # the learner's micro-batch: decay sees the same steps as online
 FIT_CHUNK = 1024
 
@@ -43,7 +44,9 @@ def learn_successors(
         chunk = ordered[start : start + CHUNK]
         rows, mask = index.encode_histories([e.history for e in chunk], model.shape.max_seq_len)
         targets = index.rows_of([e.target_item for e in chunk])
-        sources, successors, amounts = successor_pairs(rows, mask, targets, rule.window)
+        sources, successors, amounts = successor_pairs(
+            rows, mask, targets, rule.window, rule.reverse
+        )
         update_covisitation(
             model.covis_items,
             model.covis_weight,
@@ -52,6 +55,15 @@ def learn_successors(
             torch.from_numpy(amounts).to(device),
             rule.decay,
         )
+
+
+def with_successors(
+    weights: ModelWeights, examples: Sequence[TrainingExample], rule: CovisitationRule
+) -> ModelWeights:
+    """``weights`` whose table has also learned ``examples`` (``learn_successors``)."""
+    model = SessionRecommender.from_weights(weights)
+    learn_successors(model, ItemIndex(weights.item_ids), examples, rule)
+    return model.to_weights(weights.version, weights.item_ids)
 
 
 def fit_blend(

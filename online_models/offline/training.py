@@ -53,8 +53,15 @@ def train(
     init_from: ModelWeights | None = None,
     *,
     progress: bool = False,
+    absorb_validation: bool = True,
 ) -> TrainResult:
     """Fit backbone and head on ``examples`` (optionally starting from ``init_from``).
+
+    The co-visitation table learns the training split, then (``absorb_validation``) the
+    validation split too, so the learner starts from every example; a caller that still
+    streams the validation split (self-tuning) keeps it out and adds it afterwards
+    (``covisitation_warmup.with_successors``), else the table would already hold the
+    targets it is scored on.
 
     The returned weights' ``version`` is ``init_from.version`` (0 without one): publishing
     assigns the new number. Items seen only in the validation split are not added. Runs
@@ -122,7 +129,8 @@ def train(
     model.load_state_dict(best[1])
     model.eval()
     fit_blend(model, index, validation)  # then the table takes in the newest examples too
-    learn_successors(model, index, validation, covisitation)
+    if absorb_validation:
+        learn_successors(model, index, validation, covisitation)
     best_record = history[best[2] - 1]
     metrics = {
         "hr@20": best_record["hr@20"],
@@ -133,6 +141,7 @@ def train(
         "train_examples": float(len(train_set)),
         "validation_examples": float(len(validation)),
         "items": float(len(index)),
+        "covis_blend": float(model.covis_blend.detach()),
     }
     version = init_from.version if init_from is not None else 0
     return TrainResult(model.cpu().to_weights(version, index.ids), metrics, history)

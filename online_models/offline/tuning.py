@@ -14,6 +14,8 @@ grid is (``evaluation.tune_session_knn``). In order:
   model's ``HeadLearner`` streams the validation split prequentially (score a micro-batch,
   then learn from it, as ``streamrec learn`` would) once per grid point; the best HR@20
   wins (ties: MRR@20, then the earlier point). A knob set explicitly is not searched.
+  Until then the model's co-visitation table holds the training split only (the
+  validation split's pairs would give away its targets); they are added at the end.
 
 Bounded in time by ``TuneSettings.budget_s``: no candidate starts once the budget is spent
 (the first size and the first grid point always run); the report counts what was skipped.
@@ -29,6 +31,7 @@ from typing import Any
 
 from online_models.learner.micro_batch import HeadLearner
 from online_models.model.covisitation import CovisitationRule
+from online_models.model.covisitation_warmup import with_successors
 from online_models.model.device import pick_device
 from online_models.model.ranking_metrics import RankingTotals
 from online_models.model.weights import ModelWeights
@@ -116,6 +119,8 @@ def fit_to_shop(
     learner, learner_trials, learner_skipped = _fit_learner(
         settings, trained.weights, validation, deadline
     )
+    rule = CovisitationRule.from_settings(model)
+    trained.weights = with_successors(trained.weights, validation, rule)  # as ``train`` does
     return Tuning(
         trained, model, learner, trials + learner_trials, skipped + learner_skipped,
         time.monotonic() - started, settings.tune.budget_s,
@@ -177,7 +182,7 @@ def _fit_size(
             if doubling and time.monotonic() >= deadline:
                 break
             began = time.monotonic()
-            result = train(model, train_settings, warm, progress=progress)
+            result = train(model, train_settings, warm, progress=progress, absorb_validation=False)
             hr, mrr, best_epoch = (result.metrics[k] for k in ("hr@20", "mrr@20", "best_epoch"))
             values = {
                 "preset": model.preset, "epochs": train_settings.epochs,

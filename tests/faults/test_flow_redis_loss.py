@@ -8,6 +8,7 @@ of its three masters is (its slots' keys lost, the others' kept).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,8 @@ import redis
 
 from flows.item_popularity import ItemPopularity
 from online_models.alerts.tail import latest_alerts
+from streamrec.alerts import Alert
+from streamrec.events import Event
 from streamrec.redis_connection import connect_redis
 from streamrec.redis_keys import RedisKeys
 from streamrec.settings import Settings
@@ -49,36 +52,50 @@ def expected_popularity(settings: Settings, events: list) -> dict[str, float]:
     return popularity.scores
 
 
-def test_after_redis_restarts_empty_every_live_session_is_written_again(
-    settings: Settings, private_redis: PrivateRedis, tmp_path: Path
-) -> None:
+def run_through_a_loss(
+    lossy: Settings, log: Path, lose: Callable[[set[str]], set[str]]
+) -> tuple[list[Event], list[Alert]]:
+    """A tailing flow writes the first half of the events; ``lose(sessions written)``
+    makes Redis lose data and returns the sessions lost; then the second half, and every
+    session must come back (also those that got no new event). Returns the events and
+    the flow's alerts."""
     events = sample_events(12_000)
     first, second = events[:6000], events[6000:]
-    lossy = private_redis.attach(flow_settings(settings, "lossy"))
-    log = tmp_path / "flow.log"
     flow = start_flow(lossy, log, **FLOW_ENV)
     try:
         produce_events(lossy, first)
         before = reference_features(first)
         wait_while_running(flow, log, lambda: decoded(read_state(lossy)) == before, "first half")
 
-        private_redis.restart_empty()
+        lost = lose(set(before))
         produce_events(lossy, second)
         expected = reference_features(events)
-        quiet = before.keys() - {e.session_id for e in second}
-        assert len(quiet) > 1000, "most sessions of the first half must get no new event"
+        quiet = lost - {e.session_id for e in second}
+        assert len(quiet) > 100, "many lost sessions must get no new event"
         wait_while_running(flow, log, lambda: decoded(read_state(lossy)) == expected, "re-sync")
         alerts = flow_alerts(lossy.kafka, 2, timeout_s=3)
         assert flow.poll() is None, "the flow stopped"
     finally:
         stop_flow(flow)
-
     assert [(a.detector, a.signal) for a in alerts] == [("redis_resync", "marker_missing")]
+    assert_popular_close(read_popular(lossy), expected_popularity(lossy, events))
+    return events, alerts
+
+
+def test_after_redis_restarts_empty_every_live_session_is_written_again(
+    settings: Settings, private_redis: PrivateRedis, tmp_path: Path
+) -> None:
+    lossy = private_redis.attach(flow_settings(settings, "lossy"))
+
+    def lose(written: set[str]) -> set[str]:
+        private_redis.restart_empty()
+        return written
+
+    events, alerts = run_through_a_loss(lossy, tmp_path / "flow.log", lose)
     client = redis.Redis.from_url(private_redis.url)
     keys = RedisKeys(lossy.redis.key_prefix)
     streamed = [alert for _, alert in latest_alerts(client, keys.alerts, 10)]
     assert [alert.alert_id for alert in streamed] == [alerts[0].alert_id]
-    assert_popular_close(read_popular(lossy), expected_popularity(lossy, events))
     categories = {k.decode(): v.decode() for k, v in client.hgetall(keys.item_categories).items()}
     clicked: dict[str, set[str]] = {}
     for event in events:
@@ -91,32 +108,15 @@ def test_after_redis_restarts_empty_every_live_session_is_written_again(
 def test_after_one_cluster_master_restarts_empty_every_live_session_is_written_again(
     settings: Settings, private_redis_cluster: PrivateRedisCluster, tmp_path: Path
 ) -> None:
-    events = sample_events(12_000)
-    first, second = events[:6000], events[6000:]
     lossy = private_redis_cluster.attach(flow_settings(settings, "lossy-cluster"))
     client = connect_redis(lossy.redis.redis_url.get_secret_value())
     keys = RedisKeys(lossy.redis.key_prefix)
-    log = tmp_path / "flow.log"
-    flow = start_flow(lossy, log, **FLOW_ENV)
-    try:
-        produce_events(lossy, first)
-        before = reference_features(first)
-        wait_while_running(flow, log, lambda: decoded(read_state(lossy)) == before, "first half")
 
-        restarted = private_redis_cluster.master_of(client.keyslot(keys.session(min(before))))
-        private_redis_cluster.restart_empty(restarted)
-        kept = decoded(read_state(lossy))
-        lost = before.keys() - kept.keys()
-        assert lost and kept, "one master's sessions are lost, the others' kept"
-        produce_events(lossy, second)
-        expected = reference_features(events)
-        quiet_lost = lost - {e.session_id for e in second}
-        assert len(quiet_lost) > 100, "many lost sessions must get no new event"
-        wait_while_running(flow, log, lambda: decoded(read_state(lossy)) == expected, "re-sync")
-        alerts = flow_alerts(lossy.kafka, 2, timeout_s=3)
-        assert flow.poll() is None, "the flow stopped"
-    finally:
-        stop_flow(flow)
+    def lose(written: set[str]) -> set[str]:
+        master = private_redis_cluster.master_of(client.keyslot(keys.session(min(written))))
+        private_redis_cluster.restart_empty(master)
+        kept = read_state(lossy).keys()
+        assert kept and kept < written, "one master's sessions are lost, the others' kept"
+        return written - kept
 
-    assert [(a.detector, a.signal) for a in alerts] == [("redis_resync", "marker_missing")]
-    assert_popular_close(read_popular(lossy), expected_popularity(lossy, events))
+    run_through_a_loss(lossy, tmp_path / "flow.log", lose)

@@ -6,12 +6,11 @@ import logging
 
 import pytest
 import redis
-from redis.cluster import key_slot
+from redis.cluster import RedisCluster, key_slot
 
 from streamrec.redis_connection import (
     ClusterAddress,
     connect_redis,
-    is_cluster,
     parse_cluster_url,
 )
 from streamrec.redis_keys import RedisKeys
@@ -61,7 +60,7 @@ def test_a_single_node_client_is_made_lazily_with_its_options(
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="streamrec.redis")
     client = connect_redis("redis://:hunter2@127.0.0.1:1/0", socket_timeout=0.25)
-    assert isinstance(client, redis.Redis) and not is_cluster(client)
+    assert isinstance(client, redis.Redis) and not isinstance(client, RedisCluster)
     assert client.connection_pool.connection_kwargs["socket_timeout"] == 0.25
     (record,) = [r for r in caplog.records if r.getMessage() == "redis_client"]
     assert record.fields == {"url": "redis://:****@127.0.0.1:1/0", "cluster": False}

@@ -8,6 +8,7 @@ import torch
 
 from online_models.model.covisitation import (
     DECAY,
+    REVERSE,
     WINDOW,
     CovisitationRule,
     position_weights,
@@ -77,6 +78,14 @@ def test_pairs_come_from_the_last_window_items_linearly_weighted() -> None:
     assert len(successor_pairs(rows, mask, targets, window=0)[0]) == 0  # window 0: off
 
 
+def test_reverse_pairs_count_each_pair_backwards_at_their_share() -> None:
+    rows = np.array([[0, 7, 8, 9]])
+    mask = np.array([[0, 1, 1, 1]])
+    sources, successors, amounts = successor_pairs(rows, mask, np.array([5]), 2, reverse=0.5)
+    pairs = sorted(zip(sources.tolist(), successors.tolist(), amounts.tolist(), strict=True))
+    assert pairs == [(5, 8, 0.25), (5, 9, 0.5), (8, 5, 0.5), (9, 5, 1.0)]
+
+
 def test_evidence_sums_the_history_rows_neighbours_by_position() -> None:
     items, weights = table(6, 2)
     add(items, weights, [(1, 3, 2.0), (2, 3, 1.0), (2, 4, 4.0)])
@@ -113,7 +122,7 @@ def test_new_items_get_empty_rows_and_the_table_grows_with_the_model() -> None:
 
 def test_the_settings_defaults_are_the_models() -> None:
     settings = ModelSettings()
-    assert CovisitationRule.from_settings(settings) == CovisitationRule(WINDOW, DECAY)
+    assert CovisitationRule.from_settings(settings) == CovisitationRule(WINDOW, DECAY, REVERSE)
     assert settings.covis_neighbours == COVIS_NEIGHBOURS
     assert ModelShape.from_settings(settings).covis_neighbours == COVIS_NEIGHBOURS
 
