@@ -109,7 +109,7 @@ class ModelSnapshot:
             version=int(scorer.version),
             loaded_at=time.time(),
             source=source,
-            item_rows={item_id: row for row, item_id in enumerate(item_ids)},
+            item_rows=dict(zip(item_ids, range(len(item_ids)), strict=True)),
             categories=CategoryIndex.build(item_ids, categories or {}),
         )
 

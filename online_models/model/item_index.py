@@ -18,9 +18,10 @@ class ItemIndex:
     __slots__ = ("ids", "_rows")
 
     def __init__(self, ids: Iterable[str] = ()) -> None:
-        self.ids: list[str] = []
-        self._rows: dict[str, int] = {}
-        self.add_all(ids)
+        # The same as ``add_all`` on an empty index, built in C: a model version's whole
+        # catalogue is indexed on every load (serving's hot swap, the learner's adoption).
+        self.ids: list[str] = list(dict.fromkeys(ids))
+        self._rows: dict[str, int] = dict(zip(self.ids, range(len(self.ids)), strict=True))
 
     def __len__(self) -> int:
         return len(self.ids)
