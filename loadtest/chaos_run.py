@@ -46,7 +46,6 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-import redis
 from rich.console import Console
 
 from flows.example_builder import examples_from_events
@@ -67,7 +66,7 @@ from streamrec.local_services import (
 )
 from streamrec.process_supervisor import Supervisor
 from streamrec.recorded_events import only_events, read_recorded
-from streamrec.redis_connection import RedisClient, connect_redis
+from streamrec.redis_connection import REDIS_ERRORS, RedisClient, connect_redis
 from streamrec.redis_keys import RedisKeys
 from streamrec.settings import Settings, load_settings
 from streamrec.topics import Topics
@@ -122,7 +121,7 @@ class ServingWatch:
                 current = self.current_version()
                 with urllib.request.urlopen(self.serving_url, timeout=1) as response:  # noqa: S310
                     serving = orjson.loads(response.read())["version"]
-            except (redis.RedisError, OSError, ValueError, KeyError):
+            except (*REDIS_ERRORS, OSError, ValueError, KeyError):
                 self._behind_since = None
                 continue
             if current is None:
@@ -281,7 +280,7 @@ def _wait_drained(
                 sum(_counted(client, keys, sessions).values()),
                 client.get(keys.model_current),
             )
-        except redis.RedisError:
+        except REDIS_ERRORS:
             state = None
         if state != last:
             last, steady_since = state, time.monotonic()

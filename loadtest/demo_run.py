@@ -144,10 +144,12 @@ def exposure_feedback_effect(settings: Settings, weights: ModelWeights) -> dict[
     model's own top 20; the shopper follows the recorded next click). The live loop cannot
     show the effect itself: one learner runs, and an accelerated replay stamps impressions
     in wall-clock time beside 2014 clicks, so the flow's event-time join has no clicks."""
+    from online_models.model.covisitation import CovisitationRule
     from online_models.offline.evaluation import exposure_feedback_ranks, summarize
 
     examples = sorted(filter(is_next_click, _examples(settings)), key=lambda e: e.ts)
-    ranks = exposure_feedback_ranks(weights, examples, settings.learner)
+    covisitation = CovisitationRule.from_settings(settings.model)
+    ranks = exposure_feedback_ranks(weights, examples, settings.learner, covisitation)
     clicks = np.array([e.kind == "click" for e in examples])
     return {
         "summary": {name: summarize(r, clicks) for name, r in ranks.items()},

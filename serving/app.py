@@ -29,6 +29,7 @@ from confluent_kafka import Producer
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import RedisClusterException
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -72,7 +73,7 @@ from serving.recommender import (
 )
 from serving.score_batcher import ScoreBatcher
 from serving.session_reader import SessionReader
-from streamrec.redis_connection import connect_redis, connect_redis_async
+from streamrec.redis_connection import REDIS_ERRORS, connect_redis, connect_redis_async
 from streamrec.redis_keys import RedisKeys
 from streamrec.session_features import SessionFeatures, decode_session_features
 from streamrec.settings import Settings, load_settings
@@ -348,7 +349,7 @@ class RecommendHandlers:
                     state.metrics.fallbacks.inc()
                     if state.arm_counters is not None:
                         state.arm_counters[arm][1].inc()
-        except (redis.RedisError, TimeoutError) as exc:
+        except (*REDIS_ERRORS, TimeoutError) as exc:
             reason = _outage_reason(exc)
             state.metrics.redis_errors.inc()
             log_event(
@@ -450,7 +451,7 @@ class RecommendHandlers:
         model_loaded = self.state.holder.current is not None
         try:
             redis_ok = bool(await self.state.redis.ping())
-        except (redis.RedisError, TimeoutError):
+        except (*REDIS_ERRORS, TimeoutError):
             redis_ok = False
         ready = model_loaded and redis_ok
         body = {"ready": ready, "model_loaded": model_loaded, "redis": redis_ok}
@@ -524,7 +525,7 @@ def _outage_reason(exc: BaseException) -> str:
     """Why Redis could not answer, in words for the 503 detail and the log."""
     if isinstance(exc, TimeoutError | redis.TimeoutError):
         return "did not answer in time"
-    if isinstance(exc, redis.ConnectionError):
+    if isinstance(exc, redis.ConnectionError | RedisClusterException):
         return "connection failed"
     if isinstance(exc, redis.ResponseError):
         return f"answered an error ({str(exc).partition(' ')[0][:40]})"

@@ -31,11 +31,10 @@ from collections.abc import Callable, Container, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
-import redis
 
 from serving.hot_swap import ModelHolder
 from serving.recommender import Recommendation
-from streamrec.redis_connection import RedisClient
+from streamrec.redis_connection import REDIS_ERRORS, RedisClient
 from streamrec.redis_keys import RedisKeys
 from streamrec.structured_log import log_event
 
@@ -175,7 +174,7 @@ class NewItemPool:
         while True:
             try:
                 self.refresh()
-            except (redis.RedisError, ValueError) as exc:  # kept as is; read again next period
+            except (*REDIS_ERRORS, ValueError) as exc:  # kept as is; read again next period
                 log_event(
                     logger, "new_items_refresh_failed", logging.WARNING, error=repr(exc)[:300]
                 )

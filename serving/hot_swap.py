@@ -24,11 +24,10 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
-import redis
 
 from serving.item_categories import CategoryIndex
 from serving.metrics import ServingMetrics
-from streamrec.redis_connection import RedisClient
+from streamrec.redis_connection import REDIS_ERRORS, RedisClient
 from streamrec.structured_log import log_event
 
 if TYPE_CHECKING:
@@ -354,7 +353,7 @@ class ModelFollower:
                     # trusted (a bogus number must not steer serving).
                     if pubsub.get_message(timeout=0.5) is not None:
                         self._wake.set()
-            except redis.RedisError as exc:
+            except REDIS_ERRORS as exc:
                 self.state.pubsub_connected = False
                 log_event(logger, "model_updates_disconnected", logging.WARNING, error=repr(exc))
                 self._stop.wait(backoff_s)

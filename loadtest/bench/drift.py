@@ -51,6 +51,7 @@ from online_models.finetune.gate import GateVerdict, LearnedBatch, split_replay
 from online_models.finetune.reservoir import RUN_LENGTH, sample_runs
 from online_models.finetune.training import judge, train_candidate
 from online_models.learner.micro_batch import HeadLearner
+from online_models.model.covisitation import CovisitationRule
 from online_models.model.recommender import random_weights
 from online_models.model.weights import ModelWeights
 from streamrec.alerts import Alert
@@ -103,8 +104,11 @@ class _StreamReplayer:
         self.with_finetune = with_finetune
         self.seed = seed
         self.index_of = index_of
+        self.covisitation = CovisitationRule.from_settings(settings.model)
         self.learner = HeadLearner.from_weights(
-            weights or random_weights(0, settings.model, seed), settings.learner
+            weights or random_weights(0, settings.model, seed),
+            settings.learner,
+            covisitation=self.covisitation,
         )
         self.monitor = DriftMonitor(settings)
         self.run = StreamRun()
@@ -158,7 +162,9 @@ class _StreamReplayer:
             self._finetune(due, batch)
         swap_due = self.swap_at_ts is not None and batch[-1].ts >= self.swap_at_ts
         if self.candidate is not None and swap_due:
-            self.learner = HeadLearner.from_weights(self.candidate, self.settings.learner)
+            self.learner = HeadLearner.from_weights(
+                self.candidate, self.settings.learner, covisitation=self.covisitation
+            )
             self.run.finetune["swapped_at_event"] = event_index_of(batch[-1])
             self.candidate = None
 

@@ -34,6 +34,7 @@ from prometheus_client import CollectorRegistry
 from loadtest.bench.learner_step import sample_examples
 from online_models.learner.loop import Learner
 from online_models.learner.micro_batch import HeadLearner
+from online_models.model.covisitation import CovisitationRule
 from online_models.model.device import pick_device, synchronize
 from online_models.model.recommender import random_weights
 from online_models.registry.weight_registry import WeightRegistry
@@ -90,7 +91,9 @@ def _throughput_and_publish(
     settings: Settings, client: RedisClient, examples: list[TrainingExample]
 ) -> dict[str, Any]:
     device = pick_device(settings.learner.device)
-    learner = HeadLearner.from_weights(random_weights(0, settings.model), settings.learner, device)
+    covisitation = CovisitationRule.from_settings(settings.model)
+    weights = random_weights(0, settings.model)
+    learner = HeadLearner.from_weights(weights, settings.learner, device, covisitation)
     registry = WeightRegistry(settings, client)
     learner.mark_published(registry.publish_snapshot(learner.weights(), source="bench").version)
     batch = settings.learner.batch_size

@@ -24,6 +24,7 @@ from flows.example_builder import examples_from_events
 from flows.feature_config import FeatureConfig
 from online_models.learner.micro_batch import HeadLearner
 from online_models.learner.prepared_batch import prefetched
+from online_models.model.covisitation import CovisitationRule
 from online_models.model.device import synchronize
 from online_models.model.recommender import random_weights
 from streamrec.events import EventLimits
@@ -93,7 +94,9 @@ def run_step_benchmark(
 
 
 def _learner(settings: Settings, device: torch.device, items: int) -> HeadLearner:
-    return HeadLearner.from_weights(random_weights(items, settings.model), settings.learner, device)
+    covisitation = CovisitationRule.from_settings(settings.model)
+    weights = random_weights(items, settings.model)
+    return HeadLearner.from_weights(weights, settings.learner, device, covisitation)
 
 
 def _timed(

@@ -27,7 +27,6 @@ import threading
 import time
 from multiprocessing.process import BaseProcess
 
-import redis
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 from prometheus_client import CollectorRegistry
 
@@ -51,7 +50,7 @@ from streamrec.alerts import Alert, alert_from_stream, encode_alert
 from streamrec.events import Event, EventLimits, parse_event
 from streamrec.example_dedupe import ExampleDedupe, rebuild_dedupe
 from streamrec.kafka_clients import emptied_end, make_consumer, make_producer
-from streamrec.redis_connection import RedisClient, connect_redis
+from streamrec.redis_connection import REDIS_ERRORS, RedisClient, connect_redis
 from streamrec.redis_keys import RedisKeys
 from streamrec.settings import Settings
 from streamrec.structured_log import log_event
@@ -204,15 +203,10 @@ class DriftLoop:
         """A promoted version did worse live: serve the version before it again."""
         try:
             done = rollback_model(self.settings, self.client, None, reason=alert.message)
-        except (LookupError, KeyError, RuntimeError, redis.RedisError) as exc:
+        except (LookupError, KeyError, RuntimeError, *REDIS_ERRORS) as exc:
             log_event(logger, "auto_rollback_failed", logging.ERROR, error=repr(exc))
             return
         log_event(logger, "auto_rollback", **done)
-
-    @property
-    def pending(self) -> Alert | None:
-        """The alert whose fine-tune is scheduled and not yet due."""
-        return self.schedule.pending.alert if self.schedule.pending is not None else None
 
     def _schedule_finetune(self, alert: Alert) -> None:
         """Take the lock now; start once enough post-drift examples arrived (or time passed)."""

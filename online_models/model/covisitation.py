@@ -3,10 +3,11 @@
 The evidence that makes session-kNN strong, kept as two row tensors of the head: for item
 row ``i``, ``items[i]`` holds up to ``K`` successor rows (-1 = empty slot) and
 ``weights[i]`` their decayed counts. Every example adds pairs from the last ``window``
-items of its history to its target, linearly weighted (the latest click 1, the one
-before ``(window - 1) / window``, ...); a row's existing counts decay by ``decay`` per
-unit of weight it receives, so each row follows its own recent successors the way
-session-kNN samples the most recent sessions holding an item. A row keeps the ``K``
+items of its history to its target, linearly weighted (with ``n`` = min(history length,
+window): the latest click 1, the one before ``(n - 1) / n``, ..., ``1 / n``); a row's
+existing counts decay by ``decay`` per unit of weight it receives, so each row follows its
+own recent successors the way session-kNN samples the most recent sessions holding an item.
+With ``reverse`` > 0 each pair also counts backwards (target -> history item). A row keeps the ``K``
 largest counts: an old successor drops out once a fresher one outweighs it.
 
 A session's evidence for a candidate is the position-weighted sum (V-SKNN's linear

@@ -169,6 +169,7 @@ def exposure_feedback_ranks(
     weights: ModelWeights,
     examples: Sequence[TrainingExample],
     learner: LearnerSettings,
+    covisitation: CovisitationRule,
     progress: Progress | None = None,
 ) -> dict[str, np.ndarray]:
     """Prequential ranks of the learner from ``weights`` over ``examples`` without
@@ -179,9 +180,9 @@ def exposure_feedback_ranks(
         update={"exposure_negative_weight": 0.0, "exposure_positive_weight": 0.0}
     )
     models: dict[str, StreamRanker] = {
-        "online": OnlineTransformer(HeadLearner.from_weights(weights, off, device)),
+        "online": OnlineTransformer(HeadLearner.from_weights(weights, off, device, covisitation)),
         "online+exposure": ShopFeedbackTransformer(
-            HeadLearner.from_weights(weights, learner, device)
+            HeadLearner.from_weights(weights, learner, device, covisitation)
         ),
     }
     return stream_ranks(models, examples, learner.batch_size, progress)

@@ -57,8 +57,9 @@ def train(
 ) -> TrainResult:
     """Fit backbone and head on ``examples`` (optionally starting from ``init_from``).
 
-    The co-visitation table learns the training split, then (``absorb_validation``) the
-    validation split too, so the learner starts from every example; a caller that still
+    The co-visitation table of a fresh model learns the training split, then
+    (``absorb_validation``) the validation split too, so the learner starts from every
+    example (one trained from ``init_from`` keeps its table as it is); a caller that still
     streams the validation split (self-tuning) keeps it out and adds it afterwards
     (``covisitation_warmup.with_successors``), else the table would already hold the
     targets it is scored on.
@@ -77,7 +78,12 @@ def train(
     model, index = _initial_model(model_settings, init_from, train_set)
     model.to(run_on)
     covisitation = CovisitationRule.from_settings(model_settings)
-    learn_successors(model, index, train_set, covisitation)
+    # A model trained from ``init_from`` (a fine-tune of the online weights) already holds
+    # the examples' pairs: the learner added them as they streamed; adding them again
+    # would count them twice.
+    fill_table = init_from is None
+    if fill_table:
+        learn_successors(model, index, train_set, covisitation)
     optimizer = torch.optim.AdamW(
         model.parameters(),
         lr=peak_lr(train_settings, model.shape.hidden_size),
@@ -129,7 +135,7 @@ def train(
     model.load_state_dict(best[1])
     model.eval()
     fit_blend(model, index, validation)  # then the table takes in the newest examples too
-    if absorb_validation:
+    if fill_table and absorb_validation:
         learn_successors(model, index, validation, covisitation)
     best_record = history[best[2] - 1]
     metrics = {

@@ -39,6 +39,7 @@ from online_models.offline.training import TrainResult, split_by_time, train
 from streamrec.settings import (
     FITTED_LEARNER_FIELDS,
     FITTED_PREFIX,
+    SIZE_FIELDS,
     LearnerSettings,
     ModelSettings,
     Settings,
@@ -128,10 +129,13 @@ def fit_to_shop(
 
 
 def size_candidates(settings: Settings) -> list[ModelSettings]:
-    """The sizes to try: ``TuneSettings.presets``, else the GPU presets when training runs
-    on CUDA, else the configured size alone."""
+    """The sizes to try: ``TuneSettings.presets`` when listed; else, when training runs on
+    CUDA, the GPU presets, unless a size was set explicitly (``STREAMREC_MODEL_PRESET``,
+    ``..._HIDDEN_SIZE``...: it wins, as every explicit knob does); else the configured
+    size alone."""
     names = settings.tune.presets
-    if not names and pick_device(settings.train.device).type == "cuda":
+    explicit_size = settings.model.model_fields_set & {*SIZE_FIELDS, "preset"}
+    if not names and not explicit_size and pick_device(settings.train.device).type == "cuda":
         names = GPU_PRESETS
     return [with_preset(settings.model, name) for name in names] or [settings.model]
 

@@ -57,7 +57,7 @@ from online_models.registry.version_info import BlobName, Publication, VersionIn
 from online_models.registry.weight_spec import WeightSpec
 from streamrec.redis_connection import RedisClient
 from streamrec.redis_keys import RedisKeys
-from streamrec.settings import Settings
+from streamrec.settings import Settings, fitted_values
 from streamrec.structured_log import log_event
 
 logger = logging.getLogger(__name__)
@@ -153,9 +153,13 @@ class WeightRegistry:
         if expected_current is not None and self.current_version() != expected_current:
             return Publication(0, False, 0)  # already lost: write nothing
         version = self.index.allocate(floor=self._highest_version)
+        # The learner knobs fitted on the shop (``streamrec train``) follow the lineage:
+        # a version without its own inherits its parent's (fine-tunes, rollbacks, canaries).
+        parent_info = self.info(parent) if parent is not None else None
+        inherited = fitted_values(parent_info.metrics) if parent_info is not None else {}
         info = VersionInfo(
             version, kind, parent, "", "", 0, int(time.time() * 1000), n_items, examples_seen,
-            source, dict(metrics or {}), dict(offsets or {}),
+            source, inherited | dict(metrics or {}), dict(offsets or {}),
         )  # fmt: skip
         blob = encode(version, info.header_info())
         digest = sha256_hex(blob)

@@ -99,9 +99,9 @@ def test_a_finetune_is_skipped_when_the_learner_healed_while_it_waited(
     try:
         add_signals(redis_client, keys, version, hits=45, count=100)
         add_signals(redis_client, keys, version, hits=5, count=6)
-        wait_until(lambda: loop.pending is not None, "a fine-tune scheduled by the drop")
+        wait_until(lambda: loop.schedule.pending is not None, "a fine-tune scheduled by the drop")
         add_signals(redis_client, keys, version, hits=46, count=60)  # healed meanwhile
-        wait_until(lambda: loop.pending is None, "the fine-tune's turn")
+        wait_until(lambda: loop.schedule.pending is None, "the fine-tune's turn")
     finally:
         stop.set()
         runner.join(30)

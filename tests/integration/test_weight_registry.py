@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -139,6 +140,25 @@ def test_delta_on_a_superseded_parent_does_not_become_current(
     assert registry.current_version() == v1
     with pytest.raises(KeyError):
         registry.set_current(10_000)
+
+
+def test_fitted_learner_knobs_follow_the_lineage_unless_a_version_sets_its_own(
+    settings: Settings, redis_client: redis.Redis
+) -> None:
+    registry = WeightRegistry(settings, redis_client)
+    fitted = {"learner.row_lr": 4.0, "learner.sampled_negatives": 2048.0}
+    trained = random_weights(3, _small(settings))
+    v1 = registry.publish_snapshot(trained, source="train", metrics={"hr@20": 0.5, **fitted})
+    tuned = replace(trained, version=v1.version)
+    finetuned = registry.publish_snapshot(tuned, source="finetune", metrics={"hr@20": 0.6})
+    delta = registry.publish_delta(_delta_on(finetuned.version, 3, 1.0, []), source="learner")
+    assert registry.info(finetuned.version).metrics == {"hr@20": 0.6} | fitted  # type: ignore[union-attr]
+    assert registry.info(delta.version).metrics == fitted  # type: ignore[union-attr]
+    own = {"learner.row_lr": 1.0, "learner.sampled_negatives": 4096.0}
+    retuned = registry.publish_snapshot(tuned, source="train", metrics=own)
+    assert registry.info(retuned.version).metrics == own  # type: ignore[union-attr]
+    unrelated = registry.publish_snapshot(random_weights(3, _small(settings)), source="t")
+    assert registry.info(unrelated.version).metrics == {}  # type: ignore[union-attr]
 
 
 def test_non_finite_weights_are_never_published(

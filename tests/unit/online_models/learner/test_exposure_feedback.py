@@ -8,6 +8,7 @@ import torch
 
 from online_models.learner.micro_batch import HeadLearner
 from online_models.learner.prepared_batch import prepare_batch
+from online_models.model.covisitation import CovisitationRule
 from online_models.model.recommender import random_weights
 from online_models.offline.evaluation import exposure_feedback_ranks, shop_exposures
 from streamrec.settings import LearnerSettings
@@ -113,7 +114,8 @@ def test_the_reported_loss_is_the_next_click_part_so_the_drift_signal_does_not_s
 def test_the_effect_replay_runs_both_learners_on_the_same_stream_from_the_same_weights() -> None:
     stream = chain_examples(256, seed=3)
     settings = LearnerSettings(batch_size=32, exposure_negative_weight=1.0)
-    ranks = exposure_feedback_ranks(learner(1.0, 1.0).weights(), stream, settings)
+    rule = CovisitationRule()
+    ranks = exposure_feedback_ranks(learner(1.0, 1.0).weights(), stream, settings, rule)
     assert set(ranks) == {"online", "online+exposure"}
     assert all(len(r) == len(stream) for r in ranks.values())
     # The first batch is ranked before anything is learned: both start alike.

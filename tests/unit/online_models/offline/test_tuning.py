@@ -7,7 +7,9 @@ import json
 import random
 
 import pytest
+import torch
 
+from online_models.offline import tuning
 from online_models.offline.tuning import fit_to_shop, learner_candidates, size_candidates
 from streamrec.settings import (
     LearnerSettings,
@@ -95,6 +97,17 @@ def test_fitted_knobs_fill_only_what_was_not_set_explicitly() -> None:
     assert (applied.row_lr, applied.sampled_negatives) == (4.0, 2048)
     assert isinstance(applied.sampled_negatives, int)
     assert with_fitted(LearnerSettings(row_lr=1.5), fitted).row_lr == 1.5
+
+
+def test_on_cuda_the_gpu_presets_are_tried_unless_a_size_was_set_explicitly(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(tuning, "pick_device", lambda _: torch.device("cuda"))
+    free = Settings(train=TrainSettings(device="cuda"))
+    assert [m.hidden_size for m in size_candidates(free)] == [64, 256, 512]
+    assert [m.hidden_size for m in size_candidates(tiny_settings())] == [16]  # explicit size
+    preset = Settings(model=ModelSettings(preset="large"), train=TrainSettings(device="cuda"))
+    assert [m.preset for m in size_candidates(preset)] == ["large"]
 
 
 def test_presets_and_grids_read_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
