@@ -20,6 +20,7 @@ repeated without its ZADDs cannot happen, since a node's commands are one pipeli
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from typing import Any
@@ -89,7 +90,9 @@ class ClusterBatch:
                 if attempt == self._retries:
                     raise
                 time.sleep(self._backoff_s(attempt))
-                self._client.nodes_manager.initialize()
+                # No seed answering yet (a failover in progress) is one more failed try.
+                with contextlib.suppress(*REDIS_ERRORS):
+                    self._client.nodes_manager.initialize()
 
     def _send(self) -> None:
         pipes: dict[str, Any] = {}

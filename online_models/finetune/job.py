@@ -195,11 +195,12 @@ def _learned_batches(
         entries = client.xrevrange(keys.learner_signals, max=cursor, count=1000)
         for _, fields in entries:
             data = {_text(key): _text(value) for key, value in fields.items()}
-            if "event_ts_ms" not in data:
-                continue  # a signal without event time cannot be placed in the span
-            batch = LearnedBatch(
-                int(data["event_ts_ms"]), int(data["examples"]), int(float(data["hits_at_20"]))
-            )
+            try:
+                batch = LearnedBatch(
+                    int(data["event_ts_ms"]), int(data["examples"]), int(float(data["hits_at_20"]))
+                )
+            except (KeyError, ValueError):
+                continue  # without event time (or malformed) it cannot be placed in the span
             if batch.event_ts_ms < first_ts:
                 return batches
             batches.append(batch)
