@@ -146,7 +146,8 @@ def primary_keys(client: RedisClient, base: str) -> list[str]:
     if not isinstance(client, RedisCluster):
         return [base]
     slots = client.nodes_manager.slots_cache
-    primaries = {node.name for node in client.get_primaries()}
+    serving = {nodes[0].name for nodes in slots.values() if nodes}  # a new node may serve none
+    primaries = {node.name for node in client.get_primaries()} & serving
     found: dict[str, str] = {}
     for n in range(MAX_KEY_SEARCH):
         key = f"{base}:{n}"

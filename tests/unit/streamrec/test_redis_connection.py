@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from types import SimpleNamespace
 
 import pytest
 import redis
@@ -12,6 +13,7 @@ from streamrec.redis_connection import (
     ClusterAddress,
     connect_redis,
     parse_cluster_url,
+    primary_keys,
 )
 from streamrec.redis_keys import RedisKeys
 
@@ -77,3 +79,22 @@ def test_registry_keys_share_one_slot_and_sessions_spread() -> None:
     sessions = {key_slot(keys.session(f"s{n}").encode()) for n in range(1000)}
     assert len(sessions) > 900
     assert all(key.startswith("shop:") for key in [*registry, keys.popular])
+
+
+def test_one_marker_key_per_primary_serving_slots_found_without_a_full_search() -> None:
+    a, b, idle = (SimpleNamespace(name=name) for name in ("a:1", "b:2", "c:3"))
+    slots = {slot: [a if slot < 8192 else b] for slot in range(16384)}
+    client = RedisCluster.__new__(RedisCluster)  # the slot map alone, no connection
+    client.nodes_manager = SimpleNamespace(slots_cache=slots)  # type: ignore[assignment]
+    client.get_primaries = lambda: [a, b, idle]  # type: ignore[method-assign]
+    hashed: list[str] = []
+
+    def keyslot(key: str) -> int:
+        hashed.append(key)
+        return key_slot(key.encode())
+
+    client.keyslot = keyslot  # type: ignore[method-assign]
+    keys = primary_keys(client, "p:flow:marker")
+    assert sorted(slots[key_slot(k.encode())][0].name for k in keys) == ["a:1", "b:2"]
+    assert len(hashed) < 100  # a primary with no slots does not make it try every name
+    assert primary_keys(client, "p:flow:marker") == keys  # the same names every time
