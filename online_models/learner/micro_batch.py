@@ -422,19 +422,11 @@ class HeadLearner:
     def _covisitation_logits(
         self, histories: Histories, explore: np.ndarray, candidates: torch.Tensor
     ) -> torch.Tensor:
-        """The co-visitation term of each explored example's candidates (E x C, dense;
-        ``candidates`` sorted), from the table as it was when the batch was ranked."""
-        rows, mask = histories.device_rows.rows, histories.device_rows.mask
-        evidence = self.model.covisitation_evidence(rows, mask)
-        line_of = torch.full((int(explore.max()) + 1,), -1, device=self.device)
-        line_of[self._to_device(explore)] = torch.arange(len(explore), device=self.device)
-        lines = line_of[evidence.lines.clamp(max=len(line_of) - 1)]
-        columns = torch.searchsorted(candidates, evidence.columns).clamp(max=len(candidates) - 1)
-        keep = (lines >= 0) & (evidence.lines < len(line_of))
-        keep &= candidates[columns] == evidence.columns
-        term = self.model.covisitation_term(evidence)[keep]
-        dense = torch.zeros(len(explore), len(candidates), device=self.device)
-        return dense.index_put((lines[keep], columns[keep]), term, accumulate=True)
+        """The co-visitation term of each explored example's candidates (E x C), from the
+        table as it was when the batch was ranked."""
+        lines = self._to_device(explore)
+        rows, mask = histories.device_rows.rows[lines], histories.device_rows.mask[lines]
+        return self.model.covisitation_at(rows, mask, candidates)
 
     def _list_loss(
         self,

@@ -240,6 +240,21 @@ class SessionRecommender(nn.Module):
         """What the evidence adds at its (line, column) pairs (repeated pairs add up)."""
         return self.covis_blend * evidence.values
 
+    def covisitation_at(
+        self, rows: torch.Tensor, mask: torch.Tensor, columns: torch.Tensor
+    ) -> torch.Tensor:
+        """The co-visitation term of the items ``columns`` (distinct rows, any order) for
+        each session: B x len(columns), the same values ``add_covisitation`` adds there."""
+        out = torch.zeros(rows.shape[0], len(columns), device=rows.device)
+        if len(columns) == 0:
+            return out
+        evidence = self.covisitation_evidence(rows, mask)
+        order = torch.argsort(columns)
+        at = torch.searchsorted(columns[order], evidence.columns).clamp(max=len(columns) - 1)
+        keep = columns[order][at] == evidence.columns
+        term = self.covisitation_term(evidence)[keep]
+        return out.index_put((evidence.lines[keep], order[at[keep]]), term, accumulate=True)
+
     def add_covisitation(
         self, scores: torch.Tensor, rows: torch.Tensor, mask: torch.Tensor
     ) -> torch.Tensor:

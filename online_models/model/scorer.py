@@ -179,7 +179,7 @@ class SessionScorer:
             lifted = torch.zeros(len(histories), len(picked) + 1, device=self.device)
             repeat = self._model.add_repeat_bonus(lifted, columns, mask, lift=True)
             repeat = repeat[:, : len(picked)]
-            covisitation = self._covisitation_at(history_rows, mask, picked)
+            covisitation = self._model.covisitation_at(history_rows, mask, picked)
             scores = match + bias + repeat + covisitation
             return ScoreParts(
                 match=match[0].cpu().numpy(),
@@ -188,17 +188,6 @@ class SessionScorer:
                 covisitation=covisitation[0].cpu().numpy(),
                 drops=(scores[0] - scores[1:]).cpu().numpy(),
             )
-
-    def _covisitation_at(
-        self, rows: torch.Tensor, mask: torch.Tensor, picked: torch.Tensor
-    ) -> torch.Tensor:
-        """The co-visitation term (the model's own) of the ``picked`` rows, per history."""
-        evidence = self._model.covisitation_evidence(rows, mask)
-        term = self._model.covisitation_term(evidence)
-        same = evidence.columns[:, None] == picked[None, :]
-        match, column = same.nonzero(as_tuple=True)
-        out = torch.zeros(rows.shape[0], len(picked), device=self.device)
-        return out.index_put_((evidence.lines[match], column), term[match], accumulate=True)
 
     def _scores(self, history: Sequence[str]) -> torch.Tensor:
         """float32 scores of every item for one session."""
