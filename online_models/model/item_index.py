@@ -6,8 +6,9 @@ for the lifetime of a model lineage (deltas rely on it) and new ids never collid
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from itertools import repeat
+from types import MappingProxyType
 
 import numpy as np
 
@@ -25,6 +26,11 @@ class ItemIndex:
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    @property
+    def rows(self) -> Mapping[str, int]:
+        """Item id -> row, read-only (the index's own map, not a copy)."""
+        return MappingProxyType(self._rows)
 
     def __contains__(self, item_id: str) -> bool:
         return item_id in self._rows

@@ -116,12 +116,20 @@ class SessionRecommender(nn.Module):
     """Encoder + head; ``n_items`` rows of the ``capacity``-row table are in use."""
 
     def __init__(
-        self, shape: ModelShape, capacity: int, dropout: float = 0.0, seed: int = 0
+        self,
+        shape: ModelShape,
+        capacity: int,
+        dropout: float = 0.0,
+        seed: int = 0,
+        backbone: BertModel | None = None,
     ) -> None:
         super().__init__()
         torch.manual_seed(seed)
         self.shape = shape
-        self.backbone = BertModel(backbone_config(shape, dropout), add_pooling_layer=False)
+        # ``backbone``: an existing module to use (shared, read-only, by serving's scorers).
+        if backbone is None:
+            backbone = BertModel(backbone_config(shape, dropout), add_pooling_layer=False)
+        self.backbone = backbone
         self.item_table = nn.Parameter(torch.zeros(capacity, shape.hidden_size))
         self.item_bias = nn.Parameter(torch.zeros(capacity))
         self.projection = nn.Linear(shape.hidden_size, shape.hidden_size)
@@ -333,27 +341,38 @@ class SessionRecommender(nn.Module):
 
     @classmethod
     def from_weights(
-        cls, weights: ModelWeights, min_capacity: int = 16, dropout: float = 0.0
+        cls,
+        weights: ModelWeights,
+        min_capacity: int = 16,
+        dropout: float = 0.0,
+        backbone: BertModel | None = None,
     ) -> SessionRecommender:
-        """A model holding ``weights`` (capacity rounded up to a power of two)."""
+        """A model holding ``weights`` (capacity rounded up to a power of two).
+
+        ``backbone``, when given, already holds ``weights``' backbone tensors and is used
+        as it is (the caller checked: ``traced_backbone.tensors_digest``).
+        """
         capacity = max(min_capacity, 1 << max(weights.n_items - 1, 1).bit_length())
-        model = cls(weights.shape, capacity, dropout)
-        model.load_weights(weights)
+        model = cls(weights.shape, capacity, dropout, backbone=backbone)
+        model.load_weights(weights, backbone=backbone is None)
         return model
 
-    def load_weights(self, weights: ModelWeights) -> None:
-        """Replace every parameter with ``weights`` (growing the table if needed)."""
-        backbone = {
-            name[len(BACKBONE_PREFIX) :]: torch.from_numpy(np.array(value))
-            for name, value in weights.tensors.items()
-            if name.startswith(BACKBONE_PREFIX)
-        }
+    def load_weights(self, weights: ModelWeights, backbone: bool = True) -> None:
+        """Replace every parameter with ``weights`` (growing the table if needed); the
+        backbone's only when ``backbone``."""
+        if backbone:
+            self.backbone.load_state_dict(
+                {
+                    name[len(BACKBONE_PREFIX) :]: torch.from_numpy(np.array(value))
+                    for name, value in weights.tensors.items()
+                    if name.startswith(BACKBONE_PREFIX)
+                }
+            )
         projection = {
             name[len(PROJECTION_PREFIX) :]: torch.from_numpy(np.array(value))
             for name, value in weights.tensors.items()
             if name.startswith(PROJECTION_PREFIX)
         }
-        self.backbone.load_state_dict(backbone)
         self.projection.load_state_dict(projection)
         with torch.no_grad():  # versions from before a tensor existed keep its initial value
             for name, parameter in ((REPEAT_BONUS, self.repeat_bonus),

@@ -11,15 +11,20 @@ be shared by threads and swapped atomically when a new version arrives.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from online_models.model.item_index import ItemIndex
-from online_models.model.recommender import SessionRecommender, bucket_lengths, history_tensors
-from online_models.model.traced_backbone import traced_backbone
+from online_models.model.recommender import (
+    BACKBONE_PREFIX,
+    SessionRecommender,
+    bucket_lengths,
+    history_tensors,
+)
+from online_models.model.traced_backbone import cached_backbone, tensors_digest, traced_backbone
 from online_models.model.weights import ModelWeights
 from streamrec.settings import ModelSettings
 
@@ -84,13 +89,21 @@ class SessionScorer:
         """A scorer of ``weights`` on ``device`` (CPU when none is given)."""
         if settings.scorer_threads:
             torch.set_num_threads(settings.scorer_threads)
-        model = SessionRecommender.from_weights(weights)
+        shared = None
+        if device is None or device.type == "cpu":  # versions that share a backbone share one
+            lengths = bucket_lengths(weights.shape.max_seq_len)
+            shared = cached_backbone(tensors_digest(weights.tensors, BACKBONE_PREFIX), lengths)
+        model = SessionRecommender.from_weights(weights, backbone=shared)
         index = ItemIndex(weights.item_ids)
         return cls(model, index, weights.version, settings.scorer_dtype, device)
 
     @property
     def item_ids(self) -> list[str]:
         return self.index.ids
+
+    @property
+    def item_rows(self) -> Mapping[str, int]:
+        return self.index.rows
 
     def _queries(
         self, histories: Sequence[Sequence[str]]

@@ -12,6 +12,11 @@ version, several a second. The online learner never changes the backbone, so gra
 cached by a digest of the backbone's weights: a new trace happens only after a full
 training or a fine-tune. Every trace is checked against the eager forward on padded and
 unpadded probes; a mismatch (or a failure to trace) keeps the eager forward.
+
+The cached eager backbone is shared too (``cached_backbone``): a version whose backbone
+tensors are a cached one's is built around that module, read-only at inference, instead of
+constructing and loading a new ``BertModel`` (about 10 ms of GIL-holding Python per hot
+swap, which requests in flight wait for).
 """
 
 from __future__ import annotations
@@ -21,7 +26,9 @@ import logging
 import threading
 import warnings
 from collections import OrderedDict
+from collections.abc import Mapping
 
+import numpy as np
 import torch
 from torch import nn
 from transformers import BertModel
@@ -52,6 +59,7 @@ class TracedBackbone:
     """Calls the traced graph for the input's length, the eager backbone otherwise."""
 
     def __init__(self, backbone: BertModel, lengths: tuple[int, ...]) -> None:
+        self.backbone = backbone
         self._eager = _LastPosition(backbone).eval()
         self._graphs: dict[int, torch.jit.ScriptModule] = {}
         for length in lengths:
@@ -106,15 +114,34 @@ _cache_lock = threading.Lock()
 
 def backbone_digest(backbone: nn.Module) -> str:
     """sha256 over the backbone's tensors (names and bytes), about 1 ms at default sizes."""
+    return _digest(
+        {name: value.detach().cpu().numpy() for name, value in backbone.state_dict().items()}
+    )
+
+
+def tensors_digest(tensors: Mapping[str, np.ndarray], prefix: str) -> str:
+    """``backbone_digest`` of the backbone that ``tensors``' ``prefix``-named entries load."""
+    return _digest(
+        {name[len(prefix) :]: v for name, v in tensors.items() if name.startswith(prefix)}
+    )
+
+
+def _digest(tensors: Mapping[str, np.ndarray]) -> str:
     digest = hashlib.sha256()
-    for name, value in backbone.state_dict().items():
+    for name in sorted(tensors):  # by name: a state dict and a decoded blob list them apart
+        value = np.ascontiguousarray(tensors[name], dtype=np.float32)
         digest.update(name.encode())
-        digest.update(value.detach().cpu().contiguous().numpy().tobytes())
+        digest.update(memoryview(value).cast("B"))
     return digest.hexdigest()
 
 
 def traced_backbone(backbone: BertModel, lengths: tuple[int, ...]) -> TracedBackbone:
     """The cached traced copy of ``backbone`` (traced now if these weights are new)."""
+    with _cache_lock:
+        for key, found in _cache.items():  # a shared backbone (``cached_backbone``) is its own
+            if found.backbone is backbone and key.endswith(f":{lengths}"):
+                _cache.move_to_end(key)
+                return found
     key = f"{backbone_digest(backbone)}:{lengths}"
     with _cache_lock:
         found = _cache.get(key)
@@ -128,3 +155,10 @@ def traced_backbone(backbone: BertModel, lengths: tuple[int, ...]) -> TracedBack
         while len(_cache) > CACHED_BACKBONES:
             _cache.popitem(last=False)
     return traced
+
+
+def cached_backbone(digest: str, lengths: tuple[int, ...]) -> BertModel | None:
+    """The backbone module of a cached trace with this ``tensors_digest``, else None."""
+    with _cache_lock:
+        found = _cache.get(f"{digest}:{lengths}")
+    return None if found is None else found.backbone

@@ -31,6 +31,7 @@ class FakeScorer:
         self.version = version
         self.item_ids = list(item_ids)
         self._rows = {item_id: row for row, item_id in enumerate(self.item_ids)}
+        self.item_rows = self._rows
         self.weights = np.arange(len(self.item_ids), dtype=np.float32) + offset
 
     def score(self, history: Sequence[str]) -> np.ndarray:
@@ -309,6 +310,32 @@ def test_snapshot_indexes_items_and_categories() -> None:
     assert snapshot.item_rows["i3"] == 3
     assert snapshot.categories.candidates(["A"]).tolist() == [1, 3]
     assert snapshot.categories.candidates(["B"]).size == 0
+
+
+@pytest.mark.parametrize(
+    ("next_ids", "next_categories"),
+    [
+        ([*ITEMS, "n1", "n2"], None),  # an online version adds items: extended
+        (list(ITEMS), None),  # the same items: reused
+        ([*reversed(ITEMS), "n1"], None),  # a retrained model's new rows: rebuilt
+        ([*ITEMS, "n1"], {"i0": "C", "n1": "B"}),  # categories re-read: rebuilt
+    ],
+)
+def test_a_snapshot_built_on_the_one_before_indexes_categories_as_a_fresh_one(
+    next_ids: list[str], next_categories: dict[str, str] | None
+) -> None:
+    categories = {"i1": "A", "i3": "A", "i4": "B", "n1": "A", "n2": "C"}
+    before = ModelSnapshot.build(FakeScorer(4, ITEMS), "poll", categories)
+    scorer = FakeScorer(5, next_ids)
+    now = next_categories or categories
+    built_on = ModelSnapshot.build(scorer, "poll", now, before).categories
+    fresh = ModelSnapshot.build(scorer, "poll", now).categories
+    assert built_on.rows.keys() == fresh.rows.keys()
+    for name, rows in fresh.rows.items():
+        assert built_on.rows[name].tolist() == rows.tolist()
+        assert built_on.candidates([name]).tolist() == [
+            r for r, i in enumerate(next_ids) if now.get(i) == name
+        ]
 
 
 @pytest.mark.timeout(30)

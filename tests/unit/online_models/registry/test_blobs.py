@@ -44,9 +44,11 @@ def edit_header(blob: bytes, edit: Callable[[dict], None]) -> bytes:
     return struct.pack("<Q", len(raw)) + raw + blob[8 + size :]
 
 
-def test_snapshot_round_trip_keeps_every_tensor_and_odd_item_ids() -> None:
+@pytest.mark.parametrize("odd", ["id,with\nnewline\x00and-é", "ascii,with\nnewline\x00"])
+def test_snapshot_round_trip_keeps_every_tensor_and_odd_item_ids(odd: str) -> None:
     weights = random_weights(6, SMALL)
-    weights.item_ids[2] = "id,with\nnewline\x00and-é"
+    weights.item_ids[2] = odd
+    weights.item_ids[4] = ""
     decoded = decode_snapshot(encode_snapshot(weights))
     assert decoded.item_ids == weights.item_ids
     assert decoded.shape == weights.shape
