@@ -46,11 +46,12 @@ from flows.feature_config import FeatureConfig
 from loadtest.synthetic_traffic import GeneratorConfig, GroundTruth, Scenario, generate
 from online_models.drift.finetune_schedule import DueFinetune, FinetuneSchedule, skipped_alert
 from online_models.drift.monitor import DriftMonitor, wants_finetune
-from online_models.drift.signals import LearnerSignal, spread_hits
+from online_models.drift.signals import spread_hits
 from online_models.finetune.gate import GateVerdict, LearnedBatch, split_replay
 from online_models.finetune.reservoir import RUN_LENGTH, sample_runs
 from online_models.finetune.training import judge, train_candidate
 from online_models.learner.micro_batch import HeadLearner
+from online_models.learner.signal import LearnerSignal
 from online_models.model.covisitation import CovisitationRule
 from online_models.model.recommender import random_weights
 from online_models.model.weights import ModelWeights

@@ -36,7 +36,6 @@ from online_models.drift.canary_loop import CanaryLoop
 from online_models.drift.finetune_schedule import DueFinetune, FinetuneSchedule, skipped_alert
 from online_models.drift.metrics import DriftMetrics
 from online_models.drift.monitor import REGRESSED, DriftMonitor, wants_finetune
-from online_models.drift.signals import LearnerSignal
 from online_models.finetune.job import FinetuneRequest, run_finetune_process
 from online_models.finetune.rollback import rollback_model
 from online_models.finetune.status import (
@@ -46,6 +45,7 @@ from online_models.finetune.status import (
     save_signal_cursor,
     start_cooldown,
 )
+from online_models.learner.signal import LearnerSignal
 from streamrec.alerts import Alert, alert_from_stream, encode_alert
 from streamrec.events import Event, EventLimits, parse_event
 from streamrec.example_dedupe import ExampleDedupe, rebuild_dedupe

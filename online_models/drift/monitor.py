@@ -28,9 +28,9 @@ from online_models.drift.signals import (
     CtrTracker,
     ImpressionOutcome,
     InputSignals,
-    LearnerSignal,
     spread_hits,
 )
+from online_models.learner.signal import LearnerSignal
 from streamrec.alerts import FINETUNE_TRIGGERS, Alert, StreamOffset, make_alert
 from streamrec.settings import Settings
 from streamrec.topics import Topics

@@ -1,8 +1,8 @@
 """Turn what the monitor reads into detector observations (pure, no I/O).
 
-- ``LearnerSignal``: one record of the learner's per-micro-batch signal stream; its hits
-  are spread evenly over the batch's examples so ADWIN sees per-example hit@20 without a
-  within-batch step that would look like a change.
+- ``spread_hits``: a learner signal's (``online_models.learner.signal``) hits spread evenly
+  over the batch's examples, so ADWIN sees per-example hit@20 without a within-batch step
+  that would look like a change.
 - ``InputSignals``: per training example, the reference share of its category and whether
   its target item was never seen before; per finished session, its length.
 - ``CtrTracker``: impressions and the clicks that cite their ``request_id`` become one
@@ -12,42 +12,10 @@
 from __future__ import annotations
 
 from collections import Counter, OrderedDict
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from streamrec.training_examples import TrainingExample
-
-
-@dataclass(frozen=True, slots=True)
-class LearnerSignal:
-    """The learner's prequential metrics for one micro-batch (evaluated before training)."""
-
-    model_version: int
-    examples: int
-    hits_at_20: int
-    mrr_sum: float
-    mean_loss: float
-    first_offset: int
-    last_offset: int
-    ts_ms: int
-
-    @classmethod
-    def from_fields(cls, fields: Mapping[bytes | str, bytes | str]) -> LearnerSignal:
-        """Parse a Redis stream entry; raises ``ValueError`` on an entry it cannot read."""
-        data = {_text(key): _text(value) for key, value in fields.items()}
-        try:
-            return cls(
-                model_version=int(data.get("model_version", data.get("version", "0"))),
-                examples=int(data["examples"]),
-                hits_at_20=int(float(data.get("hits_at_20", data.get("hits@20", "0")))),
-                mrr_sum=float(data.get("mrr_sum", "0")),
-                mean_loss=float(data.get("mean_loss", data.get("loss", "nan"))),
-                first_offset=int(data.get("first_offset", "-1")),
-                last_offset=int(data.get("last_offset", "-1")),
-                ts_ms=int(float(data.get("ts_ms", data.get("ts", "0")))),
-            )
-        except (KeyError, ValueError) as exc:
-            raise ValueError(f"not a learner signal: {data}") from exc
 
 
 def spread_hits(hits: int, examples: int) -> Iterator[float]:
@@ -167,7 +135,3 @@ class CtrTracker:
             return None
         del self._pending[request_id]
         return ImpressionOutcome(request_id, True, partition, offset)
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

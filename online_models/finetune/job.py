@@ -36,6 +36,7 @@ from online_models.finetune.gate import LearnedBatch, split_replay
 from online_models.finetune.replay import read_replay
 from online_models.finetune.reservoir import read_reservoir
 from online_models.finetune.status import record_finetune, start_cooldown
+from online_models.learner.signal import LearnerSignal
 from online_models.registry.weight_registry import WeightRegistry
 from streamrec.alerts import make_alert
 from streamrec.redis_connection import connect_redis
@@ -194,23 +195,19 @@ def _learned_batches(
     while True:
         entries = client.xrevrange(keys.learner_signals, max=cursor, count=1000)
         for _, fields in entries:
-            data = {_text(key): _text(value) for key, value in fields.items()}
             try:
-                batch = LearnedBatch(
-                    int(data["event_ts_ms"]), int(data["examples"]), int(float(data["hits_at_20"]))
-                )
-            except (KeyError, ValueError):
-                continue  # without event time (or malformed) it cannot be placed in the span
-            if batch.event_ts_ms < first_ts:
+                signal = LearnerSignal.from_fields(fields)
+            except ValueError:
+                continue
+            if signal.event_ts_ms is None:
+                continue  # without event time it cannot be placed in the span
+            if signal.event_ts_ms < first_ts:
                 return batches
-            batches.append(batch)
+            batches.append(LearnedBatch(signal.event_ts_ms, signal.examples, signal.hits_at_20))
         if len(entries) < 1000:
             return batches
-        cursor = f"({_text(entries[-1][0])}"
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
+        last_id = entries[-1][0]
+        cursor = f"({last_id.decode() if isinstance(last_id, bytes) else last_id}"
 
 
 def _announce(settings: Settings, client: redis.Redis, report: FinetuneReport) -> None:

@@ -45,6 +45,7 @@ from online_models.learner.alerts import guard_alert, topic_reset_alert, unloada
 from online_models.learner.metrics import LearnerMetrics
 from online_models.learner.micro_batch import BatchOutcome, HeadLearner
 from online_models.learner.positions import LearnerPositions
+from online_models.learner.signal import LearnerSignal
 from online_models.learner.version_follower import SkippedVersion, VersionFollower
 from online_models.model.covisitation import CovisitationRule
 from online_models.model.device import pick_device
@@ -298,22 +299,22 @@ class Learner:
     def _signal(self, outcome: BatchOutcome, examples: list[TrainingExample]) -> None:
         assert self.head is not None
         offsets = [e.source_offset for e in examples]
-        fields = {
-            "model_version": self.head.base_version,
-            "examples": outcome.ranking.examples,  # ranked: exposure examples are not
-            "hits_at_20": outcome.ranking.hits,
-            "mrr_sum": outcome.ranking.reciprocal_rank_sum,
-            "mean_loss": outcome.loss,
-            "first_offset": min(offsets),
-            "last_offset": max(offsets),
-            "event_ts_ms": max(e.ts for e in examples),
-            "new_items": outcome.new_items,
-            "skipped": outcome.skipped,
-            "ts_ms": int(time.time() * 1000),
-        }
+        signal = LearnerSignal(
+            model_version=self.head.base_version,
+            examples=outcome.ranking.examples,  # ranked: exposure examples are not
+            hits_at_20=outcome.ranking.hits,
+            mrr_sum=outcome.ranking.reciprocal_rank_sum,
+            mean_loss=outcome.loss,
+            first_offset=min(offsets),
+            last_offset=max(offsets),
+            ts_ms=int(time.time() * 1000),
+            event_ts_ms=max(e.ts for e in examples),
+            new_items=outcome.new_items,
+            skipped=outcome.skipped,
+        )
         self.client.xadd(
             self.keys.learner_signals,
-            fields,  # type: ignore[arg-type]
+            signal.fields(),  # type: ignore[arg-type]
             maxlen=self.settings.learner.signals_maxlen,
             approximate=True,
         )

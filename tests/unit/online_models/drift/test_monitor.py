@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from online_models.drift.monitor import DriftMonitor, wants_finetune
-from online_models.drift.signals import LearnerSignal
+from online_models.learner.signal import LearnerSignal
 from streamrec.alerts import Severity
 from streamrec.settings import DriftSettings, KafkaSettings, LearnerSettings, Settings
 from streamrec.training_examples import TrainingExample

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import math
-
 from hypothesis import given
 from hypothesis import strategies as st
 
-from online_models.drift.signals import CtrTracker, InputSignals, LearnerSignal, spread_hits
+from online_models.drift.signals import CtrTracker, InputSignals, spread_hits
 from streamrec.training_examples import TrainingExample
 
 
@@ -25,37 +23,6 @@ def test_spread_hits_keeps_the_count_and_spreads_evenly(hits: int, examples: int
     half = examples // 2
     # Each half holds its share of the hits (no within-batch step a detector could see).
     assert abs(sum(values[:half]) - min(hits, examples) * half / examples) <= 1
-
-
-def test_learner_signal_parses_redis_fields() -> None:
-    signal = LearnerSignal.from_fields(
-        {
-            b"model_version": b"7",
-            b"examples": b"256",
-            b"hits_at_20": b"100",
-            b"mrr_sum": b"31.5",
-            b"mean_loss": b"6.25",
-            b"first_offset": b"10",
-            b"last_offset": b"300",
-            b"ts_ms": b"1700000000000",
-        }
-    )
-    assert (signal.model_version, signal.examples, signal.hits_at_20) == (7, 256, 100)
-    assert signal.mean_loss == 6.25 and signal.last_offset == 300
-
-
-def test_learner_signal_without_loss_reads_as_nan() -> None:
-    signal = LearnerSignal.from_fields({"examples": "3", "hits_at_20": "1"})
-    assert math.isnan(signal.mean_loss)
-
-
-def test_learner_signal_refuses_garbage() -> None:
-    try:
-        LearnerSignal.from_fields({"examples": "many"})
-    except ValueError as exc:
-        assert "not a learner signal" in str(exc)
-    else:
-        raise AssertionError("expected ValueError")
 
 
 def inputs(capacity: int = 10) -> InputSignals:
