@@ -14,7 +14,9 @@ What runs, all in one command:
    the sample's sessions at a fixed concurrency, while this process publishes ``swaps``
    new versions at even intervals.
 4. The same is repeated briefly with a synthetic 1,000,000-item catalog at low
-   concurrency to give ``p99_ms_1m_items``.
+   concurrency to give ``p99_ms_1m_items``; where the scorer ranks int8 shortlists there
+   (``SessionScorer.int8_shortlists``), this process then measures their recall against
+   the exact pass on a sample of those sessions (``recall_at_20_1m_items``).
 
 Everything it wrote (Redis keys, weight files) is removed at the end.
 """
@@ -71,6 +73,7 @@ class BenchConfig:
     large_concurrency: int = 2
     large_duration_s: float = 10.0
     large_sessions: int = 2000
+    recall_sessions: int = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -307,6 +310,7 @@ def run_large_catalog(
         rng = np.random.default_rng(5)
         pipe = client.pipeline(transaction=False)
         targets = []
+        histories: list[tuple[str, ...]] = []
         for number in range(config.large_sessions):
             clicks = rng.integers(0, config.large_items, size=int(rng.integers(1, 10)))
             state = SessionState()
@@ -314,10 +318,10 @@ def run_large_catalog(
                 state.apply_click(
                     offset, f"item-{row}", None, settings.flow.history_len, 0, f"e{offset}"
                 )
-            pipe.hset(
-                large_keys.session(f"l{number}"), mapping=encode_session_features(state.features())
-            )
+            features = state.features()
+            pipe.hset(large_keys.session(f"l{number}"), mapping=encode_session_features(features))
             targets.append(f"/recommend?session_id=l{number}&k={config.k}")
+            histories.append(features.items)
         pipe.execute()
         port = free_port()
         server = spawn_server(
@@ -332,6 +336,7 @@ def run_large_catalog(
             batch_size = mean_batch_size(port)
         finally:
             stop_server(server)
+        recall = shortlist_recall(weights, settings, histories[: config.recall_sessions], config.k)
         return {
             "items_1m": config.large_items,
             "concurrency_1m_items": config.large_concurrency,
@@ -341,6 +346,33 @@ def run_large_catalog(
             "errors_1m_items": load["errors"],
             "mean_score_batch_1m_items": batch_size,
             "server_cpu_ms_per_request_1m_items": load["server_cpu_ms_per_request"],
+            **({} if recall is None else {"recall_at_20_1m_items": recall}),
         }
     finally:
         delete_prefix(client, large_keys.prefix)
+
+
+def shortlist_recall(
+    weights: Any, settings: Settings, histories: list[tuple[str, ...]], k: int
+) -> float | None:
+    """Recall@k of the served top K against the exact pass, None where serving is exact.
+
+    Builds from ``weights`` the scorer the server builds (``settings.model``, on CPU) and
+    compares its ``top_k_batch`` answers with the exact top k of ``score_batch`` for the same
+    ``histories`` (click-only sessions: nothing is excluded, as in the served requests).
+    A served item counts when its exact score reaches the exact k-th best: bfloat16
+    scores tie often, and any tied item is a correct answer.
+    """
+    from online_models.model.scorer import SessionScorer
+
+    scorer = SessionScorer.from_weights(weights, settings.model)
+    if not scorer.int8_shortlists:
+        return None
+    console.print(f"recall of the int8 shortlists over {len(histories)} sessions...")
+    hits = 0
+    for start in range(0, len(histories), 8):
+        batch = histories[start : start + 8]
+        exact = scorer.score_batch(batch)
+        for line, (rows, _) in zip(exact, scorer.top_k_batch(batch, k), strict=True):
+            hits += int(np.sum(line[rows] >= np.partition(line, -k)[-k]))
+    return round(hits / (k * len(histories)), 4)

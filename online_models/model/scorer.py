@@ -5,14 +5,17 @@ as one contiguous float32 tensor and each call does one encoder pass plus one
 matrix-vector product, on the device it was built for (``STREAMREC_SERVING_DEVICE``, CPU
 by default). On CPU the encoder runs as a traced TorchScript graph
 (``traced_backbone``: about half the time per call, shared by every version with the same
-backbone). The scorer is read-only after construction, so one instance can
-be shared by threads and swapped atomically when a new version arrives.
+backbone). For a large catalog on CPU, serving's top-K reads an int8 copy of the table
+instead and ranks the rows it shortlists exactly (``Int8Table``, ``top_k_batch``). The
+scorer is read-only after construction, so one instance can be shared by threads and
+swapped atomically when a new version arrives.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -29,7 +32,13 @@ from online_models.model.weights import ModelWeights
 from streamrec.settings import ModelSettings
 
 BF16_MIN_ITEMS = 262_144
+INT8_MIN_ITEMS = 262_144  # from here top-K shortlists with an ``Int8Table`` (on CPU)
 BLOCK_ROWS = 32  # columns per block of ``block_top_k``
+# Rows shortlisted per answer beyond its k: 8 already gave recall 1.0 of the exact top 20 on
+# random 300k and 1M-item tables; each one costs a few dot products in the exact re-rank.
+SHORTLIST_MARGIN = 32
+INT8_COLUMNS = 32  # int8 rows are padded to a multiple of this (the kernel reads 16 or 32 at once)
+QUANTISE_ROWS = 16_384  # rows quantised at a time: 4 MB temporaries, not catalog-sized ones
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +60,50 @@ class ScoreParts:
     drops: np.ndarray  # len(history) x items
 
 
+@dataclass(frozen=True, slots=True)
+class Int8Table:
+    """The item table quantised per row (symmetric int8, one bfloat16 scale per row) for an
+    approximate pass that reads half the bytes of a bfloat16 table.
+
+    ``scores`` is ``torch._weight_int8pack_mm`` (bfloat16 queries against int8 rows, each
+    scaled by its row's scale inside the kernel, vectorised for AVX2 and AVX-512) plus the
+    bias: the query is not quantised, so the error is the rows' rounding and bfloat16's.
+    ``torch._int_mm`` (int8 queries too) has no fast path on a CPU without AVX-512 VNNI: a
+    plain loop, slower than the bfloat16 product and 5 times slower than this kernel
+    (docs/serving.md).
+    """
+
+    rows: torch.Tensor  # padded rows x width int8; width = the hidden size rounded up to 32
+    scales: torch.Tensor  # per row, bfloat16
+    bias: torch.Tensor  # per row, float32 (-inf on padding rows)
+
+    @classmethod
+    def quantise(cls, table: torch.Tensor, bias: torch.Tensor) -> Int8Table:
+        """Rows of ``table`` (float32, n x H) scaled to [-127, 127] by their largest entry;
+        ``bias`` gives the padded row count (rows past n are zero)."""
+        n, hidden = table.shape
+        width = -(-hidden // INT8_COLUMNS) * INT8_COLUMNS
+        rows = torch.zeros(len(bias), width, dtype=torch.int8, device=table.device)
+        scales = torch.ones(len(bias), dtype=torch.bfloat16, device=table.device)
+        for start in range(0, n, QUANTISE_ROWS):
+            part = table[start : start + QUANTISE_ROWS]
+            scale = (part.abs().amax(dim=1) / 127).clamp(min=1e-30).bfloat16()
+            scales[start : start + len(part)] = scale
+            quantised = (part / scale.float()[:, None]).round_().clamp_(-127, 127)
+            rows[start : start + len(part), :hidden] = quantised
+        return cls(rows, scales, bias.float())
+
+    def scores(self, queries: torch.Tensor) -> torch.Tensor:
+        """Approximate ``queries . row + bias`` (float32, B x padded rows) for B x H queries.
+
+        The kernel's bfloat16 result is widened at once: on AVX2 the block maxima of
+        ``block_top_k`` take 5 times longer over bfloat16 than the widening and float32 ones.
+        """
+        padded = torch.nn.functional.pad(queries, (0, self.rows.shape[1] - queries.shape[1]))
+        product = torch._weight_int8pack_mm(padded.bfloat16(), self.rows, self.scales)
+        return product.float().add_(self.bias)
+
+
 class SessionScorer:
     """Scores over ``item_ids`` (index-aligned) for a session history of item ids."""
 
@@ -61,6 +114,7 @@ class SessionScorer:
         version: int,
         table_dtype: str = "auto",
         device: torch.device | None = None,
+        int8_candidates: Literal["on", "off", "auto"] = "auto",
     ) -> None:
         self.version = version
         self.index = index
@@ -81,6 +135,12 @@ class SessionScorer:
         self._bias = torch.full((padded,), float("-inf"), dtype=dtype, device=self.device)
         self._bias[:n] = model.item_bias.detach()[:n]
         self._max_len = model.shape.max_seq_len
+        # A GPU scores the whole table exactly in less time than the int8 pass takes on CPU.
+        use_int8 = int8_candidates == "on" or (
+            int8_candidates == "auto" and n >= INT8_MIN_ITEMS and self.device.type == "cpu"
+        )
+        table = model.item_table.detach()[:n]
+        self._int8 = Int8Table.quantise(table, self._bias) if use_int8 else None
 
     @classmethod
     def from_weights(
@@ -95,11 +155,19 @@ class SessionScorer:
             shared = cached_backbone(tensors_digest(weights.tensors, BACKBONE_PREFIX), lengths)
         model = SessionRecommender.from_weights(weights, backbone=shared)
         index = ItemIndex(weights.item_ids)
-        return cls(model, index, weights.version, settings.scorer_dtype, device)
+        return cls(
+            model, index, weights.version, settings.scorer_dtype, device,
+            settings.scorer_int8_candidates,
+        )  # fmt: skip
 
     @property
     def item_ids(self) -> list[str]:
         return self.index.ids
+
+    @property
+    def int8_shortlists(self) -> bool:
+        """Whether ``top_k_batch`` ranks int8 shortlists (approximate) instead of every row."""
+        return self._int8 is not None
 
     @property
     def item_rows(self) -> Mapping[str, int]:
@@ -136,16 +204,15 @@ class SessionScorer:
         matrix product for the whole batch, and no catalog-sized row is sorted or
         partitioned (``block_top_k``). ``excluded[i]`` (rows) never appear in answer ``i``;
         ``candidates[i]``, when given, holds the only rows it may contain (a category
-        filter). Non-finite scores are never returned.
+        filter). Non-finite scores are never returned. With an int8 table (a large catalog
+        on CPU) the rows come from its shortlists instead (``_reranked_top_k``): the
+        ranking is approximate (recall of the exact top 20 about 1.0), the scores exact.
         """
         with torch.inference_mode():
+            if self._int8 is not None:
+                return self._reranked_top_k(self._int8, histories, k, excluded, candidates)
             scores = self._score_matrix(histories)
-            skipped = [(line, rows) for line, rows in enumerate(excluded) if rows is not None]
-            if skipped:
-                lines = np.concatenate([np.full(len(rows), line) for line, rows in skipped])
-                columns = np.concatenate([rows for _, rows in skipped])
-                index = (self._on_device(lines), self._on_device(columns))
-                scores.index_put_(index, torch.tensor(float("-inf"), device=self.device))
+            self._exclude(scores, excluded)
             values, best = block_top_k(scores, k)
             answers = _finite(best.cpu().numpy(), values.cpu().numpy())
             for line, rows in enumerate(candidates):
@@ -186,12 +253,7 @@ class SessionScorer:
             picked = self._on_device(np.asarray(rows, dtype=np.int64))
             match = (queries.to(self._table.dtype) @ self._table[picked].T).float()
             bias = self._bias[picked].float().expand_as(match)
-            # Each history row's column among ``picked``; len(picked) for any other item.
-            same = history_rows[:, :, None] == picked
-            columns = torch.where(same.any(dim=2), same.int().argmax(dim=2), len(picked))
-            lifted = torch.zeros(len(histories), len(picked) + 1, device=self.device)
-            repeat = self._model.add_repeat_bonus(lifted, columns, mask, lift=True)
-            repeat = repeat[:, : len(picked)]
+            repeat = self._repeat_at(history_rows, mask, picked)
             covisitation = self._model.covisitation_at(history_rows, mask, picked)
             scores = match + bias + repeat + covisitation
             return ScoreParts(
@@ -213,6 +275,81 @@ class SessionScorer:
         scores = torch.addmm(self._bias, queries.to(self._table.dtype), self._table.T)
         scores = self._model.add_repeat_bonus(scores.float(), rows, mask, lift=True)
         return self._model.add_covisitation(scores, rows, mask)
+
+    def _reranked_top_k(
+        self,
+        int8: Int8Table,
+        histories: Sequence[Sequence[str]],
+        k: int,
+        excluded: Sequence[np.ndarray | None],
+        candidates: Sequence[np.ndarray | None],
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """``top_k_batch`` from the int8 table: shortlist, then rank the shortlist exactly.
+
+        A session without a category filter shortlists its ``k + SHORTLIST_MARGIN`` best
+        rows by the int8 scores plus the repeat bonus, lift and co-visitation term (added
+        as in ``_score_matrix``, so every row they lift is shortlisted), its excluded rows
+        set to -inf first. The batch's shortlists and category rows are then scored
+        exactly (``_scores_at``), and each answer ranks the rows it may hold.
+        """
+        queries, rows, mask = self._queries(histories)
+        lines = range(len(histories))
+        pools = [candidates[line] if line < len(candidates) else None for line in lines]
+        skips = [excluded[line] if line < len(excluded) else None for line in lines]
+        free = [line for line in lines if pools[line] is None]
+        shortlists = [pool for pool in pools if pool is not None]
+        if free:
+            at = self._on_device(np.array(free))
+            rough = int8.scores(queries[at])
+            rough = self._model.add_repeat_bonus(rough, rows[at], mask[at], lift=True)
+            rough = self._model.add_covisitation(rough, rows[at], mask[at])
+            self._exclude(rough, [skips[line] for line in free])
+            shortlists.append(block_top_k(rough, k + SHORTLIST_MARGIN)[1].cpu().numpy().ravel())
+        picked = np.unique(np.concatenate(shortlists)) if shortlists else np.zeros(0, np.int64)
+        if len(picked) == 0:  # no history, or only empty categories
+            return [(picked, np.zeros(0, np.float32)) for _ in lines]
+        scores = self._scores_at(queries, rows, mask, self._on_device(picked))
+        allowed = np.ones(scores.shape, dtype=bool)
+        for line in lines:
+            if pools[line] is not None:
+                allowed[line] = np.isin(picked, pools[line])
+            if skips[line] is not None:
+                allowed[line] &= ~np.isin(picked, skips[line])
+        scores.masked_fill_(~self._on_device(allowed), float("-inf"))
+        top = torch.topk(_nan_last(scores), min(k, len(picked)))
+        return _finite(picked[top.indices.cpu().numpy()], top.values.cpu().numpy())
+
+    def _scores_at(
+        self, queries: torch.Tensor, history_rows: torch.Tensor, mask: torch.Tensor,
+        picked: torch.Tensor,
+    ) -> torch.Tensor:  # fmt: skip
+        """The ranking scores of the distinct rows ``picked`` (float32, B x len(picked)):
+        those of ``_score_matrix`` up to float rounding, from products with those rows only."""
+        table = self._table[picked]
+        match = torch.addmm(self._bias[picked], queries.to(table.dtype), table.T).float()
+        repeat = self._repeat_at(history_rows, mask, picked)
+        return match + repeat + self._model.covisitation_at(history_rows, mask, picked)
+
+    def _repeat_at(
+        self, history_rows: torch.Tensor, mask: torch.Tensor, picked: torch.Tensor
+    ) -> torch.Tensor:
+        """The repeat part (bonus and lift) of the rows ``picked``, B x len(picked): the
+        model's own ``add_repeat_bonus`` on a matrix with one column per picked row (and
+        one for every other item)."""
+        same = history_rows[:, :, None] == picked
+        columns = torch.where(same.any(dim=2), same.int().argmax(dim=2), len(picked))
+        lifted = torch.zeros(len(history_rows), len(picked) + 1, device=self.device)
+        return self._model.add_repeat_bonus(lifted, columns, mask, lift=True)[:, : len(picked)]
+
+    def _exclude(self, scores: torch.Tensor, excluded: Sequence[np.ndarray | None]) -> None:
+        """Set each line's ``excluded`` columns of ``scores`` to -inf (in place)."""
+        skipped = [(line, rows) for line, rows in enumerate(excluded) if rows is not None]
+        if skipped:
+            lines = np.concatenate([np.full(len(rows), line) for line, rows in skipped])
+            columns = np.concatenate([rows for _, rows in skipped])
+            index = (self._on_device(lines), self._on_device(columns))
+            worst = torch.tensor(float("-inf"), dtype=scores.dtype, device=self.device)
+            scores.index_put_(index, worst)
 
     def _on_device(self, values: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(values).to(self.device)
