@@ -1,21 +1,22 @@
 """One output batch of the flow's Redis writes, sent to a Redis Cluster one node at a time.
 
 The publisher queues its writes here as it would on a pipeline (``hset``, ``zadd``,
-``delete``, ``zremrangebyrank``, ``rename`` and the session script's argument lists).
+``delete``, ``zremrangebyrank``, ``rename``, and the sessions for the session script).
 ``execute`` groups them by the node that serves each key's slot (the client's slot map) and
 sends one plain pipeline per node: a batch costs one round trip per primary it touches,
 whatever its size. redis-py's own cluster pipeline would route each command separately
 (about as costly per command as packing it), and it refuses RENAME and cross-slot scripts.
 
-Session hashes go through the flow's Lua script as on one server, at most
-``sessions_per_script`` per call, each call holding only sessions of one node. A script on
-a cluster may only touch keys of its node (any slot there, with the script flag
-``allow-cross-slot-keys``, Redis 7); its first session key is declared so the node can
-check the call landed right. If the slot map changed meanwhile (a failover, slots moved,
-a node restarting), Redis answers MOVED or refuses the script: the client reads the slot
-map again and the whole batch goes out again, with backoff, up to ``retries`` times. That
-is safe because every write sets absolute values (``flows/publisher.py``); a RENAME
-repeated without its ZADDs cannot happen, since a node's commands are one pipeline.
+Session hashes go through the flow's Lua script as on one server (``script_args`` makes
+its arguments), at most ``sessions_per_script`` per call, each call holding only sessions
+of one node. A script on a cluster may only touch keys of its node (any slot there, with
+the script flag ``allow-cross-slot-keys``, Redis 7); its first session key is declared so
+the node can check the call landed right. If the slot map changed meanwhile (a failover,
+slots moved, a node restarting), Redis answers MOVED or refuses the script: the client
+reads the slot map again and the whole batch goes out again, with backoff, up to
+``retries`` times. That is safe because every write sets absolute values
+(``flows/publisher.py``); a RENAME repeated without its ZADDs cannot happen, since a
+node's commands are one pipeline.
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ from redis.cluster import ClusterNode, RedisCluster
 from redis.commands.core import Script
 
 from streamrec.redis_connection import REDIS_ERRORS
+from streamrec.session_features import FIELDS
+
+SESSION_STRINGS = 1 + len(FIELDS)  # a session's key and its values
 
 ALLOW_CROSS_SLOT = "#!lua flags=allow-cross-slot-keys\n"
 
@@ -40,17 +44,19 @@ class ClusterBatch:
         self,
         client: RedisCluster,
         script: Script,
+        script_args: Callable[[list[bytes]], list[Any]],
         sessions_per_script: int,
         retries: int,
         backoff_s: Callable[[int], float],
     ) -> None:
         self._client = client
         self._script = script
+        self._script_args = script_args
         self._per_script = sessions_per_script
         self._retries = retries
         self._backoff_s = backoff_s
         self._commands: list[tuple[str, str, tuple[Any, ...], dict[str, Any]]] = []
-        self._session_args: list[list[Any]] = []
+        self._sessions: list[bytes] = []
 
     def __len__(self) -> int:
         return len(self._commands)
@@ -73,9 +79,9 @@ class ClusterBatch:
         """Both keys must share a slot (a hash tag): the node serving ``src`` runs it."""
         self._commands.append((src, "rename", (src, dst), {}))
 
-    def queue_sessions(self, args: list[Any]) -> None:
-        """The session script's ARGV: ttl, field count n, n names, then key + n values each."""
-        self._session_args.append(args)
+    def queue_sessions(self, strings: list[bytes]) -> None:
+        """Sessions for the session script: per session, its key and its values."""
+        self._sessions += strings
 
     # -- sending --------------------------------------------------------------------
 
@@ -98,7 +104,7 @@ class ClusterBatch:
         pipes: dict[str, Any] = {}
         nodes = self._client.nodes_manager
 
-        def pipe_for(key: str) -> Any:
+        def pipe_for(key: str | bytes) -> Any:
             node: ClusterNode = nodes.get_node_from_slot(self._client.keyslot(key))
             pipe = pipes.get(node.name)
             if pipe is None:
@@ -108,29 +114,24 @@ class ClusterBatch:
 
         for key, method, args, kwargs in self._commands:
             getattr(pipe_for(key), method)(*args, **kwargs)
-        for key, args in self._session_calls(pipe_for):
-            self._script(keys=[key], args=args, client=pipe_for(key))
+        for key, strings in self._session_calls(pipe_for):
+            self._script(keys=[key], args=self._script_args(strings), client=pipe_for(key))
         for pipe in pipes.values():
             pipe.execute()
 
-    def _session_calls(self, pipe_for: Callable[[str], Any]) -> list[tuple[str, list[Any]]]:
-        """The script calls: (first key, ARGV), each with sessions of one node only."""
-        if not self._session_args:
-            return []
-        first = self._session_args[0]
-        header = first[: 2 + int(first[1])]
-        step = 1 + int(first[1])
-        per_node: dict[int, list[Any]] = {}
-        calls: list[tuple[str, list[Any]]] = []
-        for args in self._session_args:
-            for start in range(len(header), len(args), step):
-                node = id(pipe_for(args[start]))
-                chunk = per_node.get(node)
-                if chunk is None:
-                    chunk = per_node[node] = list(header)
-                chunk += args[start : start + step]
-                if (len(chunk) - len(header)) // step == self._per_script:
-                    calls.append((chunk[len(header)], chunk))
-                    del per_node[node]
-        calls += [(chunk[len(header)], chunk) for chunk in per_node.values()]
+    def _session_calls(self, pipe_for: Callable[[bytes], Any]) -> list[tuple[bytes, list[bytes]]]:
+        """The script calls: (first key, sessions), each with sessions of one node only."""
+        sessions = self._sessions
+        per_node: dict[int, list[bytes]] = {}
+        calls: list[tuple[bytes, list[bytes]]] = []
+        for start in range(0, len(sessions), SESSION_STRINGS):
+            node = id(pipe_for(sessions[start]))
+            chunk = per_node.get(node)
+            if chunk is None:
+                chunk = per_node[node] = []
+            chunk += sessions[start : start + SESSION_STRINGS]
+            if len(chunk) == self._per_script * SESSION_STRINGS:
+                calls.append((chunk[0], chunk))
+                del per_node[node]
+        calls += [(chunk[0], chunk) for chunk in per_node.values()]
         return calls

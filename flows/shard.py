@@ -102,6 +102,7 @@ class FeatureShard:
         changed: dict[str, SessionState] = {}
         duplicates = late = 0
         join = self.exposures
+        outcomes_open = join.open_count  # changes only in join.observe
         horizon_ms = config.exposure_horizon_ms
         for shard_input in inputs:
             topic, partition = shard_input.topic, shard_input.partition
@@ -116,17 +117,19 @@ class FeatureShard:
             ):
                 session_id = event.session_id
                 state = sessions.get(session_id)
-                if event.type == "impression":
+                kind, ts = event.type, event.ts
+                if kind == "impression":
                     if state is not None and not state.record(event.event_id):
                         duplicates += 1
                         continue
                     if state is not None:
                         self.dirty.add(session_id)
-                    if event.ts < join.watermark - horizon_ms:
+                    if ts < join.watermark - horizon_ms:
                         late += 1
                         continue
                     self._close_exposures(join.observe(event), out, topic, partition, offset,
                                           produced_ms)  # fmt: skip
+                    outcomes_open = join.open_count
                     continue
                 if state is None:
                     state = sessions[session_id] = SessionState()
@@ -137,21 +140,22 @@ class FeatureShard:
                     continue
                 if example is not None:
                     examples.append((session_id.encode(), encode_example(example), produced_ms))
-                if join.open_count:
+                if outcomes_open:
                     closed = join.observe(event)
+                    outcomes_open = join.open_count
                     if closed:
                         self._close_exposures(closed, out, topic, partition, offset, produced_ms)
-                elif event.ts > join.watermark:  # nothing open: only event time moves
-                    join.watermark = event.ts
-                ts = event.ts
+                elif ts > join.watermark:  # nothing open: only event time moves
+                    join.watermark = ts
                 if ts > newest:
                     newest = ts
-                if event.type == "click":
-                    popularity.append((event.item_id, ts, 1.0))
+                item_id = event.item_id
+                if kind == "click":
+                    popularity.append((item_id, ts, 1.0))
                     if event.category:
-                        item_categories[event.item_id] = event.category
+                        item_categories[item_id] = event.category
                 else:
-                    popularity.append((event.item_id, ts, purchase_weight))
+                    popularity.append((item_id, ts, purchase_weight))
                 late += state.late - late_before
                 changed[session_id] = state
             source = (topic, partition)

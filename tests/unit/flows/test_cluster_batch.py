@@ -23,7 +23,7 @@ def batch_failing(failures: int, map_failures: int) -> tuple[ClusterBatch, dict[
 
     client: Any = SimpleNamespace(nodes_manager=SimpleNamespace(initialize=initialize))
     batch = ClusterBatch(
-        client, script=None, sessions_per_script=100, retries=3, backoff_s=lambda _: 0.0
+        client, None, list, sessions_per_script=100, retries=3, backoff_s=lambda _: 0.0
     )  # type: ignore[arg-type]
 
     def send() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import orjson
@@ -9,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from streamrec import events
 from streamrec.events import (
     Event,
     EventLimits,
@@ -176,3 +178,124 @@ json_values = st.recursive(
 )
 def test_parser_never_raises_on_arbitrary_json_objects(obj: dict) -> None:
     assert isinstance(parse_event(orjson.dumps(obj)), Event | Rejection)
+
+
+# The common case (a well-formed click or purchase) is decoded by a C schema; anything it
+# refuses goes the full way (orjson + the checks), which gives the reason. Both must agree
+# on every payload: the same Event, or the same Rejection with the same detail.
+WIDE = EventLimits(max_bytes=1 << 20)  # nothing oversized: the size check comes first anyway
+MAX_TS = NOW_MS + WIDE.max_future_ms
+PURCHASE = CLICK | {"type": "purchase", "price": 12.5, "quantity": 2, "user_id": "u1"}
+edge_values = (
+    st.none()
+    | st.booleans()
+    | st.integers()  # any size: beyond 64 bits, orjson reads a float
+    | st.integers(WIDE.min_ts_ms - 2, WIDE.min_ts_ms + 2)
+    | st.integers(MAX_TS - 2, MAX_TS + 2)
+    | st.floats()  # NaN and infinities as NaN and Infinity, which no JSON parser reads
+    | st.floats(0, 2e12).map(lambda price: float(int(price)))  # whole floats: 5.0 as a count
+    | st.text(max_size=4)
+    | st.text(min_size=127, max_size=129)  # around MAX_ID_CHARS, in characters not bytes
+    | st.text(alphabet="é😀\x00\n\u2028\ufeff", min_size=1, max_size=130)
+    | st.sampled_from(["click", "purchase", "impression", "Click", "", "2014-04-01T03:00:00Z"])
+    | st.sampled_from([str(NOW_MS), f"{NOW_MS}.0", "2014-04-01 03:00:00+02:00", "nan"])
+    | st.lists(st.text(max_size=3), max_size=2)
+    | st.dictionaries(st.text(max_size=3), st.integers(), max_size=2)
+)
+
+
+def to_json(value: object) -> bytes:
+    """JSON of ``value`` with what orjson refuses to write: ints beyond 64 bits, NaN."""
+    return json.dumps(value, ensure_ascii=False).encode()
+
+
+field_names = st.sampled_from(
+    [*PURCHASE, "request_id", "items", "model_version", "arm", "explored", "extra"]
+)
+
+
+def same_result(raw: bytes | str) -> None:
+    """The full parse (fast path first) and the full path alone give identical results."""
+    fast = events._parse(raw, WIDE, MAX_TS)
+    full = events._parse_json(raw, WIDE, MAX_TS)
+    assert repr(fast) == repr(full)  # repr: 5 and 5.0, 0.0 and -0.0, True and 1 differ
+    assert type(fast) is type(full)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(
+    st.sampled_from([CLICK, PURCHASE]),
+    st.dictionaries(field_names, edge_values, max_size=3),
+    st.sets(field_names, max_size=2),
+)
+def test_the_fast_path_and_the_full_path_agree_on_events_near_the_common_case(
+    base: dict, changes: dict, dropped: set
+) -> None:
+    obj = {name: value for name, value in (base | changes).items() if name not in dropped}
+    same_result(to_json(obj))
+    same_result(to_json(obj).decode())
+
+
+@settings(max_examples=1000, deadline=None)
+@given(
+    st.sampled_from([CLICK, PURCHASE]),
+    field_names,
+    edge_values,
+    st.sampled_from([b"", b" ", b"\n\t", b" x", b"\x00"]),
+)
+def test_the_fast_path_and_the_full_path_agree_on_repeated_fields_and_odd_framing(
+    base: dict, name: str, value: object, trailer: bytes
+) -> None:
+    raw = to_json(base)
+    repeated = raw[:-1] + b"," + to_json(name) + b":" + to_json(value) + b"}"
+    same_result(repeated)  # JSON with a key twice: the last one counts, in both
+    same_result(raw + trailer)
+    same_result(b"\xef\xbb\xbf" + raw)  # a byte-order mark
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        to_json(CLICK | {"ts": 99999999999999999999999}),  # orjson reads a float
+        to_json(CLICK | {"ts": float(NOW_MS)}),
+        to_json(CLICK | {"ts": "2014-04-01T03:00:00.123Z"}),
+        to_json(CLICK | {"item_id": 214536502}),
+        to_json(CLICK | {"item_id": 2.5e8}),
+        to_json(PURCHASE | {"quantity": 2.0}),
+        to_json(PURCHASE | {"price": 3}),
+        to_json(PURCHASE | {"price": -0.0}),
+        to_json(PURCHASE | {"price": 1e12}),
+        to_json(CLICK | {"user_id": "😀" * 128}),
+        to_json(CLICK | {"user_id": "😀" * 129}),
+        to_json(CLICK | {"category": ""}),
+        to_json(CLICK | {"event_id": ""}),
+        to_json(CLICK | {"extra": [[[]]]}),
+        to_json(CLICK | {"items": ["a"]}),
+        to_json(CLICK)[:-1] + b',"extra":1e400}',
+        to_json(CLICK)[:-1] + b',"category":"\\ud800"}',  # a lone surrogate, escaped
+        to_json(CLICK).replace(b'"s1"', b'"s\xff"'),  # not UTF-8
+        to_json(CLICK).decode().replace('"s1"', '"s\ud800"'),  # a str with a surrogate
+        b"[" * 1100 + b"]" * 1100,
+        to_json(CLICK)[:-1] + b',"extra":' + b"[" * 1100 + b"]" * 1100 + b"}",
+    ],
+)
+def test_the_fast_path_and_the_full_path_agree_on_edge_cases(raw: bytes | str) -> None:
+    same_result(raw)
+
+
+def test_well_formed_clicks_and_purchases_take_the_fast_path(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def full_path(*args: object) -> Rejection:
+        raise AssertionError("took the full path")
+
+    monkeypatch.setattr(events, "_parse_json", full_path)
+    common = [
+        CLICK,
+        CLICK | {"category": None, "user_id": "u" * 128, "request_id": "r1"},
+        PURCHASE,
+        PURCHASE | {"price": 3, "quantity": 0, "session_id": "é😀" * 64},
+    ]
+    parsed = parse_events([orjson.dumps(obj) for obj in common], WIDE)
+    assert [event.type for event in parsed] == ["click", "click", "purchase", "purchase"]
+    assert parsed[3].price == 3.0 and type(parsed[3].price) is float
