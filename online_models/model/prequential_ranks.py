@@ -1,6 +1,8 @@
 """Each target's rank among all known items, as the learner's prequential metrics need it.
 
-Two ways to the same numbers. ``exact_ranks`` scores every item in float32 and counts.
+Two ways to the same numbers. ``exact_ranks`` scores every item in float32 and counts
+(for known targets only: an unknown one misses whatever the scores, and on the sample a
+quarter of the learner's targets are new items).
 ``screened_ranks`` scores every item in a cheaper dtype (bfloat16: tensor cores on a GPU),
 keeps the best ``cutoff + margin`` of each row, and re-checks those in float32 against
 the target's float32 score. A cheap score is within a bound ``eps`` of the float32 one
@@ -32,7 +34,12 @@ def exact_ranks(
     targets: torch.Tensor,
 ) -> torch.Tensor:
     """float32 scores of every item (session items lifted), then the targets' ranks."""
-    return target_ranks(model.scores(sessions, rows, mask, lift=True), targets)
+    ranks = torch.full_like(targets, MISS_RANK)
+    known = (targets >= 0).nonzero()[:, 0]
+    if len(known):
+        scores = model.scores(sessions[known], rows[known], mask[known], lift=True)
+        ranks[known] = target_ranks(scores, targets[known])
+    return ranks
 
 
 def screened_ranks(

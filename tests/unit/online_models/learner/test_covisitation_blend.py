@@ -7,6 +7,7 @@ import numpy as np
 import torch
 
 from online_models.learner.micro_batch import HeadLearner
+from online_models.learner.prepared_batch import prepare_batch
 from online_models.model.item_index import ItemIndex
 from online_models.model.recommender import SessionRecommender, random_weights
 from online_models.model.scorer import SessionScorer
@@ -92,3 +93,32 @@ def test_a_snapshot_from_before_covisitation_loads_with_an_empty_table() -> None
     )
     model = SessionRecommender.from_weights(loaded)
     assert (model.covis_items[:5] == -1).all()
+
+
+def test_the_sparse_blended_loss_is_the_cross_entropy_of_the_blended_logits() -> None:
+    learner = trained_learner()
+    model = learner.model
+    with torch.no_grad():
+        model.covis_blend.fill_(3.0)  # a term large enough to matter
+    batch = prepare_batch(chain_examples(48, seed=9), exposures=False)
+    item_rows = learner.index.rows_of(batch.item_ids)
+    histories = learner._histories(item_rows, batch.history_slots)
+    rows, mask = histories.device_rows.rows, histories.device_rows.mask
+    candidates = torch.arange(model.n_items)
+    labels = torch.as_tensor(item_rows[batch.target_slots])
+    logits = torch.randn(len(labels), model.n_items, generator=torch.Generator().manual_seed(0))
+    logits[labels != 0, 0] = -torch.inf  # a masked candidate (never the label)
+    evidence = model.covisitation_evidence(rows, mask)
+    pairs = evidence.lines * model.n_items + evidence.columns
+    assert len(torch.unique(pairs)) < len(pairs)  # some pairs repeat: their terms add up
+    log_probs = torch.log_softmax(logits, dim=1)
+    losses = torch.nn.functional.nll_loss(log_probs, labels, reduction="none")
+    explored = np.arange(len(labels))
+    sparse = learner._blend_losses(histories, explored, candidates, log_probs, labels, losses)
+    blended = logits + model.covisitation_at(rows, mask, candidates)
+    dense = torch.nn.functional.cross_entropy(blended, labels, reduction="none")
+    torch.testing.assert_close(sparse, dense, rtol=1e-5, atol=1e-5)
+    assert (sparse != losses).float().mean() > 0.5  # the term moved most losses
+    (sparse_gradient,) = torch.autograd.grad(sparse.sum(), model.covis_blend)
+    (dense_gradient,) = torch.autograd.grad(dense.sum(), model.covis_blend)
+    torch.testing.assert_close(sparse_gradient, dense_gradient, rtol=1e-5, atol=1e-6)

@@ -11,13 +11,16 @@ each batch's loss within 1e-4 (relative), the final item table within 1e-4.
 from __future__ import annotations
 
 import random
+from unittest.mock import patch
 
 import numpy as np
 import torch
 
-from online_models.learner.micro_batch import HeadLearner
+from online_models.learner.micro_batch import CandidateCrossEntropy, HeadLearner
 from online_models.model.covisitation import CovisitationRule
 from online_models.model.item_index import ItemIndex
+from online_models.model.prequential_ranks import exact_ranks
+from online_models.model.ranking_metrics import MISS_RANK, target_ranks
 from online_models.model.recommender import SessionRecommender, random_weights
 from online_models.model.weights import ITEM_TABLE
 from streamrec.settings import LearnerSettings, ModelSettings
@@ -84,3 +87,37 @@ def test_a_bfloat16_ranking_pass_with_the_float32_recheck_gives_the_exact_ranks(
     for start in range(0, len(stream), 64):
         batch = stream[start : start + 64]
         np.testing.assert_array_equal(screened.learn(batch).ranks, exact.learn(batch).ranks)
+
+
+def test_exact_ranks_score_the_known_targets_alone_and_rank_as_the_full_pass() -> None:
+    model = SessionRecommender.from_weights(random_weights(300, SMALL))
+    generator = torch.Generator().manual_seed(2)
+    rows = torch.randint(0, 300, (40, 6), generator=generator)
+    mask = (torch.rand(40, 6, generator=generator) < 0.7).long()
+    mask[:, -1] = 1
+    sessions = torch.randn(40, SMALL.hidden_size, generator=generator)
+    targets = torch.randint(0, 300, (40,), generator=generator)
+    targets[::4] = -1  # unknown: a miss
+    targets[1::4] = rows[1::4, -1]  # one of the session's items: a hit
+    full = target_ranks(model.scores(sessions, rows, mask, lift=True), targets)
+    with patch.object(model, "scores", wraps=model.scores) as scores:
+        ranks = exact_ranks(model, sessions, rows, mask, targets)
+    assert scores.call_args.args[0].shape[0] == int((targets >= 0).sum())
+    np.testing.assert_array_equal(ranks.numpy(), full.numpy())
+    assert (ranks[::4] == MISS_RANK).all() and (ranks[1::4] < 20).all()
+
+
+def test_the_candidate_cross_entropy_is_torchs_in_value_and_gradient() -> None:
+    generator = torch.Generator().manual_seed(4)
+    logits = torch.randn(30, 50, generator=generator) * 3
+    labels = torch.randint(0, 50, (30,), generator=generator)
+    logits[torch.arange(30), (labels + 1) % 50] = -torch.inf  # masked candidates
+    weights = torch.rand(30, generator=generator)
+    ours, theirs = logits.clone().requires_grad_(True), logits.clone().requires_grad_(True)
+    losses, log_probs = CandidateCrossEntropy.apply(ours, labels)
+    expected = torch.nn.functional.cross_entropy(theirs, labels, reduction="none")
+    torch.testing.assert_close(losses, expected, rtol=0, atol=0)
+    torch.testing.assert_close(log_probs, torch.log_softmax(logits, dim=1), rtol=0, atol=0)
+    (losses * weights).sum().backward()
+    (expected * weights).sum().backward()
+    torch.testing.assert_close(ours.grad, theirs.grad, rtol=1e-6, atol=1e-7)
