@@ -299,7 +299,12 @@ class LearnerSettings(BaseSettings):
     steps_per_batch: int = Field(2, ge=1, description="Head steps on each micro-batch.")
     grad_clip: float = Field(1.0, gt=0)
     publish_every_steps: int = Field(20, ge=1, description="Publish after K steps (K).")
-    publish_every_s: float = Field(0.5, gt=0, description="...or after S seconds (S).")
+    publish_every_s: float = Field(
+        0.2,
+        gt=0,
+        description="...or at the first step S seconds after the last publish (S): most "
+        "of how long a learned example waits for its version (docs/model.md, Benchmark).",
+    )
     snapshot_every: int = Field(50, ge=1, description="Full snapshot every M versions (M).")
     consumer_group: str = "streamrec-learner"
     metrics_port: int = Field(9102, ge=0)

@@ -1,10 +1,10 @@
 """The online learner process: ``training-examples`` in, model versions out.
 
 Loop: fill a micro-batch (up to ``batch_size`` examples or ``batch_ms`` after the first
-one arrived), let ``HeadLearner`` score it (prequential HR@20/MRR@20) and take a head
-step, write the batch's signals to the ``learner_signals`` Redis stream, and every
-``publish_every_steps`` steps or ``publish_every_s`` seconds publish a version (a delta
-of touched rows, every ``snapshot_every``-th version a full snapshot).
+one arrived: ``batch_fill.py``), let ``HeadLearner`` score it (prequential HR@20/MRR@20)
+and take a head step, write the batch's signals to the ``learner_signals`` Redis stream,
+and every ``publish_every_steps`` steps or ``publish_every_s`` seconds publish a version
+(a delta of touched rows, every ``snapshot_every``-th version a full snapshot).
 
 Delivery: the learner owns the partitions of ``training-examples`` (manual assignment, one
 learner per topic). Each version's metadata holds the next offset per partition of the
@@ -42,6 +42,7 @@ from confluent_kafka import Consumer, Message, TopicPartition
 from prometheus_client import CollectorRegistry
 
 from online_models.learner.alerts import guard_alert, topic_reset_alert, unloadable_alert
+from online_models.learner.batch_fill import fill_batch
 from online_models.learner.metrics import LearnerMetrics
 from online_models.learner.micro_batch import BatchOutcome, HeadLearner
 from online_models.learner.positions import LearnerPositions
@@ -110,6 +111,7 @@ class Learner:
         self.publications: list[PublishRecord] = []
         self.on_publish: Callable[[PublishRecord], None] | None = None
         self.skipped = 0
+        self.batch_taken_s: float | None = None  # when the last micro-batch was taken
         # Learner knobs fitted on the shop's warm-up (``streamrec train --tune``), carried
         # from version to version in the metadata; explicit settings win (``with_fitted``).
         self.fitted: dict[str, float] = {}
@@ -224,20 +226,11 @@ class Learner:
     def _poll_batch(self) -> list[Message]:
         assert self.consumer is not None
         learner = self.settings.learner
-        batch: list[Message] = []
-        deadline: float | None = None
-        while len(batch) < learner.batch_size:
-            wait = learner.batch_ms / 1000 if deadline is None else deadline - time.monotonic()
-            if wait <= 0:
-                break
-            got = self.consumer.consume(learner.batch_size - len(batch), timeout=wait)
-            for message in got:
-                if message.error() is None:
-                    batch.append(message)
-            if batch and deadline is None:
-                deadline = time.monotonic() + learner.batch_ms / 1000
-            if not got and deadline is None:
-                break  # idle: return so the caller can publish or stop
+        batch = fill_batch(
+            self.consumer.consume, learner.batch_size, learner.batch_ms / 1000,
+            self.batch_taken_s, time.monotonic,
+        )  # fmt: skip
+        self.batch_taken_s = time.monotonic()
         return batch
 
     def _restart_emptied_partitions(self) -> None:
@@ -334,7 +327,7 @@ class Learner:
         """Publish what was learned since the last version, then commit its offsets."""
         assert self.head is not None and self.consumer is not None
         started = time.perf_counter()
-        checkpoint = self.progress.checkpoint()
+        checkpoint, checkpoint_s = self.progress.checkpoint(), time.monotonic()
         snapshot = checkpoint.snapshot
         offsets = checkpoint.offsets  # the version's metadata; the same offsets are committed
         common = {
@@ -362,7 +355,7 @@ class Learner:
         if snapshot:
             self.registry.prune(self.settings.model.keep_snapshots)
         self._commit(checkpoint.positions)
-        produce_ms = self.progress.mark_published(checkpoint, now_s=time.monotonic())
+        produce_ms = self.progress.mark_published(checkpoint, now_s=checkpoint_s)
         kind = "snapshot" if snapshot else "delta"
         self.metrics.versions.labels(kind).inc()
         self.metrics.publish_seconds.observe(elapsed)

@@ -59,6 +59,7 @@ from streamrec.settings import LearnerSettings
 from streamrec.training_examples import TrainingExample
 
 NEW_ROW_SCALE = 0.5
+BLEND_EXAMPLES = 256  # explored examples per step whose blended loss moves the blend
 RANK_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
@@ -84,8 +85,8 @@ class Histories:
     device_rows: EncoderBatch  # item rows, for the ranking pass
     device_inputs: torch.Tensor
     input_columns: EncoderBatch  # the same layout, positions in ``inputs`` instead of rows
-    # co-visitation evidence per (history line, item row), each pair once; on first use
-    evidence: Evidence | None = None
+    # the explored lines and their co-visitation evidence (``HeadLearner._evidence``)
+    evidence: tuple[np.ndarray, Evidence] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -403,10 +404,14 @@ class HeadLearner:
             total = (losses * example_weights).sum()
             # The blend learns from the blended scores, the head from its own: the rows keep
             # learning what co-visitation already explains (ranking adds both anyway).
+            # (one scalar: the first ``BLEND_EXAMPLES`` say enough)
+            some = slice(0, BLEND_EXAMPLES)
             blend_losses = self._blend_losses(
-                histories, explore, device_candidates, log_probs, labels, losses.detach()
-            )
-            blend_loss = (blend_losses * example_weights).sum()
+                histories, explore[some], device_candidates, log_probs[some], labels[some],
+                losses[some].detach(),
+            )  # fmt: skip
+            share = float(weights[explore].sum()) / float(weights[explore[some]].sum() or 1.0)
+            blend_loss = (blend_losses * example_weights[some]).sum() * share
         # The reported loss is the next-click part's: the drift monitor's loss signal
         # must not step when impressions start or stop flowing.
         next_click_loss = total.detach() / (denominator or 1.0)
@@ -464,13 +469,11 @@ class HeadLearner:
         within float32's ``exp`` range, 88: log counts times the blend stay far below it;
         beyond, the loss is not finite and the guard skips the step.)
         """
-        evidence = self._evidence(histories)
+        evidence = self._evidence(histories, explore)
         width = len(candidates)
-        line_at = torch.full((len(histories.rows),), -1, device=self.device)
-        line_at[self._to_device(explore)] = torch.arange(len(explore), device=self.device)
         at = torch.searchsorted(candidates, evidence.columns).clamp(max=width - 1)
-        keep = (candidates[at] == evidence.columns) & (line_at[evidence.lines] >= 0)
-        line, column = line_at[evidence.lines[keep]], at[keep]
+        keep = candidates[at] == evidence.columns
+        line, column = evidence.lines[keep], at[keep]
         term = self.model.covisitation_term(Evidence(line, column, evidence.values[keep]))
         spread = log_probs.flatten()[line * width + column].exp() * torch.expm1(term)
         at_label = torch.where(column == labels[line], term, torch.zeros_like(term))
@@ -478,19 +481,20 @@ class HeadLearner:
         per_line = per_line.index_add(1, line, torch.stack([spread, at_label]))
         return losses + torch.log1p(per_line[0]) - per_line[1]
 
-    def _evidence(self, histories: Histories) -> Evidence:
-        """The histories' co-visitation evidence, repeated (line, item) pairs summed; made
-        once per histories (the table changes only after the batch's steps)."""
-        if histories.evidence is None:
-            device_rows = histories.device_rows
-            found = self.model.covisitation_evidence(device_rows.rows, device_rows.mask)
+    def _evidence(self, histories: Histories, explore: np.ndarray) -> Evidence:
+        """The explored lines' co-visitation evidence (``lines`` count in ``explore``),
+        repeated (line, item) pairs summed. Made once for both steps when the histories
+        are not encoded again (the table changes only after the steps)."""
+        if histories.evidence is None or not np.array_equal(histories.evidence[0], explore):
+            lines = self._to_device(explore)
+            rows, mask = histories.device_rows.rows[lines], histories.device_rows.mask[lines]
+            found = self.model.covisitation_evidence(rows, mask)
             span = self.model.n_items
             pairs, pair = torch.unique(found.lines * span + found.columns, return_inverse=True)
             values = torch.zeros(len(pairs), device=self.device)
-            histories.evidence = Evidence(
-                pairs // span, pairs % span, values.index_add_(0, pair, found.values)
-            )
-        return histories.evidence
+            values.index_add_(0, pair, found.values)
+            histories.evidence = explore, Evidence(pairs // span, pairs % span, values)
+        return histories.evidence[1]
 
     def _list_loss(
         self,

@@ -174,6 +174,9 @@ class LearnerPositions:
     def mark_published(self, checkpoint: Checkpoint, now_s: float) -> list[int]:
         """``checkpoint`` is the current version and its offsets are committed.
 
+        ``now_s`` is when the checkpoint was taken: ``publish_every_s`` spaces what the
+        versions hold, not when their writes ended (counting from the end added a
+        publication's own time to the spacing, and often one more step to every wait).
         Returns the produce timestamps of the messages it covered (then forgotten).
         """
         self.published = dict(checkpoint.positions)
