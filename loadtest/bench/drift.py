@@ -23,9 +23,13 @@ How it measures (one process; the real learner step, detectors and fine-tune cod
   time for its clock), skipped when the learner already recovered (the skip alert's text
   is reported), else replay since the alert minus the lookback plus a reservoir sampled
   from the older stream (``finetune.reservoir.sample_runs``), trained from the learner's
-  current weights and judged against the learner's prequential hit@20 on the held-out
-  span (``finetune.training``: the code of ``streamrec finetune``), and a promoted
-  candidate swapped in when it would have finished, in the stream's event time;
+  weights as they were when it ranked the first held-out batch (every batch is a version
+  here, and the weights of the last ``replay_examples`` worth of batches are kept in
+  memory: ``gate.unseen_version``, as the job picks its base), run through the held-out
+  span as the learner runs (ranked, then learned) and judged against the learner's
+  prequential hit@20 there (``finetune.training``: the code of ``streamrec finetune``),
+  and a promoted candidate (the span learned) swapped in when it would have finished, in
+  the stream's event time;
 - with ``pipeline``, ``pipeline_*``: the abrupt scenario's examples through the broker, the
   real ``Learner``, the ``streamrec drift`` loop and its fine-tune process (needs a broker).
 """
@@ -35,8 +39,8 @@ from __future__ import annotations
 import random
 import statistics
 import time
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from rich.progress import Progress
@@ -47,7 +51,13 @@ from loadtest.synthetic_traffic import GeneratorConfig, GroundTruth, Scenario, g
 from online_models.drift.finetune_schedule import DueFinetune, FinetuneSchedule, skipped_alert
 from online_models.drift.monitor import DriftMonitor, wants_finetune
 from online_models.drift.signals import spread_hits
-from online_models.finetune.gate import GateVerdict, LearnedBatch, split_replay
+from online_models.finetune.gate import (
+    GateVerdict,
+    LearnedBatch,
+    base_fallback_note,
+    split_replay,
+    unseen_version,
+)
 from online_models.finetune.reservoir import RUN_LENGTH, sample_runs
 from online_models.finetune.training import judge, train_candidate
 from online_models.learner.micro_batch import HeadLearner
@@ -118,15 +128,23 @@ class _StreamReplayer:
         self.schedule = FinetuneSchedule(
             drift.finetune_wait_examples, drift.finetune_wait_s, drift.finetune_skip_recovered
         )
-        # Only kept with a fine-tune: the stream so far (offsets for the reservoir) and
-        # the learner's batches (its prequential hit@20 for the gate).
+        # Only kept with a fine-tune: the stream so far (offsets for the reservoir), the
+        # learner's batches (its prequential hit@20 for the gate) and, until the fine-tune
+        # ran, its weights before each of the batches a replay can reach (version: the
+        # batches learned before; the candidate starts from one of them).
         self.stream: list[TrainingExample] = []
         self.learned: list[LearnedBatch] = []
+        self.weights_at: dict[int, ModelWeights] = {}
+        self.keep_versions = drift.replay_examples // settings.learner.batch_size + 2
         self.candidate: ModelWeights | None = None
         self.swap_at_ts: int | None = None
 
     def feed(self, batch: list[TrainingExample]) -> None:
         run, monitor = self.run, self.monitor
+        ranked_by = self.version
+        if self.with_finetune and not run.finetune:
+            self.weights_at[ranked_by] = self.learner.weights()
+            self.weights_at.pop(ranked_by - self.keep_versions, None)
         outcome = self.learner.learn(batch)
         self.version += 1
         first = len(run.hits)
@@ -148,7 +166,7 @@ class _StreamReplayer:
         if self.with_finetune:
             self.stream.extend(batch)
             last_ts = max(example.ts for example in batch)
-            self.learned.append(LearnedBatch(last_ts, len(batch), outcome.ranking.hits))
+            self.learned.append(LearnedBatch(last_ts, len(batch), outcome.ranking.hits, ranked_by))
             self._finetune_step(batch, triggers)
 
     def _finetune_step(self, batch: list[TrainingExample], triggers: list[Alert]) -> None:
@@ -188,14 +206,18 @@ class _StreamReplayer:
         )
         reservoir = [self.stream[i] for start, end in runs for i in range(start, end)]
         started = time.perf_counter()
-        candidate, verdict = finetune_candidate(
-            self.settings, self.learner.weights(), self.stream[window:], reservoir, self.learned
-        )
+        candidate, verdict, unseen, fallback = finetune_candidate(
+            self.settings, self.learner.weights(), self.stream[window:], reservoir,
+            self.learned, self.weights_at,
+        )  # fmt: skip
         seconds = time.perf_counter() - started
+        self.weights_at.clear()
         self.run.finetune = {
             "finetune_s": round(seconds, 2),
             "finetune_promoted": verdict.promoted,
             "finetune_reason": verdict.reason,
+            "finetune_unseen_version": unseen,
+            "finetune_base_fallback": fallback,
             "finetune_replay_examples": len(self.stream) - window,
             "finetune_reservoir_examples": len(reservoir),
             "finetune_started_event": event_index_of(batch[-1]),
@@ -232,12 +254,23 @@ def finetune_candidate(
     replay: Sequence[TrainingExample],
     reservoir: Sequence[TrainingExample],
     learned: Sequence[LearnedBatch],
-) -> tuple[ModelWeights, GateVerdict]:
-    """Split, train from the serving weights, and judge: what the fine-tune job does, in
-    memory (``learned``: the learner's batches so far)."""
+    weights_at: Mapping[int, ModelWeights],
+) -> tuple[ModelWeights, GateVerdict, int | None, str]:
+    """Split, train, and judge: what the fine-tune job does, in memory (``learned``: the
+    learner's batches so far; ``weights_at``: its weights by version). The candidate starts
+    from the unseen version's weights, else from ``serving`` and the reason says why.
+    Returns the candidate, the verdict, the unseen version and the fallback (a key of
+    ``gate.BASE_FALLBACKS``, or ``""``)."""
     train, holdout = split_replay(replay, settings.drift.finetune_holdout_fraction)
-    candidate = train_candidate(settings, serving, train, reservoir)
-    return candidate, judge(settings, candidate, serving, holdout, learned)
+    unseen = unseen_version(learned, holdout[0].ts) if holdout else None
+    base = weights_at.get(unseen) if unseen is not None else None
+    candidate = train_candidate(settings, serving if base is None else base, train, reservoir)
+    verdict, candidate = judge(settings, candidate, serving, holdout, learned, settings.learner)
+    if base is not None:
+        return candidate, verdict, unseen, ""
+    fallback = "no_learner_signal" if unseen is None else "version_not_loadable"
+    reason = f"{verdict.reason}; {base_fallback_note(fallback, unseen)}"
+    return candidate, replace(verdict, reason=reason), unseen, fallback
 
 
 def first_alert_delay(run: StreamRun, truth: GroundTruth) -> int | None:

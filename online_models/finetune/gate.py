@@ -9,15 +9,22 @@ that is why fine-tunes used to lose. The serving side is therefore what the lear
 ranked on those examples *before* learning them (its prequential hit@20, from its signal
 stream: ``prequential_hit_rate``); only where the signals do not cover the held-out span
 are the serving weights scored directly, which tilts the verdict towards keeping them.
-The candidate is promoted only when its HR@20 beats the serving model's by at least
-``margin`` on at least ``min_holdout`` examples. Pure: no model, Kafka or Redis here.
+The candidate's starting point must not have seen the answers either: it starts from the
+version the learner ranked the first held-out batch with (``unseen_version``), not from
+today's weights; where that version is unknown or gone it starts from the current
+weights and the verdict says so (``base_fallback_note``), as that tilts it towards the
+candidate. The candidate is promoted only when its HR@20 beats the serving model's by at
+least ``margin`` on at least ``min_holdout`` examples. Pure: no model, Kafka or Redis here.
 
 >>> judge_candidate(candidate_hr=0.6, serving_hr=0.4, holdout=100, margin=0.05, min_holdout=50)
 GateVerdict(promoted=True, candidate_hr=0.6, serving_hr=0.4, margin=0.05, holdout=100, \
 reason='candidate HR@20 0.6000 >= serving 0.4000 + margin 0.0500')
->>> batches = [LearnedBatch(100, 10, 2), LearnedBatch(200, 10, 4), LearnedBatch(300, 10, 9)]
+>>> batches = [LearnedBatch(100, 10, 2, 7), LearnedBatch(200, 10, 4, 7)]
+>>> batches.append(LearnedBatch(300, 10, 9, 8))
 >>> prequential_hit_rate(batches, first_ts_ms=150, last_ts_ms=250)
 (0.4, 10)
+>>> unseen_version(batches, first_ts_ms=150)
+7
 """
 
 from __future__ import annotations
@@ -52,11 +59,13 @@ def split_replay(
 
 class LearnedBatch(NamedTuple):
     """One learner micro-batch as its signal reports it: the newest example's event time,
-    examples ranked and hits@20 (ranked before the learner stepped on them)."""
+    examples ranked, hits@20 (ranked before the learner stepped on them) and the version
+    its head built on when it ranked them (which had not learned them)."""
 
     event_ts_ms: int
     examples: int
     hits: int
+    model_version: int
 
 
 def prequential_hit_rate(
@@ -70,6 +79,31 @@ def prequential_hit_rate(
             hits += batch.hits
             examples += batch.examples
     return (hits / examples if examples else float("nan")), examples
+
+
+def unseen_version(batches: Sequence[LearnedBatch], first_ts_ms: int) -> int | None:
+    """The version the candidate should start from: the one the learner built on when it
+    ranked the first batch (``batches`` in the order it wrote them) with an example from
+    ``first_ts_ms`` on. It had learned none of the held-out examples, and it is the newest
+    that had not. None when no batch reaches ``first_ts_ms``."""
+    return next((b.model_version for b in batches if b.event_ts_ms >= first_ts_ms), None)
+
+
+# Why a candidate started from the current weights instead of the unseen version.
+BASE_FALLBACKS = {
+    "no_learner_signal": "no learner signal reaches the held-out span",
+    "version_not_loadable": "version {unseen}, the newest that had not, no longer loads",
+}
+
+
+def base_fallback_note(fallback: str, unseen: int | None) -> str:
+    """What the verdict's reason adds when the candidate started from the current weights
+    (``fallback``: a key of ``BASE_FALLBACKS``): that comparison favours the candidate."""
+    why = BASE_FALLBACKS[fallback].format(unseen=unseen)
+    return (
+        "candidate started from the current weights, which may have learned the held-out "
+        f"examples: {why}"
+    )
 
 
 def judge_candidate(

@@ -5,16 +5,21 @@ Runs in its own process (started by the drift monitor, or ``streamrec finetune``
 1. read the last ``replay_examples`` training examples back from Kafka (``replay``) and a
    reservoir of older ones sampled from the same topic (``reservoir``);
 2. split the recent ones in time: older part to train, most recent part held out (``gate``);
-3. train backbone and head from the newest serving weights (the learner keeps changing
-   them: the current version when the replay is read) on the training part and the
-   down-weighted reservoir, with the same code as ``streamrec train`` (``train_candidate``),
-   on ``TrainSettings.device``;
-4. score the candidate on the held-out examples against what the serving lineage ranked on
-   them before learning them (the learner's signals; ``judge``) and let the gate decide;
-5. promoted: publish the candidate as a snapshot and make it current (the learner reloads
-   it and continues from there), or, with ``STREAMREC_DRIFT_ROLLOUT=canary``, serve it on
-   the experiment's canary arm first (verdict ``canary``; ``canary_rollout``); rejected:
-   leave serving alone and raise an alert saying why.
+3. train backbone and head on the training part and the down-weighted reservoir, with the
+   same code as ``streamrec train`` (``train_candidate``), on ``TrainSettings.device``,
+   starting from the version the learner ranked the first held-out batch with (it had
+   learned none of the held-out examples: ``gate.unseen_version``, from the learner's
+   signals); where no signal names it or it no longer loads (pruned), from the current
+   version, and the verdict's reason says so (``base_fallback``);
+4. run the candidate through the held-out examples as the online learner does (each
+   micro-batch ranked, then learned), put its prequential HR@20 against what the serving
+   lineage ranked on them before learning them (the learner's signals; ``judge``) and let
+   the gate decide;
+5. promoted: publish the candidate, with the held-out span learned, as a snapshot and
+   make it current (the learner reloads it and continues from there), or, with
+   ``STREAMREC_DRIFT_ROLLOUT=canary``, serve it on the experiment's canary arm first
+   (verdict ``canary``; ``canary_rollout``); rejected: leave serving alone and raise an
+   alert saying why.
 
 The outcome goes to the drift status hash and, as an alert, to every sink; the lock is
 then re-armed for the cooldown whatever happened.
@@ -32,16 +37,22 @@ import redis
 
 from online_models.alerts.sinks import send_alert
 from online_models.finetune.canary_rollout import start_canary
-from online_models.finetune.gate import LearnedBatch, split_replay
+from online_models.finetune.gate import (
+    LearnedBatch,
+    base_fallback_note,
+    split_replay,
+    unseen_version,
+)
 from online_models.finetune.replay import read_replay
 from online_models.finetune.reservoir import read_reservoir
 from online_models.finetune.status import record_finetune, start_cooldown
 from online_models.learner.signal import LearnerSignal
-from online_models.registry.weight_registry import WeightRegistry
+from online_models.model.weights import ModelWeights
+from online_models.registry.weight_registry import WeightLoadError, WeightRegistry
 from streamrec.alerts import make_alert
 from streamrec.redis_connection import connect_redis
 from streamrec.redis_keys import RedisKeys
-from streamrec.settings import Settings
+from streamrec.settings import Settings, fitted_values, with_fitted
 from streamrec.structured_log import configure_logging, log_event
 from streamrec.topics import Topics
 from streamrec.training_examples import TrainingExample
@@ -71,6 +82,8 @@ class FinetuneReport:
     train_examples: int
     holdout_examples: int
     duration_s: float
+    base_version: int | None = None  # the version the candidate started from
+    base_fallback: str = ""  # why it is the current version: a key of gate.BASE_FALLBACKS
 
 
 def run_finetune(
@@ -131,27 +144,39 @@ def _finetune(
         seed=before_ms,
     )  # fmt: skip
     train, holdout = split_replay(examples, drift.finetune_holdout_fraction)
-    base = registry.load()
+    keys = RedisKeys(settings.redis.key_prefix)
+    unseen = (
+        unseen_version(_learned_batches(client, keys, holdout), holdout[0].ts) if holdout else None
+    )
+    base, fallback = _candidate_base(registry, unseen)
     log_event(
         logger,
         "finetune_replayed",
+        logging.WARNING if fallback else logging.INFO,
         finetune_id=finetune_id,
         train=len(train),
         reservoir=len(reservoir),
         holdout=len(holdout),
+        unseen_version=unseen,
         base_version=base.version,
+        base_fallback=fallback,
     )
     candidate = train_candidate(settings, base, train, reservoir)
     serving = registry.load()  # the learner may have moved on while we trained
-    learned = _learned_batches(client, RedisKeys(settings.redis.key_prefix), holdout)
-    verdict = judge(settings, candidate, serving, holdout, learned)
+    learned = _learned_batches(client, keys, holdout)
+    info = registry.info(serving.version)  # the learner's fitted knobs travel in it
+    learner = with_fitted(settings.learner, fitted_values(info.metrics) if info else {})
+    verdict, candidate = judge(settings, candidate, serving, holdout, learned, learner)
+    reason = (
+        f"{verdict.reason}; {base_fallback_note(fallback, unseen)}" if fallback else verdict.reason
+    )
     candidate_version: int | None = None
     canary = settings.drift.rollout == "canary"
     if verdict.promoted:
         publication = registry.publish_snapshot(
             candidate,
             source=f"finetune:{finetune_id}",
-            examples_seen=len(train),
+            examples_seen=len(train) + len(holdout),
             metrics={"holdout_hr20": verdict.candidate_hr, "serving_hr20": verdict.serving_hr},
             make_current=False,
         )
@@ -160,14 +185,12 @@ def _finetune(
             start_canary(settings, client, candidate_version, serving.version)
         else:
             registry.set_current(candidate_version)
-            record_finetune(client, RedisKeys(settings.redis.key_prefix), {
-                "previous_current": str(serving.version),
-            })  # fmt: skip
+            record_finetune(client, keys, {"previous_current": str(serving.version)})
     return FinetuneReport(
         finetune_id,
         request.trigger,
         ("canary" if canary else "promoted") if verdict.promoted else "rejected",
-        verdict.reason,
+        reason,
         serving.version,
         candidate_version,
         verdict.candidate_hr,
@@ -175,7 +198,26 @@ def _finetune(
         len(train),
         len(holdout),
         time.monotonic() - started,
+        base.version,
+        fallback,
     )
+
+
+def _candidate_base(registry: WeightRegistry, unseen: int | None) -> tuple[ModelWeights, str]:
+    """The weights the candidate starts from, and ``""`` or why they are the current ones
+    (a key of ``gate.BASE_FALLBACKS``).
+
+    ``unseen`` (``gate.unseen_version``) loads as itself or, where its chain is broken, as
+    an older version of the lineage: neither learned a held-out example. When there is no
+    ``unseen``, or it no longer loads (pruned by ``keep_snapshots``), the current version
+    stands in, though it learned them: the verdict then favours the candidate.
+    """
+    if unseen is None:
+        return registry.load(), "no_learner_signal"
+    try:
+        return registry.load(unseen), ""
+    except WeightLoadError:
+        return registry.load(), "version_not_loadable"
 
 
 def _oldest_ts(examples: Sequence[TrainingExample]) -> int:
@@ -186,7 +228,7 @@ def _oldest_ts(examples: Sequence[TrainingExample]) -> int:
 def _learned_batches(
     client: redis.Redis, keys: RedisKeys, holdout: Sequence[TrainingExample]
 ) -> list[LearnedBatch]:
-    """The learner's signals (newest first) back to the oldest held-out example."""
+    """The learner's signals back to the oldest held-out example, in the order it wrote them."""
     if not holdout:
         return []
     first_ts = holdout[0].ts
@@ -202,10 +244,14 @@ def _learned_batches(
             if signal.event_ts_ms is None:
                 continue  # without event time it cannot be placed in the span
             if signal.event_ts_ms < first_ts:
-                return batches
-            batches.append(LearnedBatch(signal.event_ts_ms, signal.examples, signal.hits_at_20))
+                return batches[::-1]
+            batches.append(
+                LearnedBatch(
+                    signal.event_ts_ms, signal.examples, signal.hits_at_20, signal.model_version
+                )
+            )
         if len(entries) < 1000:
-            return batches
+            return batches[::-1]
         last_id = entries[-1][0]
         cursor = f"({last_id.decode() if isinstance(last_id, bytes) else last_id}"
 
