@@ -300,10 +300,11 @@ class LearnerSettings(BaseSettings):
     grad_clip: float = Field(1.0, gt=0)
     publish_every_steps: int = Field(20, ge=1, description="Publish after K steps (K).")
     publish_every_s: float = Field(
-        0.2,
+        0.5,
         gt=0,
         description="...or at the first step S seconds after the last publish (S): most "
-        "of how long a learned example waits for its version (docs/model.md, Benchmark).",
+        "of how long a learned example waits for its version, and how often serving swaps "
+        "(docs/model.md, Benchmark).",
     )
     snapshot_every: int = Field(50, ge=1, description="Full snapshot every M versions (M).")
     consumer_group: str = "streamrec-learner"
