@@ -46,17 +46,8 @@ def produce_examples(settings: Settings) -> int:
     """A learnable stream (each item followed by the next) on the topic; the event time of
     its first held-out example."""
     examples = [
-        TrainingExample(
-            f"e{n}",
-            f"s{n}",
-            (f"item-{n % 100}",),
-            f"item-{(n + 1) % 100}",
-            1_700_000_000_000 + n,
-            source_topic="clicks",
-            source_partition=0,
-            source_offset=n,
-        )  # fmt: skip
-        for n in range(REPLAY)
+        TrainingExample(f"e{n}", f"s{n}", (f"item-{n % 100}",), f"item-{(n + 1) % 100}", ts)
+        for n, ts in enumerate(range(1_700_000_000_000, 1_700_000_000_000 + REPLAY))
     ]
     producer = make_producer(settings.kafka)
     topic = Topics.from_settings(settings.kafka).training_examples
