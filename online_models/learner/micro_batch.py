@@ -462,12 +462,14 @@ class HeadLearner:
         only the blend gets a gradient (``log_probs`` and ``losses``, the head's own, are
         constants).
 
-        The term is sparse, so is the computation: with ``p`` the head's probabilities and
-        ``t`` the term at the example's evidenced candidates, the blended loss is
-        ``loss + log(1 + sum p (exp(t) - 1)) - t[label]``, the same value as a log-softmax
-        of the blended logits without any candidate-sized pass. (Finite while ``t`` is
-        within float32's ``exp`` range, 88: log counts times the blend stay far below it;
-        beyond, the loss is not finite and the guard skips the step.)
+        The term is sparse, so is the computation: with ``p`` the head's probabilities,
+        ``P`` their sum and ``t`` the term at the example's evidenced candidates, the
+        blended loss is ``loss + log(1 - P + sum p exp(t)) - t[label]``, the same value as
+        a log-softmax of the blended logits without any candidate-sized pass. The sum is
+        taken with each line's largest ``t`` factored out (``m``: ``m + log((1 - P)
+        exp(-m) + sum p exp(t - m))``): a long session's summed evidence times a fitted
+        blend passes float32's ``exp`` range (88), and unshifted the loss was infinite
+        and the guard skipped the step.
         """
         evidence = self._evidence(histories, explore)
         width = len(candidates)
@@ -475,11 +477,14 @@ class HeadLearner:
         keep = candidates[at] == evidence.columns
         line, column = evidence.lines[keep], at[keep]
         term = self.model.covisitation_term(Evidence(line, column, evidence.values[keep]))
-        spread = log_probs.flatten()[line * width + column].exp() * torch.expm1(term)
-        at_label = torch.where(column == labels[line], term, torch.zeros_like(term))
-        per_line = torch.zeros(2, len(explore), device=self.device)
-        per_line = per_line.index_add(1, line, torch.stack([spread, at_label]))
-        return losses + torch.log1p(per_line[0]) - per_line[1]
+        log_p = log_probs.flatten()[line * width + column]
+        lines = torch.zeros(len(explore), device=self.device)
+        top = lines.scatter_reduce(0, line, term.detach(), "amax")  # >= 0: the 1 - P has t = 0
+        evidenced = lines.index_add(0, line, log_p.exp())
+        shifted = lines.index_add(0, line, (log_p + term - top[line]).exp())
+        rest = (1 - evidenced).clamp(min=0) * torch.exp(-top)
+        at_label = lines.index_add(0, line, torch.where(column == labels[line], term, 0.0))
+        return losses + top + torch.log(rest + shifted) - at_label
 
     def _evidence(self, histories: Histories, explore: np.ndarray) -> Evidence:
         """The explored lines' co-visitation evidence (``lines`` count in ``explore``),

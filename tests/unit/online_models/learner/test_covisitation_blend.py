@@ -4,6 +4,7 @@ scorer rank a fixed stream alike; the co-visitation rows travel in deltas and sn
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from online_models.learner.micro_batch import HeadLearner
@@ -95,11 +96,16 @@ def test_a_snapshot_from_before_covisitation_loads_with_an_empty_table() -> None
     assert (model.covis_items[:5] == -1).all()
 
 
-def test_the_sparse_blended_loss_is_the_cross_entropy_of_the_blended_logits() -> None:
+# 3: a term large enough to matter; 400: one past float32's exp range (88), which a long
+# session's summed evidence reaches with a fitted blend (the loss was infinite there)
+@pytest.mark.parametrize(("blend", "past_exp_range"), [(3.0, False), (400.0, True)])
+def test_the_sparse_blended_loss_is_the_cross_entropy_of_the_blended_logits(
+    blend: float, past_exp_range: bool
+) -> None:
     learner = trained_learner()
     model = learner.model
     with torch.no_grad():
-        model.covis_blend.fill_(3.0)  # a term large enough to matter
+        model.covis_blend.fill_(blend)
     batch = prepare_batch(chain_examples(48, seed=9), exposures=False)
     item_rows = learner.index.rows_of(batch.item_ids)
     histories = learner._histories(item_rows, batch.history_slots)
@@ -115,7 +121,9 @@ def test_the_sparse_blended_loss_is_the_cross_entropy_of_the_blended_logits() ->
     losses = torch.nn.functional.nll_loss(log_probs, labels, reduction="none")
     explored = np.arange(len(labels))
     sparse = learner._blend_losses(histories, explored, candidates, log_probs, labels, losses)
-    blended = logits + model.covisitation_at(rows, mask, candidates)
+    term = model.covisitation_at(rows, mask, candidates)
+    assert bool(term.max() > 88) is past_exp_range
+    blended = logits + term
     dense = torch.nn.functional.cross_entropy(blended, labels, reduction="none")
     torch.testing.assert_close(sparse, dense, rtol=1e-5, atol=1e-5)
     assert (sparse != losses).float().mean() > 0.5  # the term moved most losses
