@@ -38,11 +38,14 @@ from streamrec.settings import Settings
 from streamrec.topics import Topics
 
 FLOW_EVENTS_IN = "streamrec_flow_events_in_total"
+FLOW_MESSAGES_OUT = "streamrec_flow_messages_out_total"
 FLOW_REJECTS = "streamrec_flow_rejects_total"
 FLOW_FRESHNESS = "streamrec_flow_freshness_seconds"
 LEARNER_EXAMPLES = "streamrec_learner_examples_total"
 LEARNER_EVENT_TO_WEIGHTS = "streamrec_learner_event_to_weights_seconds"
 LEARNER_VERSION = "streamrec_learner_model_version"
+# One observation per example message, when a version holding it is published.
+LEARNER_PUBLISHED = LEARNER_EVENT_TO_WEIGHTS + "_count"
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,22 +163,56 @@ def consumer_lag(settings: Settings, topic: str, group: str) -> int:
         consumer.close()
 
 
+@dataclass(frozen=True, slots=True)
+class _Marks:
+    """The loop's counters before a run: what the drain compares against."""
+
+    flow_in: float = 0.0
+    flow_examples_out: float = 0.0
+    learner_published: float = 0.0
+
+    @classmethod
+    def read(cls, endpoints: MetricsEndpoints, examples_topic: str) -> _Marks:
+        flow = scrape(endpoints.flow) if endpoints.flow else None
+        learner = scrape(endpoints.learner) if endpoints.learner else None
+        return cls(
+            flow_in=flow.value(FLOW_EVENTS_IN) if flow else 0.0,
+            flow_examples_out=flow.value(FLOW_MESSAGES_OUT, topic=examples_topic) if flow else 0.0,
+            learner_published=learner.value(LEARNER_PUBLISHED) if learner else 0.0,
+        )
+
+
 def _wait_drained(
     settings: Settings,
     endpoints: MetricsEndpoints,
-    produced_before: float,
+    before: _Marks,
     produced: int,
     timeout_s: float,
 ) -> None:
-    """Until the flow has consumed what was produced and the learner has caught up."""
+    """Until the flow has consumed what was produced and the learner has published it.
+
+    The learner is caught up when versions hold every example the flow emitted during the
+    run (each read message is one event-to-weights observation at its publication). The
+    committed lag alone cannot say so: a consumer group that has not committed yet reads
+    as no lag where the broker's high watermark undercounts (tansu's can).
+    """
     deadline = time.monotonic() + timeout_s
     topics = Topics.from_settings(settings.kafka)
     while time.monotonic() < deadline:
         flow = scrape(endpoints.flow) if endpoints.flow else None
-        consumed = flow.value(FLOW_EVENTS_IN) - produced_before if flow else math.nan
+        consumed = flow.value(FLOW_EVENTS_IN) - before.flow_in if flow else math.nan
         flow_done = math.isnan(consumed) or consumed >= produced
-        lag = consumer_lag(settings, topics.training_examples, settings.learner.consumer_group)
-        if flow_done and lag <= settings.learner.batch_size:
+        if endpoints.learner and flow:
+            learner = scrape(endpoints.learner)
+            emitted = flow.value(FLOW_MESSAGES_OUT, topic=topics.training_examples)
+            learner_done = learner is not None and (
+                learner.value(LEARNER_PUBLISHED) - before.learner_published
+                >= emitted - before.flow_examples_out
+            )
+        else:
+            lag = consumer_lag(settings, topics.training_examples, settings.learner.consumer_group)
+            learner_done = lag <= settings.learner.batch_size
+        if flow_done and learner_done:
             return
         time.sleep(0.5)
 
@@ -203,8 +240,7 @@ def run_load(
     keys = RedisKeys(settings.redis.key_prefix)
     client = connect_redis(settings.redis.redis_url.get_secret_value())
     alerts_before = client.xlen(keys.alerts)
-    first_flow = scrape(endpoints.flow) if endpoints.flow else None
-    produced_before = first_flow.value(FLOW_EVENTS_IN) if first_flow else 0.0
+    before = _Marks.read(endpoints, topics.training_examples)
     dlq_before = topic_size(settings.kafka, topics.events_dlq)
     sampler = MetricsSampler(endpoints.as_dict())
     sampler.start()
@@ -222,12 +258,12 @@ def run_load(
         limit=plan.limit,
         progress=progress,
     )
-    _wait_drained(settings, endpoints, produced_before, report.produced, plan.drain_timeout_s)
+    _wait_drained(settings, endpoints, before, report.produced, plan.drain_timeout_s)
     shop_result = stop_shop(shop)
     samples = sampler.stop()
     dlq = topic_size(settings.kafka, topics.events_dlq) - dlq_before
     lag = consumer_lag(settings, topics.training_examples, settings.learner.consumer_group)
-    flow_consumed = last_value(samples, "flow", FLOW_EVENTS_IN) - produced_before
+    flow_consumed = last_value(samples, "flow", FLOW_EVENTS_IN) - before.flow_in
     flow_lag = max(0.0, report.produced - flow_consumed) if not math.isnan(flow_consumed) else 0
     alerts = _alerts(client, keys, alerts_before, started)
     measured = {
