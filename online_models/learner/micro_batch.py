@@ -465,11 +465,10 @@ class HeadLearner:
         The term is sparse, so is the computation: with ``p`` the head's probabilities,
         ``P`` their sum and ``t`` the term at the example's evidenced candidates, the
         blended loss is ``loss + log(1 - P + sum p exp(t)) - t[label]``, the same value as
-        a log-softmax of the blended logits without any candidate-sized pass. The sum is
-        taken with each line's largest ``t`` factored out (``m``: ``m + log((1 - P)
-        exp(-m) + sum p exp(t - m))``): a long session's summed evidence times a fitted
-        blend passes float32's ``exp`` range (88), and unshifted the loss was infinite
-        and the guard skipped the step.
+        a log-softmax of the blended logits without any candidate-sized pass. The log is a
+        log-sum-exp over ``log(1 - P)`` and each ``log p + t``, shifted by the line's
+        largest: a long session's summed evidence times a fitted blend passes float32's
+        ``exp`` range (88), where the plain sum was infinite and the guard skipped the step.
         """
         evidence = self._evidence(histories, explore)
         width = len(candidates)
@@ -479,12 +478,12 @@ class HeadLearner:
         term = self.model.covisitation_term(Evidence(line, column, evidence.values[keep]))
         log_p = log_probs.flatten()[line * width + column]
         lines = torch.zeros(len(explore), device=self.device)
-        top = lines.scatter_reduce(0, line, term.detach(), "amax")  # >= 0: the 1 - P has t = 0
-        evidenced = lines.index_add(0, line, log_p.exp())
-        shifted = lines.index_add(0, line, (log_p + term - top[line]).exp())
-        rest = (1 - evidenced).clamp(min=0) * torch.exp(-top)
+        unevidenced = (1 - lines.index_add(0, line, log_p.exp())).clamp(min=0).log()
+        blended = log_p + term  # log(p exp(t)); -inf where a candidate is masked
+        top = unevidenced.scatter_reduce(0, line, blended.detach(), "amax")
+        total = (unevidenced - top).exp().index_add(0, line, (blended - top[line]).exp())
         at_label = lines.index_add(0, line, torch.where(column == labels[line], term, 0.0))
-        return losses + top + torch.log(rest + shifted) - at_label
+        return losses + top + total.log() - at_label
 
     def _evidence(self, histories: Histories, explore: np.ndarray) -> Evidence:
         """The explored lines' co-visitation evidence (``lines`` count in ``explore``),
