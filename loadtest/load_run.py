@@ -164,53 +164,54 @@ def consumer_lag(settings: Settings, topic: str, group: str) -> int:
 
 
 @dataclass(frozen=True, slots=True)
-class _Marks:
-    """The loop's counters before a run: what the drain compares against."""
+class DrainMarks:
+    """The loop's counters a drain compares: events the flow read, training examples it
+    emitted, and example messages the learner's published versions hold (one
+    event-to-weights observation each, at the publication)."""
 
     flow_in: float = 0.0
-    flow_examples_out: float = 0.0
-    learner_published: float = 0.0
+    examples_out: float = 0.0
+    examples_published: float = 0.0
 
     @classmethod
-    def read(cls, endpoints: MetricsEndpoints, examples_topic: str) -> _Marks:
-        flow = scrape(endpoints.flow) if endpoints.flow else None
-        learner = scrape(endpoints.learner) if endpoints.learner else None
+    def of(cls, flow: Scrape | None, learner: Scrape | None, examples_topic: str) -> DrainMarks:
         return cls(
             flow_in=flow.value(FLOW_EVENTS_IN) if flow else 0.0,
-            flow_examples_out=flow.value(FLOW_MESSAGES_OUT, topic=examples_topic) if flow else 0.0,
-            learner_published=learner.value(LEARNER_PUBLISHED) if learner else 0.0,
+            examples_out=flow.value(FLOW_MESSAGES_OUT, topic=examples_topic) if flow else 0.0,
+            examples_published=learner.value(LEARNER_PUBLISHED) if learner else 0.0,
         )
+
+    def published_since(self, before: DrainMarks) -> bool:
+        """Versions hold every example emitted since ``before``."""
+        emitted = self.examples_out - before.examples_out
+        return self.examples_published - before.examples_published >= emitted
 
 
 def _wait_drained(
     settings: Settings,
     endpoints: MetricsEndpoints,
-    before: _Marks,
+    before: DrainMarks,
     produced: int,
     timeout_s: float,
 ) -> None:
     """Until the flow has consumed what was produced and the learner has published it.
 
     The learner is caught up when versions hold every example the flow emitted during the
-    run (each read message is one event-to-weights observation at its publication). The
-    committed lag alone cannot say so: a consumer group that has not committed yet reads
-    as no lag where the broker's high watermark undercounts (tansu's can).
+    run (``DrainMarks.published_since``). The committed lag alone cannot say so: a
+    consumer group that has not committed yet reads as no lag where the broker's high
+    watermark undercounts (tansu's can); it is the fallback without metrics endpoints.
     """
     deadline = time.monotonic() + timeout_s
-    topics = Topics.from_settings(settings.kafka)
+    topic = Topics.from_settings(settings.kafka).training_examples
     while time.monotonic() < deadline:
         flow = scrape(endpoints.flow) if endpoints.flow else None
-        consumed = flow.value(FLOW_EVENTS_IN) - before.flow_in if flow else math.nan
-        flow_done = math.isnan(consumed) or consumed >= produced
-        if endpoints.learner and flow:
+        flow_done = flow is None or flow.value(FLOW_EVENTS_IN) - before.flow_in >= produced
+        if flow is not None and endpoints.learner:
             learner = scrape(endpoints.learner)
-            emitted = flow.value(FLOW_MESSAGES_OUT, topic=topics.training_examples)
-            learner_done = learner is not None and (
-                learner.value(LEARNER_PUBLISHED) - before.learner_published
-                >= emitted - before.flow_examples_out
-            )
+            now = DrainMarks.of(flow, learner, topic)
+            learner_done = learner is not None and now.published_since(before)
         else:
-            lag = consumer_lag(settings, topics.training_examples, settings.learner.consumer_group)
+            lag = consumer_lag(settings, topic, settings.learner.consumer_group)
             learner_done = lag <= settings.learner.batch_size
         if flow_done and learner_done:
             return
@@ -240,7 +241,11 @@ def run_load(
     keys = RedisKeys(settings.redis.key_prefix)
     client = connect_redis(settings.redis.redis_url.get_secret_value())
     alerts_before = client.xlen(keys.alerts)
-    before = _Marks.read(endpoints, topics.training_examples)
+    before = DrainMarks.of(
+        scrape(endpoints.flow) if endpoints.flow else None,
+        scrape(endpoints.learner) if endpoints.learner else None,
+        topics.training_examples,
+    )
     dlq_before = topic_size(settings.kafka, topics.events_dlq)
     sampler = MetricsSampler(endpoints.as_dict())
     sampler.start()
