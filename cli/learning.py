@@ -194,6 +194,7 @@ def print_tuning(tuning: dict[str, Any]) -> None:
         )  # fmt: skip
     console.print(table)
     console.print(
-        f"chosen: {chosen}; {tuning['seconds']:.0f} s of a {tuning['budget_s']:.0f} s budget"
+        f"chosen: {chosen}; {tuning['seconds']:.0f} s (budgets: sizes {tuning['budget_s']:.0f}"
+        f" s, learner grid {tuning['learner_budget_s']:.0f} s)"
         + (f", {tuning['skipped']} candidates skipped" if tuning["skipped"] else "")
     )

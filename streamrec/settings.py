@@ -383,8 +383,14 @@ class TuneSettings(BaseSettings):
     budget_s: float = Field(
         300.0,
         gt=0,
-        description="Wall-clock bound: no candidate starts after it (the report says what "
-        "was skipped; within it the choice is deterministic).",
+        description="Wall-clock bound of the size search: no size starts after it (the "
+        "report says what was skipped; within it the choice is deterministic).",
+    )
+    learner_budget_s: float = Field(
+        120.0,
+        gt=0,
+        description="Wall-clock bound of the learner grid, from its start (a few seconds a "
+        "point: a slow size search must not starve it).",
     )
     row_lrs: Annotated[tuple[float, ...], NoDecode] = Field(
         (1.0, 2.0, 4.0), min_length=1, description="Learner row steps tried ('1,2,4')."

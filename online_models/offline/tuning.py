@@ -17,9 +17,13 @@ grid is (``evaluation.tune_session_knn``). In order:
   Until then the model's co-visitation table holds the training split only (the
   validation split's pairs would give away its targets); they are added at the end.
 
-Bounded in time by ``TuneSettings.budget_s``: no candidate starts once the budget is spent
-(the first size and the first grid point always run); the report counts what was skipped.
-Within the budget the choice depends on the data alone, so a run is deterministic.
+Bounded in time, each search by its own budget: the sizes by ``TuneSettings.budget_s``,
+the learner grid by ``learner_budget_s`` counted from its start (its points cost seconds
+where a size costs minutes: on a slow host the size search alone used to spend the one
+budget and leave the learner at the defaults). No candidate starts once its budget is
+spent (the first size and the first grid point always run); the report counts what was
+skipped. Within the budgets the choice depends on the data alone, so a run is
+deterministic.
 """
 
 from __future__ import annotations
@@ -73,6 +77,7 @@ class Tuning:
     skipped: int = 0
     seconds: float = 0.0
     budget_s: float = 0.0
+    learner_budget_s: float = 0.0
 
     def fitted(self) -> dict[str, float]:
         """The learner knobs as a version's metadata carries them (``learner.<field>``)."""
@@ -106,6 +111,7 @@ class Tuning:
             "skipped": self.skipped,
             "seconds": round(self.seconds, 2),
             "budget_s": self.budget_s,
+            "learner_budget_s": self.learner_budget_s,
         }
 
 
@@ -113,18 +119,17 @@ def fit_to_shop(
     settings: Settings, warm: Sequence[TrainingExample], *, progress: bool = False
 ) -> Tuning:
     """Train on ``warm`` and fit the size and the learner's knobs on its validation split."""
-    started = time.monotonic()
-    deadline = started + settings.tune.budget_s
-    trained, model, trials, skipped = _fit_size(settings, warm, deadline, progress)
+    started, tune = time.monotonic(), settings.tune
+    trained, model, trials, skipped = _fit_size(settings, warm, started + tune.budget_s, progress)
     _, validation = split_by_time(list(warm), settings.train.validation_fraction)
     learner, learner_trials, learner_skipped = _fit_learner(
-        settings, trained.weights, validation, deadline
+        settings, trained.weights, validation, time.monotonic() + tune.learner_budget_s
     )
     rule = CovisitationRule.from_settings(model)
     trained.weights = with_successors(trained.weights, validation, rule)  # as ``train`` does
     return Tuning(
         trained, model, learner, trials + learner_trials, skipped + learner_skipped,
-        time.monotonic() - started, settings.tune.budget_s,
+        time.monotonic() - started, tune.budget_s, tune.learner_budget_s,
     )  # fmt: skip
 
 

@@ -83,10 +83,22 @@ def test_fitting_picks_the_best_validation_trial_and_reports_every_one() -> None
     assert [t["hr@20"] for t in again["trials"]] == [t["hr@20"] for t in report["trials"]]
 
 
-def test_a_spent_budget_stops_the_search_after_the_first_candidates() -> None:
-    tuning = fit_to_shop(tiny_settings(budget_s=1e-6), shop_examples(300))
-    assert [t.knob for t in tuning.trials] == ["size", "learner"]
-    assert tuning.skipped == 3
+def test_a_spent_budget_stops_its_search_after_the_first_candidate() -> None:
+    both = fit_to_shop(
+        tiny_settings(presets=("default", "large"), budget_s=1e-6, learner_budget_s=1e-6),
+        shop_examples(300),
+    )
+    assert [t.knob for t in both.trials] == ["size", "learner"]
+    assert both.skipped == 1 + 3
+    assert both.report()["learner_budget_s"] == 1e-6
+
+
+def test_a_size_search_that_spends_its_budget_leaves_the_learner_grid_its_own() -> None:
+    tuning = fit_to_shop(
+        tiny_settings(presets=("default", "large"), budget_s=1e-6), shop_examples(300)
+    )
+    assert [t.knob for t in tuning.trials] == ["size", "learner", "learner", "learner", "learner"]
+    assert tuning.skipped == 1  # the second size only
 
 
 def test_fitted_knobs_fill_only_what_was_not_set_explicitly() -> None:
