@@ -266,10 +266,10 @@ def finetune_candidate(
     base = weights_at.get(unseen) if unseen is not None else None
     candidate = train_candidate(settings, serving if base is None else base, train, reservoir)
     verdict, candidate = judge(settings, candidate, serving, holdout, learned, settings.learner)
-    if base is not None:
-        return candidate, verdict, unseen, ""
-    fallback = "no_learner_signal" if unseen is None else "version_not_loadable"
-    reason = f"{verdict.reason}; {base_fallback_note(fallback, unseen)}"
+    fallback = ""  # as the job's ``_candidate_base``, the kept weights as its registry
+    if base is None:
+        fallback = "no_learner_signal" if unseen is None else "version_not_loadable"
+    reason = base_fallback_note(verdict.reason, fallback, unseen)
     return candidate, replace(verdict, reason=reason), unseen, fallback
 
 

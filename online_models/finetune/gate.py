@@ -96,13 +96,16 @@ BASE_FALLBACKS = {
 }
 
 
-def base_fallback_note(fallback: str, unseen: int | None) -> str:
-    """What the verdict's reason adds when the candidate started from the current weights
-    (``fallback``: a key of ``BASE_FALLBACKS``): that comparison favours the candidate."""
+def base_fallback_note(reason: str, fallback: str, unseen: int | None) -> str:
+    """The verdict's ``reason``, plus, when the candidate started from the current weights
+    (``fallback``: a key of ``BASE_FALLBACKS``; ``""``: it did not), that the comparison
+    favours the candidate and why."""
+    if not fallback:
+        return reason
     why = BASE_FALLBACKS[fallback].format(unseen=unseen)
     return (
-        "candidate started from the current weights, which may have learned the held-out "
-        f"examples: {why}"
+        f"{reason}; candidate started from the current weights, which may have learned the "
+        f"held-out examples: {why}"
     )
 
 

@@ -167,9 +167,7 @@ def _finetune(
     info = registry.info(serving.version)  # the learner's fitted knobs travel in it
     learner = with_fitted(settings.learner, fitted_values(info.metrics) if info else {})
     verdict, candidate = judge(settings, candidate, serving, holdout, learned, learner)
-    reason = (
-        f"{verdict.reason}; {base_fallback_note(fallback, unseen)}" if fallback else verdict.reason
-    )
+    reason = base_fallback_note(verdict.reason, fallback, unseen)
     candidate_version: int | None = None
     canary = settings.drift.rollout == "canary"
     if verdict.promoted:

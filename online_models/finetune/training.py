@@ -89,12 +89,8 @@ def learn_through(
     covisitation = CovisitationRule.from_settings(settings.model)
     device = pick_device(settings.train.device)
     head = HeadLearner.from_weights(weights, learner, device, covisitation)
-    hits = ranked = 0
-    for start in range(0, len(examples), learner.batch_size):
-        outcome = head.learn(examples[start : start + learner.batch_size])
-        hits += outcome.ranking.hits
-        ranked += outcome.ranking.examples
-    return head.weights(), hits, ranked
+    totals = head.learn_stream(examples)
+    return head.weights(), totals.hits, totals.examples
 
 
 def hits_at_20(

@@ -250,6 +250,16 @@ class HeadLearner:
         outcome.step_s = time.perf_counter() - started
         return outcome
 
+    def learn_stream(self, examples: Sequence[TrainingExample]) -> RankingTotals:
+        """Learn ``examples`` in order, in micro-batches of ``batch_size``, each ranked
+        before it is learned: the summed ranking is the prequential count the learner's
+        signals would add up to."""
+        totals = RankingTotals()
+        size = self.settings.batch_size
+        for start in range(0, len(examples), size):
+            totals.add(self.learn(examples[start : start + size]).ranking)
+        return totals
+
     def top_items(self, examples: Sequence[TrainingExample], k: int) -> list[tuple[str, ...]]:
         """The ``k`` items the current weights rank first after each example's history (the
         session's items lifted, as serving ranks): the list a shop would show. Used by the

@@ -170,10 +170,7 @@ def prequential_totals(
     ranked before it is learned (what ``streamrec learn`` would score)."""
     covisitation = CovisitationRule.from_settings(model)
     head = HeadLearner.from_weights(weights, learner, pick_device(learner.device), covisitation)
-    totals = RankingTotals()
-    for start in range(0, len(examples), learner.batch_size):
-        totals.add(head.learn(examples[start : start + learner.batch_size]).ranking)
-    return totals
+    return head.learn_stream(examples)
 
 
 def _fit_size(

@@ -89,6 +89,7 @@ def test_no_batch_reaching_the_held_out_span_names_no_version() -> None:
 
 
 def test_a_fallback_note_says_the_comparison_is_not_clean_and_why() -> None:
-    gone = base_fallback_note("version_not_loadable", 12)
+    gone = base_fallback_note("verdict", "version_not_loadable", 12)
     assert "current weights" in gone and "version 12" in gone and "no longer loads" in gone
-    assert "no learner signal" in base_fallback_note("no_learner_signal", None)
+    assert "no learner signal" in base_fallback_note("verdict", "no_learner_signal", None)
+    assert base_fallback_note("verdict", "", 12) == "verdict"  # a clean start adds nothing
