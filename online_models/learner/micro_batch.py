@@ -10,7 +10,9 @@ in the loss change, and the learner remembers them for the next delta.
 Host and device split the work: the host does the bookkeeping on small arrays (ids to rows
 in one lookup per batch, the histories' rows, the sampled candidates, which session items
 to mask), the device does the dense math on tensors of a few fixed shapes. The host reads
-from the device once after the ranking pass (the metrics) and once per step (the guard).
+from the device once after the ranking pass (the metrics), once per step (the guard) and
+twice per encoding of the histories (the co-visitation evidence's compaction and
+``unique``); host arrays go over with ``to_device``, which does not wait for the device.
 
 Exposure feedback (``LearnerSettings.exposure_*_weight``, on when both are > 0): exposure
 examples from the flow are encoded in the same pass as the ranked examples but not ranked.
@@ -49,7 +51,7 @@ from online_models.model.covisitation import (
     successor_pairs,
     update_covisitation,
 )
-from online_models.model.device import pick_device
+from online_models.model.device import pick_device, to_device
 from online_models.model.item_index import ItemIndex, last_known
 from online_models.model.prequential_ranks import exact_ranks, screened_ranks
 from online_models.model.ranking_metrics import RankingTotals, ranking_totals
@@ -284,9 +286,8 @@ class HeadLearner:
         )
         model = self.model
         changed = update_covisitation(
-            model.covis_items, model.covis_weight, self._to_device(sources),
-            self._to_device(successors), self._to_device(amounts), rule.decay,
-        )  # fmt: skip
+            model.covis_items, model.covis_weight, sources, successors, amounts, rule.decay
+        )
         self.touched[changed] = True
 
     def _histories(self, item_rows: np.ndarray, slots: np.ndarray) -> Histories:
@@ -298,33 +299,35 @@ class HeadLearner:
         rows, mask = rows[:, -width:], mask[:, -width:]
         inputs = np.unique(rows[mask > 0])
         columns = np.searchsorted(inputs, rows).clip(max=max(len(inputs) - 1, 0))
-        input_columns = replace(device_rows, rows=self._to_device(columns))
-        return Histories(rows, mask, inputs, device_rows, self._to_device(inputs), input_columns)
-
-    def _to_device(self, values: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(values)).to(self.device)
+        input_columns = replace(device_rows, rows=to_device(columns, self.device))
+        return Histories(
+            rows, mask, inputs, device_rows, to_device(inputs, self.device), input_columns
+        )
 
     def _rank(
         self, sessions: torch.Tensor, histories: Histories, targets: np.ndarray
     ) -> np.ndarray:
         """Each target's rank before the step (host array; unknown targets miss)."""
-        target_rows = self._to_device(targets)
+        target_rows = to_device(targets, self.device)
         ranked = len(targets)  # exposure rows follow the ranked ones and are not ranked
         rows, mask = histories.device_rows.rows[:ranked], histories.device_rows.mask[:ranked]
         if ranked == 0:
             return np.zeros(0, np.int64)
         with torch.no_grad():
             if self.rank_dtype == torch.float32:
-                return exact_ranks(self.model, sessions, rows, mask, target_rows).cpu().numpy()
+                known = to_device(np.flatnonzero(targets >= 0), self.device)
+                ranks = exact_ranks(self.model, sessions, rows, mask, target_rows, known)
+                return ranks.cpu().numpy()
             ranks, uncertain = screened_ranks(
                 self.model, sessions, rows, mask, target_rows, self.rank_dtype
             )
             host = torch.stack([ranks, uncertain.long()]).cpu().numpy()
             unsure = np.flatnonzero(host[1])
             if len(unsure):  # near-ties the cheap pass could not settle: score them in full
-                pick = self._to_device(unsure)
+                pick = to_device(unsure, self.device)
+                known = to_device(np.flatnonzero(targets[unsure] >= 0), self.device)
                 exact = exact_ranks(self.model, sessions[pick], rows[pick], mask[pick],
-                                    target_rows[pick])  # fmt: skip
+                                    target_rows[pick], known)  # fmt: skip
                 host[0, unsure] = exact.cpu().numpy()
             return host[0]
 
@@ -394,7 +397,7 @@ class HeadLearner:
         if len(explore) == 0 and len(shown.rows) == 0:
             return 0.0, ""  # every target repeats a session item: nothing left to learn
         candidates = self._candidates(np.concatenate([targets, shown.items]))
-        device_candidates = self._to_device(candidates)
+        device_candidates = to_device(candidates, self.device)
         output_rows = model.item_table.detach()[device_candidates].requires_grad_(True)
         bias_rows = model.item_bias.detach()[device_candidates].requires_grad_(True)
         total = torch.zeros((), device=self.device)
@@ -403,12 +406,12 @@ class HeadLearner:
             columns = np.searchsorted(candidates, rows[explore]).clip(max=len(candidates) - 1)
             masked = present[explore] & (candidates[columns] == rows[explore])
             masked_at = np.nonzero(masked)
-            labels = self._to_device(np.searchsorted(candidates, targets[explore]))
-            chosen = self._to_device(explore)
-            example_weights = self._to_device(weights[explore])
+            labels = to_device(np.searchsorted(candidates, targets[explore]), self.device)
+            chosen = to_device(explore, self.device)
+            example_weights = to_device(weights[explore], self.device)
             logits = torch.addmm(bias_rows, forward.sessions[chosen], output_rows.T)
             with torch.no_grad():  # a masked logit's gradient is zero anyway: no backward copy
-                at = (self._to_device(masked_at[0]), self._to_device(columns[masked_at]))
+                at = tuple(to_device(a, self.device) for a in (masked_at[0], columns[masked_at]))
                 logits[at] = -math.inf
             losses, log_probs = CandidateCrossEntropy.apply(logits, labels)
             total = (losses * example_weights).sum()
@@ -482,17 +485,21 @@ class HeadLearner:
         """
         evidence = self._evidence(histories, explore)
         width = len(candidates)
-        at = torch.searchsorted(candidates, evidence.columns).clamp(max=width - 1)
-        keep = candidates[at] == evidence.columns
-        line, column = evidence.lines[keep], at[keep]
-        term = self.model.covisitation_term(Evidence(line, column, evidence.values[keep]))
-        log_p = log_probs.flatten()[line * width + column]
+        line = evidence.lines
+        column = torch.searchsorted(candidates, evidence.columns).clamp(max=width - 1)
+        # evidence for items outside the candidates counts nowhere: probability 0 (masked,
+        # not dropped: a selection would make the host wait for a GPU)
+        outside = candidates[column] != evidence.columns
+        term = self.model.covisitation_term(evidence)
+        log_p = log_probs.flatten()[line * width + column].masked_fill(outside, -math.inf)
         lines = torch.zeros(len(explore), device=self.device)
         unevidenced = (1 - lines.index_add(0, line, log_p.exp())).clamp(min=0).log()
         blended = log_p + term  # log(p exp(t)); -inf where a candidate is masked
         top = unevidenced.scatter_reduce(0, line, blended.detach(), "amax")
         total = (unevidenced - top).exp().index_add(0, line, (blended - top[line]).exp())
-        at_label = lines.index_add(0, line, torch.where(column == labels[line], term, 0.0))
+        at_label = lines.index_add(
+            0, line, torch.where((column == labels[line]) & ~outside, term, 0.0)
+        )
         return losses + top + total.log() - at_label
 
     def _evidence(self, histories: Histories, explore: np.ndarray) -> Evidence:
@@ -500,9 +507,11 @@ class HeadLearner:
         repeated (line, item) pairs summed. Made once for both steps when the histories
         are not encoded again (the table changes only after the steps)."""
         if histories.evidence is None or not np.array_equal(histories.evidence[0], explore):
-            lines = self._to_device(explore)
+            lines = to_device(explore, self.device)
             rows, mask = histories.device_rows.rows[lines], histories.device_rows.mask[lines]
             found = self.model.covisitation_evidence(rows, mask)
+            at = found.values.nonzero()[:, 0]  # the entries that count (most are padding)
+            found = Evidence(found.lines[at], found.columns[at], found.values[at])
             span = self.model.n_items
             pairs, pair = torch.unique(found.lines * span + found.columns, return_inverse=True)
             values = torch.zeros(len(pairs), device=self.device)
@@ -519,10 +528,11 @@ class HeadLearner:
         shown: ShownLists,
     ) -> torch.Tensor:
         """Weighted sum over clicked lists of the clicked item's cross-entropy in its list."""
-        at = self._to_device(np.searchsorted(candidates, shown.items))
-        logits = (sessions[self._to_device(shown.rows)] * output_rows[at]).sum(1) + bias_rows[at]
-        logits = logits + self._to_device(shown.offsets)
-        lists = self._to_device(shown.lists)
+        at = to_device(np.searchsorted(candidates, shown.items), self.device)
+        queries = sessions[to_device(shown.rows, self.device)]
+        logits = (queries * output_rows[at]).sum(1) + bias_rows[at]
+        logits = logits + to_device(shown.offsets, self.device)
+        lists = to_device(shown.lists, self.device)
         count = len(shown.weights)
         top = torch.full((count,), -math.inf, device=self.device)
         top = top.scatter_reduce(0, lists, logits.detach(), "amax")
@@ -530,8 +540,8 @@ class HeadLearner:
             0, lists, (logits - top[lists]).exp()
         )
         log_norm = sums.log() + top
-        clicked = logits[self._to_device(shown.clicked_at)]
-        return ((log_norm - clicked) * self._to_device(shown.weights)).sum()
+        clicked = logits[to_device(shown.clicked_at, self.device)]
+        return ((log_norm - clicked) * to_device(shown.weights, self.device)).sum()
 
     def _add_items(self, count: int, targets: np.ndarray, sessions: torch.Tensor) -> None:
         """Rows for new items: a new target starts in its session's direction.
@@ -557,9 +567,10 @@ class HeadLearner:
             model.item_bias[added.start : added.stop] = model.item_bias[:start].median()
             if len(last):
                 norm = model.item_table[:start].norm(dim=1).median()
-                chosen = sessions.detach()[self._to_device(last)]
+                chosen = sessions.detach()[to_device(last, self.device)]
                 directions = torch.nn.functional.normalize(chosen, dim=1)
-                model.item_table[self._to_device(targets[last])] = directions * norm * NEW_ROW_SCALE
+                rows = to_device(targets[last], self.device)
+                model.item_table[rows] = directions * norm * NEW_ROW_SCALE
 
     def _candidates(self, targets: np.ndarray) -> np.ndarray:
         """Sorted unique rows in the loss: the targets and shared random negatives."""

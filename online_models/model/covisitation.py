@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from online_models.model.device import selects_freely, to_device
 from streamrec.settings import ModelSettings
 
 WINDOW = 5  # defaults: ModelSettings.covis_window / covis_decay (a unit test holds them equal)
@@ -76,15 +77,30 @@ def session_evidence(
     n_items: int,
 ) -> Evidence:
     """Per session (line of ``rows``/``mask``), each history position's neighbours with
-    ``position weight * log1p(count)``; a (line, column) pair may repeat (sum them)."""
-    position = position_weights(mask, window)
-    line, column = (position > 0).nonzero(as_tuple=True)
-    sources = rows[line, column]
+    ``position weight * log1p(count)``; a (line, column) pair may repeat (sum them).
+
+    No entry is dropped for its value (empty slots give 0 at column 0, adding nothing
+    wherever values are summed), so no size depends on the table. On CPU the positions
+    that count are picked first (free on the host, and most positions are padding); on a
+    GPU every position is kept, padding adding 0, since picking them would make the host
+    wait for the device.
+    """
+    position = position_weights(mask, window)  # B x W
+    if selects_freely(rows.device):
+        line, column = (position > 0).nonzero(as_tuple=True)
+    else:
+        line, column = (axis.flatten() for axis in torch.meshgrid(
+            torch.arange(rows.shape[0], device=rows.device),
+            torch.arange(rows.shape[1], device=rows.device), indexing="ij"))  # fmt: skip
+    sources = rows[line, column].clamp(min=0)
     neighbours = items[sources].long()  # P x K
     values = torch.log1p(weights[sources]) * position[line, column, None]
-    valid = (neighbours >= 0) & (neighbours < n_items)
-    lines = line[:, None].expand_as(neighbours)[valid]
-    return Evidence(lines, neighbours[valid], values[valid])
+    valid = (neighbours >= 0) & (neighbours < n_items) & (values != 0)
+    return Evidence(
+        line[:, None].expand_as(neighbours).flatten(),
+        torch.where(valid, neighbours, 0).flatten(),
+        torch.where(valid, values, 0.0).flatten(),
+    )
 
 
 def successor_pairs(
@@ -115,9 +131,9 @@ def successor_pairs(
 def update_covisitation(
     items: torch.Tensor,
     weights: torch.Tensor,
-    sources: torch.Tensor,
-    targets: torch.Tensor,
-    amounts: torch.Tensor,
+    sources: np.ndarray,
+    targets: np.ndarray,
+    amounts: np.ndarray,
     decay: float,
 ) -> torch.Tensor:
     """Add the pairs to the table in place; returns the rows that changed (sorted).
@@ -125,32 +141,39 @@ def update_covisitation(
     Each changed row's counts first decay by ``decay ** (weight it receives)``, then the
     pairs' weights are added to their targets' counts (a target not in the row competes
     for a slot with its new count); the row keeps its ``K`` largest counts, heaviest first.
+
+    The pairs come from the host (``successor_pairs``), so everything whose size depends
+    on them (repeated pairs summed, pairs grouped by row) is worked out there; the device
+    gets arrays of known sizes and never has to report one back.
     """
-    device = amounts.device
+    device = items.device
     if len(sources) == 0:
         return torch.zeros(0, dtype=torch.long, device=device)
     span = max(int(items.shape[0]), 1)
-    pairs, at = torch.unique(sources.long() * span + targets.long(), return_inverse=True)
-    amounts = torch.zeros(len(pairs), device=device).index_add_(0, at, amounts)
-    sources, targets = pairs // span, pairs % span
-    changed, line = torch.unique(sources, return_inverse=True)  # pairs sorted by source
-    received = torch.zeros(len(changed), device=device).index_add_(0, line, amounts)
+    pairs, at = np.unique(sources.astype(np.int64) * span + targets, return_inverse=True)
+    summed = np.bincount(at, weights=amounts, minlength=len(pairs)).astype(np.float32)
+    # pairs sorted by source: each row's pairs are consecutive
+    rows, first, counts = np.unique(pairs // span, return_index=True, return_counts=True)
+    group = np.repeat(np.arange(len(rows)), counts)
+    place = np.arange(len(pairs)) - first[group]  # a pair's place among its row's pairs
+    factors = np.power(decay, np.bincount(group, weights=summed)).astype(np.float32)
+    changed, line, place_at, successors, added, factor = (
+        to_device(values, device) for values in (rows, group, place, pairs % span, summed, factors)
+    )
     kept_items = items[changed].long()
-    kept = weights[changed] * torch.pow(torch.tensor(decay, device=device), received)[:, None]
-    same = kept_items[line] == targets[:, None]  # a pair whose target the row already holds
+    kept = weights[changed] * factor[:, None]
+    same = kept_items[line] == successors[:, None]  # a pair whose target the row already holds
     hit = same.any(dim=1)
     slot = same.int().argmax(dim=1)
-    kept.index_put_((line[hit], slot[hit]), amounts[hit], accumulate=True)
-    # the other pairs are newcomers: the j-th of a row goes to column K + j
-    new_line = line[~hit]
-    first = torch.searchsorted(new_line, new_line)
-    rank = torch.arange(len(new_line), device=device) - first
-    extra = int(rank.max()) + 1 if len(rank) else 0
+    kept.index_put_((line, slot), torch.where(hit, added, 0.0), accumulate=True)
+    # the other pairs are newcomers: the j-th pair of a row goes to column K + j (a held
+    # target leaves its column empty)
     neighbours = items.shape[1]
-    all_items = torch.cat([kept_items, kept_items.new_full((len(changed), extra), -1)], dim=1)
-    all_weights = torch.cat([kept, kept.new_zeros((len(changed), extra))], dim=1)
-    all_items[new_line, neighbours + rank] = targets[~hit]
-    all_weights[new_line, neighbours + rank] = amounts[~hit]
+    extra = int(counts.max())
+    all_items = torch.cat([kept_items, kept_items.new_full((len(rows), extra), -1)], dim=1)
+    all_weights = torch.cat([kept, kept.new_zeros((len(rows), extra))], dim=1)
+    all_items[line, neighbours + place_at] = torch.where(hit, -1, successors)
+    all_weights[line, neighbours + place_at] = torch.where(hit, 0.0, added)
     all_weights = torch.where(all_items >= 0, all_weights, torch.full_like(all_weights, -1.0))
     top = torch.topk(all_weights, neighbours, dim=1)  # empty slots (-1) sort last
     best_items = all_items.gather(1, top.indices)

@@ -19,6 +19,7 @@ from online_models.model.covisitation import (
     successor_pairs,
     update_covisitation,
 )
+from online_models.model.device import to_device
 from online_models.model.item_index import ItemIndex
 from online_models.model.ranking_metrics import CUTOFF, target_ranks
 from online_models.model.recommender import SessionRecommender, history_tensors
@@ -39,7 +40,6 @@ def learn_successors(
     """Add every example's (last history items -> target) pairs, oldest first; examples
     whose items the index does not know add only their known pairs."""
     ordered = sorted(examples, key=lambda example: example.ts)
-    device = model.item_table.device
     for start in range(0, len(ordered), CHUNK):
         chunk = ordered[start : start + CHUNK]
         rows, mask = index.encode_histories([e.history for e in chunk], model.shape.max_seq_len)
@@ -48,12 +48,7 @@ def learn_successors(
             rows, mask, targets, rule.window, rule.reverse
         )
         update_covisitation(
-            model.covis_items,
-            model.covis_weight,
-            torch.from_numpy(sources).to(device),
-            torch.from_numpy(successors).to(device),
-            torch.from_numpy(amounts).to(device),
-            rule.decay,
+            model.covis_items, model.covis_weight, sources, successors, amounts, rule.decay
         )
 
 
@@ -85,7 +80,7 @@ def fit_blend(
             rows, mask = index.encode_histories([e.history for e in chunk], model.shape.max_seq_len)
             batch = history_tensors(rows, mask, device)
             sessions = model.session_vectors(batch)
-            targets = torch.from_numpy(index.rows_of([e.target_item for e in chunk])).to(device)
+            targets = to_device(index.rows_of([e.target_item for e in chunk]), device)
             for at, blend in enumerate(grid):
                 model.covis_blend.fill_(blend)
                 scores = model.scores(sessions, batch.rows, batch.mask, lift=True)

@@ -32,10 +32,15 @@ def exact_ranks(
     rows: torch.Tensor,
     mask: torch.Tensor,
     targets: torch.Tensor,
+    known: torch.Tensor,
 ) -> torch.Tensor:
-    """float32 scores of every item (session items lifted), then the targets' ranks."""
+    """float32 scores of every item (session items lifted), then the targets' ranks.
+
+    ``known`` lists the lines whose target is a known item (row >= 0), taken from the
+    caller's host copy of the targets: selecting them on the device would make the host
+    wait for it (the selection's size is data).
+    """
     ranks = torch.full_like(targets, MISS_RANK)
-    known = (targets >= 0).nonzero()[:, 0]
     if len(known):
         scores = model.scores(sessions[known], rows[known], mask[known], lift=True)
         ranks[known] = target_ranks(scores, targets[known])

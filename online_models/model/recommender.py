@@ -25,6 +25,7 @@ from torch import nn
 from transformers import BertConfig, BertModel
 
 from online_models.model.covisitation import Evidence, session_evidence
+from online_models.model.device import to_device
 from online_models.model.last_position_encoder import last_position_state
 from online_models.model.weights import (
     COVIS_ITEMS,
@@ -73,22 +74,18 @@ def history_tensors(rows: np.ndarray, mask: np.ndarray, device: torch.device) ->
     lengths = mask.sum(axis=1)
     width = _bucket_width(int(lengths.max(initial=0)), full)
     cut = (slice(None), slice(full - width, None))
-    batch = EncoderBatch(_on(rows[cut], device), _on(mask[cut], device))
+    batch = EncoderBatch(to_device(rows[cut], device), to_device(mask[cut], device))
     short = lengths <= SHORT_SESSION
     if device.type == "cuda" or width <= SHORT_SESSION or short.all() or not short.any():
         return batch
     short_width = _bucket_width(int(lengths[short].max()), full)
-    groups = ((_on(np.flatnonzero(short), device), short_width),
-              (_on(np.flatnonzero(~short), device), width))  # fmt: skip
+    groups = ((to_device(np.flatnonzero(short), device), short_width),
+              (to_device(np.flatnonzero(~short), device), width))  # fmt: skip
     return EncoderBatch(batch.rows, batch.mask, groups)
 
 
 def _bucket_width(longest: int, full: int) -> int:
     return next(length for length in bucket_lengths(full) if length >= longest)
-
-
-def _on(values: np.ndarray, device: torch.device) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(values)).to(device)
 
 
 # (item vectors, padding mask, positions) -> the last position's state, B x H.

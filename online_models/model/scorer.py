@@ -20,6 +20,7 @@ from typing import Literal
 import numpy as np
 import torch
 
+from online_models.model.device import to_device
 from online_models.model.item_index import ItemIndex
 from online_models.model.recommender import (
     BACKBONE_PREFIX,
@@ -217,7 +218,7 @@ class SessionScorer:
             answers = _finite(best.cpu().numpy(), values.cpu().numpy())
             for line, rows in enumerate(candidates):
                 if rows is not None:
-                    pool = _nan_last(scores[line, self._on_device(rows)])
+                    pool = _nan_last(scores[line, to_device(rows, self.device)])
                     top = torch.topk(pool, min(k, len(rows)))
                     picked = rows[top.indices.cpu().numpy()]
                     answers[line] = _finite(picked[None], top.values.cpu().numpy()[None])[0]
@@ -250,7 +251,7 @@ class SessionScorer:
         histories = [clicks, *(clicks[:j] + clicks[j + 1 :] for j in range(len(clicks)))]
         with torch.inference_mode():
             queries, history_rows, mask = self._queries(histories)
-            picked = self._on_device(np.asarray(rows, dtype=np.int64))
+            picked = to_device(np.asarray(rows, dtype=np.int64), self.device)
             match = (queries.to(self._table.dtype) @ self._table[picked].T).float()
             bias = self._bias[picked].float().expand_as(match)
             repeat = self._repeat_at(history_rows, mask, picked)
@@ -299,7 +300,7 @@ class SessionScorer:
         free = [line for line in lines if pools[line] is None]
         shortlists = [pool for pool in pools if pool is not None]
         if free:
-            at = self._on_device(np.array(free))
+            at = to_device(np.array(free), self.device)
             rough = int8.scores(queries[at])
             rough = self._model.add_repeat_bonus(rough, rows[at], mask[at], lift=True)
             rough = self._model.add_covisitation(rough, rows[at], mask[at])
@@ -308,14 +309,14 @@ class SessionScorer:
         picked = np.unique(np.concatenate(shortlists)) if shortlists else np.zeros(0, np.int64)
         if len(picked) == 0:  # no history, or only empty categories
             return [(picked, np.zeros(0, np.float32)) for _ in lines]
-        scores = self._scores_at(queries, rows, mask, self._on_device(picked))
+        scores = self._scores_at(queries, rows, mask, to_device(picked, self.device))
         allowed = np.ones(scores.shape, dtype=bool)
         for line in lines:
             if pools[line] is not None:
                 allowed[line] = np.isin(picked, pools[line])
             if skips[line] is not None:
                 allowed[line] &= ~np.isin(picked, skips[line])
-        scores.masked_fill_(~self._on_device(allowed), float("-inf"))
+        scores.masked_fill_(~to_device(allowed, self.device), float("-inf"))
         top = torch.topk(_nan_last(scores), min(k, len(picked)))
         return _finite(picked[top.indices.cpu().numpy()], top.values.cpu().numpy())
 
@@ -347,12 +348,9 @@ class SessionScorer:
         if skipped:
             lines = np.concatenate([np.full(len(rows), line) for line, rows in skipped])
             columns = np.concatenate([rows for _, rows in skipped])
-            index = (self._on_device(lines), self._on_device(columns))
+            index = (to_device(lines, self.device), to_device(columns, self.device))
             worst = torch.tensor(float("-inf"), dtype=scores.dtype, device=self.device)
             scores.index_put_(index, worst)
-
-    def _on_device(self, values: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(values).to(self.device)
 
 
 def block_top_k(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -26,7 +26,7 @@ from rich.progress import Progress
 
 from online_models.model.covisitation import CovisitationRule
 from online_models.model.covisitation_warmup import fit_blend, learn_successors
-from online_models.model.device import pick_device
+from online_models.model.device import pick_device, to_device
 from online_models.model.item_index import ItemIndex
 from online_models.model.ranking_metrics import RankingTotals, ranking_totals, target_ranks
 from online_models.model.recommender import SessionRecommender, history_tensors
@@ -228,7 +228,7 @@ def _loss(
     rows, mask = index.encode_histories([e.history for e in examples], model.shape.max_seq_len)
     batch = history_tensors(rows, mask, device)
     sessions = model.session_vectors(batch)
-    targets = torch.from_numpy(index.rows_of([e.target_item for e in examples])).to(device)
+    targets = to_device(index.rows_of([e.target_item for e in examples]), device)
     weights = torch.tensor([e.weight for e in examples], dtype=torch.float32, device=device)
     logits = model.scores(sessions, batch.rows, batch.mask, lift=False)
     losses = torch.nn.functional.cross_entropy(logits, targets, reduction="none")
@@ -260,7 +260,7 @@ def rank_examples(
             rows, mask = index.encode_histories([e.history for e in chunk], model.shape.max_seq_len)
             batch = history_tensors(rows, mask, device)
             sessions = model.session_vectors(batch)
-            targets = torch.from_numpy(index.rows_of([e.target_item for e in chunk])).to(device)
+            targets = to_device(index.rows_of([e.target_item for e in chunk]), device)
             scores = model.scores(sessions, batch.rows, batch.mask, lift=True)
             ranks.append(target_ranks(scores, targets).cpu().numpy())
     return np.concatenate(ranks) if ranks else np.zeros(0, dtype=np.int64)

@@ -171,7 +171,10 @@ def test_on_a_gpu_a_batch_is_encoded_in_one_call() -> None:
     mask[0, -1:] = mask[1, -6:] = 1
     assert history_tensors(rows, mask, CPU).groups != ()
     assert history_tensors(rows, mask, torch.device("meta")).groups != ()
-    with patch.object(torch.Tensor, "to", lambda self, device: self):
+    with (
+        patch.object(torch.Tensor, "pin_memory", lambda self: self),
+        patch.object(torch.Tensor, "to", lambda self, device, non_blocking=False: self),
+    ):
         assert history_tensors(rows, mask, torch.device("cuda")).groups == ()
 
 

@@ -101,7 +101,7 @@ def test_exact_ranks_score_the_known_targets_alone_and_rank_as_the_full_pass() -
     targets[1::4] = rows[1::4, -1]  # one of the session's items: a hit
     full = target_ranks(model.scores(sessions, rows, mask, lift=True), targets)
     with patch.object(model, "scores", wraps=model.scores) as scores:
-        ranks = exact_ranks(model, sessions, rows, mask, targets)
+        ranks = exact_ranks(model, sessions, rows, mask, targets, (targets >= 0).nonzero()[:, 0])
     assert scores.call_args.args[0].shape[0] == int((targets >= 0).sum())
     np.testing.assert_array_equal(ranks.numpy(), full.numpy())
     assert (ranks[::4] == MISS_RANK).all() and (ranks[1::4] < 20).all()

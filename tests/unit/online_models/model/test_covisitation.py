@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from online_models.model import covisitation
 from online_models.model.covisitation import (
     DECAY,
     REVERSE,
@@ -28,8 +29,8 @@ def table(rows: int, neighbours: int) -> tuple[torch.Tensor, torch.Tensor]:
 def add(items, weights, pairs: list[tuple[int, int, float]], decay: float = 1.0) -> torch.Tensor:
     sources, targets, amounts = zip(*pairs, strict=True)
     return update_covisitation(
-        items, weights, torch.tensor(sources), torch.tensor(targets),
-        torch.tensor(amounts, dtype=torch.float32), decay,
+        items, weights, np.array(sources), np.array(targets),
+        np.array(amounts, dtype=np.float32), decay,
     )  # fmt: skip
 
 
@@ -86,16 +87,24 @@ def test_reverse_pairs_count_each_pair_backwards_at_their_share() -> None:
     assert pairs == [(5, 8, 0.25), (5, 9, 0.5), (8, 5, 0.5), (9, 5, 1.0)]
 
 
-def test_evidence_sums_the_history_rows_neighbours_by_position() -> None:
+@pytest.mark.parametrize("selects", [True, False], ids=["cpu", "gpu-shapes"])
+def test_evidence_sums_the_history_rows_neighbours_by_position(
+    selects: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # on a GPU every position is kept (fixed shape), on CPU the counted ones are picked
+    monkeypatch.setattr(covisitation, "selects_freely", lambda device: selects)
     items, weights = table(6, 2)
     add(items, weights, [(1, 3, 2.0), (2, 3, 1.0), (2, 4, 4.0)])
     rows = torch.tensor([[1, 2], [0, 2]])
     mask = torch.tensor([[1, 1], [0, 1]])
     evidence = session_evidence(items, weights, rows, mask, window=2, n_items=6)
+    positions = 3 if selects else rows.numel()  # padding dropped only where it is free
+    assert len(evidence.values) == positions * items.shape[1]
     found: dict[tuple[int, int], float] = {}
     for line, column, value in zip(evidence.lines, evidence.columns, evidence.values, strict=True):
-        key = (int(line), int(column))
-        found[key] = found.get(key, 0.0) + float(value)
+        if value:  # padding, positions outside the window and empty slots add 0
+            key = (int(line), int(column))
+            found[key] = found.get(key, 0.0) + float(value)
     # session 0: item 1 at weight 1/2, item 2 (latest) at weight 1; log1p of each count
     expected = {
         (0, 3): 0.5 * np.log1p(2.0) + np.log1p(1.0),

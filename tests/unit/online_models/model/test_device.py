@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import numpy as np
 import pytest
 import torch
 
 from online_models.learner.micro_batch import HeadLearner, rank_dtype
 from online_models.model import device as device_module
-from online_models.model.device import pick_device
+from online_models.model.device import pick_device, to_device
 from online_models.model.recommender import random_weights
 from online_models.model.scorer import SessionScorer
 from streamrec.settings import LearnerSettings, ModelSettings, with_preset
@@ -25,6 +28,29 @@ def test_auto_picks_cuda_only_when_torch_sees_one(monkeypatch: pytest.MonkeyPatc
         pick_device("cuda")
     with pytest.raises(ValueError, match="unsupported device"):
         pick_device("meta")
+
+
+def test_host_arrays_reach_the_device_without_a_stream_synchronisation(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    values = np.arange(6)[::2]  # not contiguous
+    on_cpu = to_device(values, torch.device("cpu"))
+    assert on_cpu.tolist() == [0, 2, 4]
+    shared = np.arange(3)
+    to_device(shared, torch.device("cpu"))[0] = 7  # the array's own memory: no copy
+    assert shared[0] == 7
+    calls: list[Any] = []
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda self: calls.append("pin") or self)
+
+    def to(self: torch.Tensor, device: torch.device, non_blocking: bool = False) -> torch.Tensor:
+        calls.append((device, non_blocking))
+        return self
+
+    monkeypatch.setattr(torch.Tensor, "to", to)
+    on_gpu = to_device(values, torch.device("cuda"))
+    # page-locked first, then an asynchronous copy (a plain .to() waits for the stream)
+    assert calls == ["pin", (torch.device("cuda"), True)]
+    assert on_gpu.tolist() == [0, 2, 4]
 
 
 def test_the_ranking_pass_is_bfloat16_on_cuda_and_float32_on_cpu_unless_set() -> None:
