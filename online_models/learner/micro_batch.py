@@ -10,9 +10,10 @@ in the loss change, and the learner remembers them for the next delta.
 Host and device split the work: the host does the bookkeeping on small arrays (ids to rows
 in one lookup per batch, the histories' rows, the sampled candidates, which session items
 to mask), the device does the dense math on tensors of a few fixed shapes. The host reads
-from the device once after the ranking pass (the metrics), once per step (the guard) and
-twice per encoding of the histories (the co-visitation evidence's compaction and
-``unique``); host arrays go over with ``to_device``, which does not wait for the device.
+from the device once after the ranking pass (the metrics) and once per step (the guard);
+host arrays go over with ``to_device``, which does not wait for the device, and what a
+GPU computes keeps sizes the host knows (``device.selects_freely``: CPU code may select
+by data, where that costs nothing).
 
 Exposure feedback (``LearnerSettings.exposure_*_weight``, on when both are > 0): exposure
 examples from the flow are encoded in the same pass as the ranked examples but not ranked.
@@ -51,7 +52,7 @@ from online_models.model.covisitation import (
     successor_pairs,
     update_covisitation,
 )
-from online_models.model.device import pick_device, to_device
+from online_models.model.device import pick_device, selects_freely, to_device
 from online_models.model.item_index import ItemIndex, last_known
 from online_models.model.prequential_ranks import exact_ranks, screened_ranks
 from online_models.model.ranking_metrics import RankingTotals, ranking_totals
@@ -504,19 +505,26 @@ class HeadLearner:
 
     def _evidence(self, histories: Histories, explore: np.ndarray) -> Evidence:
         """The explored lines' co-visitation evidence (``lines`` count in ``explore``),
-        repeated (line, item) pairs summed. Made once for both steps when the histories
-        are not encoded again (the table changes only after the steps)."""
+        each (line, item) pair once with its values summed. Made once for both steps when
+        the histories are not encoded again (the table changes only after the steps)."""
         if histories.evidence is None or not np.array_equal(histories.evidence[0], explore):
             lines = to_device(explore, self.device)
             rows, mask = histories.device_rows.rows[lines], histories.device_rows.mask[lines]
             found = self.model.covisitation_evidence(rows, mask)
-            at = found.values.nonzero()[:, 0]  # the entries that count (most are padding)
-            found = Evidence(found.lines[at], found.columns[at], found.values[at])
+            keys = found.lines * self.model.n_items + found.columns
+            if selects_freely(self.device):
+                at = found.values.nonzero()[:, 0]  # the entries that count (most are padding)
+                pairs, pair = torch.unique(keys[at], return_inverse=True)
+                values = torch.zeros(len(pairs), device=self.device)
+                values.index_add_(0, pair, found.values[at])
+            else:
+                pairs, values = _summed_by_key(keys, found.values)
             span = self.model.n_items
-            pairs, pair = torch.unique(found.lines * span + found.columns, return_inverse=True)
-            values = torch.zeros(len(pairs), device=self.device)
-            values.index_add_(0, pair, found.values)
-            histories.evidence = explore, Evidence(pairs // span, pairs % span, values)
+            # an unused slot (key -1) names no candidate: column -1, outside any of them
+            used = pairs >= 0
+            lines = torch.where(used, pairs // span, 0)
+            columns = torch.where(used, pairs % span, -1)
+            histories.evidence = explore, Evidence(lines, columns, values)
         return histories.evidence[1]
 
     def _list_loss(
@@ -611,3 +619,16 @@ class HeadLearner:
         self.base_version = version
         self.base_items = len(self.index)
         self.touched.zero_()
+
+
+def _summed_by_key(keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each distinct key once with its values summed, in a fixed shape: ``len(keys)``
+    slots, the distinct keys first (sorted), then slots with key -1 and value 0. A sort and
+    a running count instead of ``unique``, whose size the host would wait for on a GPU."""
+    ordered, order = keys.sort()
+    starts = torch.ones_like(ordered, dtype=torch.bool)
+    starts[1:] = ordered[1:] != ordered[:-1]
+    group = starts.cumsum(0) - 1
+    summed = torch.zeros_like(values).index_add_(0, group, values[order])
+    distinct = torch.full_like(keys, -1).index_put_((group,), ordered)
+    return distinct, summed

@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 import torch
 
+from online_models.learner import micro_batch
 from online_models.learner.micro_batch import HeadLearner
 from online_models.learner.prepared_batch import prepare_batch
+from online_models.model import covisitation
 from online_models.model.item_index import ItemIndex
 from online_models.model.recommender import SessionRecommender, random_weights
 from online_models.model.scorer import SessionScorer
@@ -103,9 +105,17 @@ def test_a_snapshot_from_before_covisitation_loads_with_an_empty_table() -> None
     ("blend", "sharpness", "past_exp_range"),
     [(3.0, 1.0, False), (400.0, 1.0, True), (400.0, 200.0, True)],
 )
+@pytest.mark.parametrize("selects", [True, False], ids=["cpu", "gpu-shapes"])
 def test_the_sparse_blended_loss_is_the_cross_entropy_of_the_blended_logits(
-    blend: float, sharpness: float, past_exp_range: bool
+    blend: float,
+    sharpness: float,
+    past_exp_range: bool,
+    selects: bool,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    # CPU code selects the evidence that counts; a GPU's keeps fixed shapes (no waits)
+    for module in (micro_batch, covisitation):
+        monkeypatch.setattr(module, "selects_freely", lambda device: selects)
     learner = trained_learner()
     model = learner.model
     with torch.no_grad():
