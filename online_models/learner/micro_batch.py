@@ -10,10 +10,10 @@ in the loss change, and the learner remembers them for the next delta.
 Host and device split the work: the host does the bookkeeping on small arrays (ids to rows
 in one lookup per batch, the histories' rows, the sampled candidates, which session items
 to mask), the device does the dense math on tensors of a few fixed shapes. The host reads
-from the device once after the ranking pass (the metrics) and once per step (the guard);
-host arrays go over with ``to_device``, which does not wait for the device, and what a
-GPU computes keeps sizes the host knows (``device.selects_freely``: CPU code may select
-by data, where that costs nothing).
+from the device once per batch, at its end (the steps' guard figures and the ranks; the
+guard decides on the device); host arrays go over with ``to_device``, which does not
+wait for the device, and what a GPU computes keeps sizes the host knows
+(``device.selects_freely``: CPU code may select by data, where that costs nothing).
 
 Exposure feedback (``LearnerSettings.exposure_*_weight``, on when both are > 0): exposure
 examples from the flow are encoded in the same pass as the ranked examples but not ranked.
@@ -30,8 +30,9 @@ it too, so ``blend`` is learned by the same loss (Adam, with the projection). Af
 steps, the batch's examples update the table (last history items -> target), so the next
 batch sees them; the rows that changed go into the next delta like any touched row.
 
-Guards: a non-finite loss or gradient skips the step (nothing changes, the outcome says
-why); gradients are clipped to ``grad_clip`` in total norm.
+Guards: a non-finite loss or gradient skips the step and the batch's later steps
+(nothing changes, the outcome says why); gradients are clipped to ``grad_clip`` in total
+norm.
 """
 
 from __future__ import annotations
@@ -64,6 +65,9 @@ from streamrec.training_examples import TrainingExample
 NEW_ROW_SCALE = 0.5
 BLEND_EXAMPLES = 256  # explored examples per step whose blended loss moves the blend
 RANK_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+# a step's figures, in the order ``HeadLearner._step`` returns them
+GUARD_LOSS, GUARD_NORM, GUARD_REPORTED, GUARD_APPLIED = range(4)
+NOTHING_TO_LEARN = [0.0, 0.0, 0.0, 1.0]  # a step with no example left to learn from
 
 
 @dataclass(slots=True)
@@ -147,6 +151,18 @@ class CandidateCrossEntropy(torch.autograd.Function):
         return gradient, None
 
 
+def guard_verdict(steps: Sequence[Sequence[float]]) -> tuple[float, str]:
+    """A batch's loss and, when a guard stopped a step, why: the first stopped step's
+    loss and reason, else the last step's reported loss."""
+    loss = 0.0
+    for figures in steps:
+        if not figures[GUARD_APPLIED]:
+            value = figures[GUARD_LOSS]
+            return value, "non_finite_loss" if not math.isfinite(value) else "non_finite_gradient"
+        loss = figures[GUARD_REPORTED]
+    return loss, ""
+
+
 def rank_dtype(name: str, device: torch.device) -> torch.dtype:
     """The dtype of the all-items ranking pass: ``auto`` is bfloat16 on CUDA, float32 on CPU."""
     if name == "auto":
@@ -225,7 +241,7 @@ class HeadLearner:
         ranked = len(batch.target_slots)
         ranks = self._rank(
             forward.sessions[:ranked].detach(), histories, item_rows[batch.target_slots]
-        )
+        )  # on the device: read with the guard's figures, after the steps are queued
         new = item_rows < 0
         histories_grow = bool(new[batch.history_slots[batch.history_slots >= 0]].any())
         new_ids = [batch.item_ids[slot] for slot in np.flatnonzero(new)]
@@ -235,23 +251,32 @@ class HeadLearner:
             item_rows[new] = np.arange(start, start + len(new_ids))
             self._add_items(len(new_ids), item_rows[batch.target_slots], forward.sessions)
         targets = item_rows[batch.target_slots]
-        outcome = BatchOutcome(ranking_totals(torch.from_numpy(ranks)), ranks, 0.0, "",
-                               len(new_ids), 0.0)  # fmt: skip
+        applied = torch.ones((), dtype=torch.bool, device=self.device)
+        steps = []
         for number in range(self.settings.steps_per_batch):
             if number:
                 if histories_grow:  # encoded again only when they hold a new item
                     histories = self._histories(item_rows, batch.history_slots)
                     histories_grow = False
                 forward = self._forward(histories)
-            outcome.loss, outcome.skipped = self._step(
-                forward, histories, targets, batch.weights, self._clicked_lists(batch, item_rows)
-            )
-            if outcome.skipped:
-                break
-        if not outcome.skipped:  # a skipped step changes nothing, the table included
+            lists = self._clicked_lists(batch, item_rows)
+            step = self._step(forward, histories, targets, batch.weights, lists, applied)
+            if step is not None:
+                applied = step[GUARD_APPLIED] > 0
+            steps.append(step)
+        # the batch's one wait for the device: the guard's figures, then the ranks
+        taken = [step for step in steps if step is not None]
+        read = iter(torch.stack(taken).tolist() if taken else [])
+        loss, skipped = guard_verdict(
+            [NOTHING_TO_LEARN if s is None else next(read) for s in steps]
+        )
+        host_ranks = ranks.cpu().numpy()
+        if not skipped:  # a skipped step changes nothing, the table included
             self._add_successors(histories, targets)
-        outcome.step_s = time.perf_counter() - started
-        return outcome
+        return BatchOutcome(
+            ranking_totals(torch.from_numpy(host_ranks)), host_ranks, loss, skipped,
+            len(new_ids), time.perf_counter() - started,
+        )  # fmt: skip
 
     def learn_stream(self, examples: Sequence[TrainingExample]) -> RankingTotals:
         """Learn ``examples`` in order, in micro-batches of ``batch_size``, each ranked
@@ -307,30 +332,29 @@ class HeadLearner:
 
     def _rank(
         self, sessions: torch.Tensor, histories: Histories, targets: np.ndarray
-    ) -> np.ndarray:
-        """Each target's rank before the step (host array; unknown targets miss)."""
+    ) -> torch.Tensor:
+        """Each target's rank before the step, on the device (unknown targets miss)."""
         target_rows = to_device(targets, self.device)
         ranked = len(targets)  # exposure rows follow the ranked ones and are not ranked
         rows, mask = histories.device_rows.rows[:ranked], histories.device_rows.mask[:ranked]
         if ranked == 0:
-            return np.zeros(0, np.int64)
+            return torch.zeros(0, dtype=torch.long, device=self.device)
         with torch.no_grad():
             if self.rank_dtype == torch.float32:
                 known = to_device(np.flatnonzero(targets >= 0), self.device)
-                ranks = exact_ranks(self.model, sessions, rows, mask, target_rows, known)
-                return ranks.cpu().numpy()
+                return exact_ranks(self.model, sessions, rows, mask, target_rows, known)
             ranks, uncertain = screened_ranks(
                 self.model, sessions, rows, mask, target_rows, self.rank_dtype
             )
-            host = torch.stack([ranks, uncertain.long()]).cpu().numpy()
-            unsure = np.flatnonzero(host[1])
-            if len(unsure):  # near-ties the cheap pass could not settle: score them in full
+            # near-ties the cheap pass could not settle, scored in full with these weights
+            # (before the steps change them): the one read the bfloat16 pass adds
+            unsure = np.flatnonzero(uncertain.cpu().numpy())
+            if len(unsure):
                 pick = to_device(unsure, self.device)
                 known = to_device(np.flatnonzero(targets[unsure] >= 0), self.device)
-                exact = exact_ranks(self.model, sessions[pick], rows[pick], mask[pick],
-                                    target_rows[pick], known)  # fmt: skip
-                host[0, unsure] = exact.cpu().numpy()
-            return host[0]
+                ranks[pick] = exact_ranks(self.model, sessions[pick], rows[pick], mask[pick],
+                                          target_rows[pick], known)  # fmt: skip
+            return ranks
 
     def _forward(self, histories: Histories) -> HeadForward:
         """Session vectors, with the history rows they were encoded from as a leaf tensor.
@@ -369,10 +393,18 @@ class HeadLearner:
         histories: Histories,
         targets: np.ndarray,
         weights: np.ndarray,
-        shown: ShownLists = NO_LISTS,
-    ) -> tuple[float, str]:
-        """One head step; returns the next-click loss (the lists' when there is none) and,
-        when skipped, why.
+        shown: ShownLists,
+        allowed: torch.Tensor,
+    ) -> torch.Tensor | None:
+        """One head step, guarded on the device; returns its figures (``GUARD_*``: the
+        loss, the gradient norm, the next-click loss to report, the lists' when there is
+        none, and 1 when applied), or None when there is nothing to learn.
+
+        The guard: a non-finite loss or gradient, or ``allowed`` false (an earlier step
+        of the batch was not applied), changes nothing. Adam is told through its
+        ``found_inf`` (the mixed-precision scaler's way: the fused kernel skips the
+        update, moments and step count included) and the rows get zero, so the host does
+        not wait for the device to decide; ``learn`` reads the figures once per batch.
 
         Sampled softmax over the batch's targets and shared negatives, with the session's
         own items masked out, and only for examples whose target is not already in the
@@ -396,7 +428,7 @@ class HeadLearner:
         rows, present = histories.rows[:ranked], histories.mask[:ranked] > 0
         explore = np.flatnonzero(~(present & (rows == targets[:, None])).any(axis=1))
         if len(explore) == 0 and len(shown.rows) == 0:
-            return 0.0, ""  # every target repeats a session item: nothing left to learn
+            return None  # every target repeats a session item: nothing left to learn
         candidates = self._candidates(np.concatenate([targets, shown.items]))
         device_candidates = to_device(candidates, self.device)
         output_rows = model.item_table.detach()[device_candidates].requires_grad_(True)
@@ -442,12 +474,9 @@ class HeadLearner:
         norm = torch.nn.utils.clip_grad_norm_(
             [*self.dense_parameters, *rows_with_grad], self.settings.grad_clip
         )
-        value, norm_value, reported = torch.stack(  # the step's one read
-            [loss.detach(), norm, next_click_loss if len(explore) else loss.detach()]
-        ).tolist()
-        if not math.isfinite(value) or not math.isfinite(norm_value):
-            self.dense_optimizer.zero_grad(set_to_none=True)
-            return value, "non_finite_loss" if not math.isfinite(value) else "non_finite_gradient"
+        loss = loss.detach()
+        applied = loss.isfinite() & norm.isfinite() & allowed
+        self.dense_optimizer.found_inf = (~applied).float()  # type: ignore[attr-defined]
         self.dense_optimizer.step()
         step = -self.settings.row_lr
         with torch.no_grad():
@@ -457,10 +486,11 @@ class HeadLearner:
                 (model.item_table, forward.inputs, forward.input_rows),
             ):
                 if leaf.grad is not None:
-                    tensor.index_add_(0, index, leaf.grad, alpha=step)
+                    tensor.index_add_(0, index, torch.where(applied, leaf.grad, 0.0), alpha=step)
         self.touched[device_candidates] = True
         self.touched[forward.inputs] = True
-        return reported, ""
+        reported = next_click_loss if len(explore) else loss
+        return torch.stack([loss, norm.float(), reported, applied.float()])
 
     def _blend_losses(
         self,

@@ -5,8 +5,9 @@ On a GPU every op whose output size or value the host must know (a selection by 
 does a copy from ordinary host memory (``online_models.model.device.to_device`` avoids
 that one). Counted on CPU with a dispatch mode that sees every aten op, with the shapes
 the code keeps on a GPU (``selects_freely`` off), so the count holds without a GPU: no
-op of a batch reads the device; what the host reads are the ranks and each step's guard,
-through ``.cpu()`` / ``.tolist()`` (which do not dispatch on CPU).
+op of a batch reads the device; the host reads the steps' guard figures and the ranks
+once, at the end of the batch, through ``.tolist()`` / ``.cpu()`` (which do not dispatch
+on CPU).
 """
 
 from __future__ import annotations

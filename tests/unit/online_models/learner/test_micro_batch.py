@@ -11,7 +11,7 @@ import torch
 
 from flows.example_builder import examples_from_events
 from flows.feature_config import FeatureConfig
-from online_models.learner.micro_batch import HeadLearner
+from online_models.learner.micro_batch import GUARD_APPLIED, NO_LISTS, HeadLearner
 from online_models.learner.prepared_batch import prepare_batch
 from online_models.model.item_index import ItemIndex
 from online_models.model.ranking_metrics import MISS_RANK, ranking_totals, target_ranks
@@ -21,7 +21,7 @@ from online_models.model.recommender import (
     history_tensors,
     random_weights,
 )
-from online_models.model.weights import COVIS_ITEMS, COVIS_WEIGHT, apply_delta
+from online_models.model.weights import COVIS_ITEMS, COVIS_WEIGHT, ITEM_TABLE, apply_delta
 from online_models.offline.training import evaluate_examples, split_by_time, train
 from streamrec.events import Event
 from streamrec.settings import LearnerSettings, ModelSettings, TrainSettings
@@ -94,6 +94,27 @@ def test_non_finite_loss_skips_the_step_and_changes_nothing() -> None:
         np.testing.assert_array_equal(after.tensors[name], value)
 
 
+def test_the_guard_on_the_device_leaves_a_non_finite_batch_without_a_trace() -> None:
+    learner = HeadLearner.from_weights(random_weights(0, SMALL), LearnerSettings(), CPU)
+    learner.learn(chain_examples(64))
+    before = learner.weights().tensors
+    adam = learner.dense_optimizer
+    state = {k: v.clone() for k, v in adam.state[learner.model.covis_blend].items()}
+    poisoned = [e._replace(weight=math.nan) for e in chain_examples(32, seed=1)]
+    outcome = learner.learn(poisoned)
+    assert (outcome.skipped, math.isnan(outcome.loss)) == ("non_finite_loss", True)
+    assert len(outcome.ranks) == 32  # ranked before the steps, as any batch
+    after = learner.weights().tensors
+    for name, values in before.items():  # rows, dense head, blend and table: untouched
+        np.testing.assert_array_equal(after[name][: len(values)], values)
+    for key, value in adam.state[learner.model.covis_blend].items():  # moments and count
+        assert torch.equal(value, state[key]), key
+    outcome = learner.learn(chain_examples(32, seed=2))  # the next batch learns again
+    assert outcome.skipped == "" and math.isfinite(outcome.loss)
+    assert adam.state[learner.model.covis_blend]["step"] == state["step"] + 2
+    assert not np.array_equal(learner.weights().tensors[ITEM_TABLE], before[ITEM_TABLE])
+
+
 def test_history_rows_get_gradients_through_the_frozen_encoder() -> None:
     learner = HeadLearner.from_weights(random_weights(0, SMALL), LearnerSettings(), CPU)
     examples = chain_examples(64)
@@ -104,8 +125,8 @@ def test_history_rows_get_gradients_through_the_frozen_encoder() -> None:
     forward = learner._forward(histories)
     before = learner.model.item_table.detach()[forward.inputs].clone()
     targets = item_rows[batch.target_slots]
-    _, skipped = learner._step(forward, histories, targets, batch.weights)
-    assert skipped == ""
+    step = learner._step(forward, histories, targets, batch.weights, NO_LISTS, torch.tensor(True))
+    assert step is not None and step[GUARD_APPLIED] == 1
     assert forward.input_rows.grad is not None and forward.input_rows.grad.abs().sum() > 0
     assert not torch.equal(learner.model.item_table.detach()[forward.inputs], before)
     assert all(p.grad is None for p in learner.model.backbone.parameters())
