@@ -320,7 +320,7 @@ class SessionRecommender(nn.Module):
 
     def row_tensors(self, rows: np.ndarray) -> dict[str, np.ndarray]:
         """The item rows ``rows`` of every row tensor (table, bias, co-visitation)."""
-        index = torch.as_tensor(rows, dtype=torch.long, device=self.item_table.device)
+        index = to_device(np.asarray(rows, dtype=np.int64), self.item_table.device)
         return {
             ITEM_TABLE: self.item_table.detach()[index].cpu().float().numpy(),
             ITEM_BIAS: self.item_bias.detach()[index].cpu().float().numpy(),

@@ -232,7 +232,7 @@ class SessionScorer:
             scores = self._scores(history)
             rows = [r for r in (self.index.row(i) for i in exclude) if r >= 0]
             if rows:
-                scores[torch.tensor(rows, device=self.device)] = float("-inf")
+                scores[to_device(np.array(rows, dtype=np.int64), self.device)] = float("-inf")
             best = torch.topk(scores, min(k, scores.shape[0]))
             indices, values = best.indices.cpu(), best.values.cpu()
         ids = self.index.ids
@@ -349,7 +349,7 @@ class SessionScorer:
             lines = np.concatenate([np.full(len(rows), line) for line, rows in skipped])
             columns = np.concatenate([rows for _, rows in skipped])
             index = (to_device(lines, self.device), to_device(columns, self.device))
-            worst = torch.tensor(float("-inf"), dtype=scores.dtype, device=self.device)
+            worst = torch.full((), float("-inf"), dtype=scores.dtype, device=self.device)
             scores.index_put_(index, worst)
 
 

@@ -99,12 +99,13 @@ def train(
     best: tuple[float, dict[str, torch.Tensor], int] | None = None
     history: list[dict[str, float]] = []
     order = list(range(len(train_set)))
+    last = ""  # the previous epoch's figures, in the bar
     with Progress(disable=not progress, transient=True) as bar:
         task = bar.add_task("train", total=steps * train_settings.epochs)
         for epoch in range(1, train_settings.epochs + 1):
             rng.shuffle(order)
             model.train()
-            loss_sum = 0.0
+            loss_sum = torch.zeros((), device=run_on)  # read once an epoch: no wait per step
             for step in range(steps):
                 chunk = [train_set[i] for i in order[step * batch : (step + 1) * batch]]
                 loss = _loss(model, index, chunk, run_on)
@@ -113,19 +114,18 @@ def train(
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
                 optimizer.step()
                 schedule.step()
-                loss_sum += float(loss.detach())
-                bar.update(
-                    task, advance=1, description=f"epoch {epoch} loss {loss_sum / (step + 1):.3f}"
-                )
+                loss_sum += loss.detach()
+                bar.update(task, advance=1, description=f"epoch {epoch}{last}")
             totals = evaluate_examples(model, index, validation, run_on)
             record = {
                 "epoch": float(epoch),
-                "loss": loss_sum / max(steps, 1),
+                "loss": float(loss_sum) / max(steps, 1),
                 "hr@20": totals.hit_rate,
                 "mrr@20": totals.mrr,
                 "lr": optimizer.param_groups[0]["lr"],
             }
             history.append(record)
+            last = f" (epoch {epoch}: loss {record['loss']:.3f}, hr@20 {record['hr@20']:.3f})"
             if best is None or totals.hit_rate > best[0]:
                 state = {k: v.detach().clone() for k, v in model.state_dict().items()}
                 best = (totals.hit_rate, state, epoch)
@@ -229,7 +229,7 @@ def _loss(
     batch = history_tensors(rows, mask, device)
     sessions = model.session_vectors(batch)
     targets = to_device(index.rows_of([e.target_item for e in examples]), device)
-    weights = torch.tensor([e.weight for e in examples], dtype=torch.float32, device=device)
+    weights = to_device(np.array([e.weight for e in examples], np.float32), device)
     logits = model.scores(sessions, batch.rows, batch.mask, lift=False)
     losses = torch.nn.functional.cross_entropy(logits, targets, reduction="none")
     return (losses * weights).sum() / weights.sum()
