@@ -31,7 +31,8 @@ def pick_device(name: str) -> torch.device:
 def to_device(values: np.ndarray, device: torch.device) -> torch.Tensor:
     """A host array as a tensor on ``device``, without waiting for the device's queued work.
 
-    On CPU it is the array's own memory (no copy). On CUDA the values go through
+    On CPU it is the array's own memory (no copy); any other device gets a plain copy
+    (``meta``, for the tests' dry runs of a step). On CUDA the values go through
     page-locked memory and are copied asynchronously: ``.to(device)`` from ordinary memory
     synchronises the stream (torch copies, then waits), so a learner step that moves a few
     dozen small index arrays would wait for the device to drain that many times. The
@@ -39,9 +40,11 @@ def to_device(values: np.ndarray, device: torch.device) -> torch.Tensor:
     is done, so the array may be reused or freed at once.
     """
     tensor = torch.from_numpy(np.ascontiguousarray(values))
-    if device.type != "cuda":
+    if device.type == "cpu":
         return tensor
-    return tensor.pin_memory().to(device, non_blocking=True)
+    if device.type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
 
 
 def selects_freely(device: torch.device) -> bool:

@@ -13,6 +13,7 @@ on CPU).
 from __future__ import annotations
 
 import sys
+import traceback
 from collections import Counter
 from typing import Any
 
@@ -24,7 +25,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from online_models.learner import micro_batch
 from online_models.learner.micro_batch import HeadLearner
 from online_models.model import covisitation
-from online_models.model.covisitation import CovisitationRule
+from online_models.model.covisitation import CovisitationRule, update_covisitation
 from online_models.model.recommender import INITIAL_BLEND, random_weights
 from streamrec.settings import LearnerSettings, ModelSettings
 from tests.unit.online_models.learner.test_step_formulations import drifting_stream
@@ -116,3 +117,31 @@ def test_a_gpus_shapes_rank_and_learn_as_the_cpus_selections(
             rtol=1e-4, atol=1e-5,
         )  # fmt: skip
     assert torch.equal(gpu.model.covis_items, cpu.model.covis_items)
+
+
+@pytest.mark.parametrize(
+    ("rank_dtype", "read_in", "read_line"),
+    [("float32", "learn", ".tolist()"), ("bfloat16", "_rank", "uncertain.cpu()")],
+)
+def test_on_a_device_without_data_a_batch_runs_up_to_its_one_read(
+    rank_dtype: str, read_in: str, read_line: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The learner on PyTorch's ``meta`` device (shapes, no data): every tensor the step
+    touches must be on the learner's device (a CPU tensor mixed in raises) and nothing may
+    read the device, or it raises there. So the first error is the batch's one read: the
+    guard's figures (or, for the bfloat16 pass, its rows to re-check)."""
+    weights = random_weights(120, SMALL)
+    settings = LearnerSettings(sampled_negatives=64, rank_dtype=rank_dtype)
+    learner = HeadLearner.from_weights(weights, settings, torch.device("meta"), CovisitationRule())
+    monkeypatch.setattr(learner.dense_optimizer, "step", lambda: None)  # no meta kernel
+    batch = drifting_stream(400)[336:]  # items beyond the 120 known: new rows too
+    with pytest.raises(NotImplementedError, match="meta") as raised:
+        learner.learn(batch)
+    frame = [f for f in traceback.extract_tb(raised.tb) if "online_models" in f.filename][-1]
+    assert (frame.name, read_line in (frame.line or "")) == (read_in, True)
+    # the table update after the read: host-sized arrays, no read at all
+    changed = update_covisitation(
+        learner.model.covis_items, learner.model.covis_weight, np.array([3, 3, 5]),
+        np.array([4, 6, 3]), np.array([1.0, 0.5, 1.0], np.float32), 0.98,
+    )  # fmt: skip
+    assert changed.device.type == "meta" and changed.shape == (2,)

@@ -39,6 +39,7 @@ def test_host_arrays_reach_the_device_without_a_stream_synchronisation(
     shared = np.arange(3)
     to_device(shared, torch.device("cpu"))[0] = 7  # the array's own memory: no copy
     assert shared[0] == 7
+    assert to_device(values, torch.device("meta")).device.type == "meta"
     calls: list[Any] = []
     monkeypatch.setattr(torch.Tensor, "pin_memory", lambda self: calls.append("pin") or self)
 
