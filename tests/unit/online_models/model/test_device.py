@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import traceback
 from typing import Any
 
 import numpy as np
@@ -13,7 +14,9 @@ from online_models.model import device as device_module
 from online_models.model.device import pick_device, to_device
 from online_models.model.recommender import random_weights
 from online_models.model.scorer import SessionScorer
-from streamrec.settings import LearnerSettings, ModelSettings, with_preset
+from online_models.offline import training
+from streamrec.settings import LearnerSettings, ModelSettings, TrainSettings, with_preset
+from tests.unit.online_models.learner.test_micro_batch import chain_examples
 
 SMALL = ModelSettings(hidden_size=16, num_layers=1, num_heads=2, max_seq_len=5)
 
@@ -91,3 +94,16 @@ def test_the_learner_and_the_scorer_keep_every_tensor_on_their_device() -> None:
     ids, scores = scorer.top_k(["item-1"], 3, exclude=["item-2"])
     assert scorer.device == torch.device("cpu") and len(ids) == 3 and "item-2" not in ids
     assert scores.dtype.name == "float32"
+
+
+def test_train_runs_an_epoch_on_the_device_without_reading_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A dry run on PyTorch's ``meta`` device (shapes, no data): a host tensor mixed into
+    a step, or a read of the device, raises where it happens. The first read must be the
+    epoch's validation (its ranks), after every step of the epoch was queued."""
+    monkeypatch.setattr(training, "pick_device", lambda name: torch.device("meta"))
+    with pytest.raises(NotImplementedError, match="meta") as raised:
+        training.train(SMALL, TrainSettings(epochs=1, batch_size=64), chain_examples(600, 60))
+    frames = [f.name for f in traceback.extract_tb(raised.tb) if "online_models" in f.filename]
+    assert frames[-3:] == ["train", "evaluate_examples", "rank_examples"]
