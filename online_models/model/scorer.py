@@ -20,7 +20,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from online_models.model.device import to_device
+from online_models.model.device import selects_freely, to_device
 from online_models.model.item_index import ItemIndex
 from online_models.model.recommender import (
     BACKBONE_PREFIX,
@@ -363,8 +363,11 @@ def block_top_k(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tenso
     entries are ranked, instead of N.
     """
     batch, n = scores.shape
+    asks = selects_freely(scores.device)  # on a GPU, asking whether there is a NaN waits
+    if not asks:
+        scores = _nan_last(scores)
     maxima = scores.view(batch, n // BLOCK_ROWS, BLOCK_ROWS).amax(dim=2)
-    if maxima.isnan().any():  # amax keeps NaN, and topk ranks it first: make it the worst
+    if asks and maxima.isnan().any():  # amax keeps NaN, and topk ranks it first: make it the worst
         return block_top_k(_nan_last(scores), k)
     blocks = torch.topk(maxima, min(k, maxima.shape[1])).indices
     offsets = torch.arange(BLOCK_ROWS, device=scores.device)

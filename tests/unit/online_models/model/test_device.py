@@ -107,3 +107,15 @@ def test_train_runs_an_epoch_on_the_device_without_reading_it(
         training.train(SMALL, TrainSettings(epochs=1, batch_size=64), chain_examples(600, 60))
     frames = [f.name for f in traceback.extract_tb(raised.tb) if "online_models" in f.filename]
     assert frames[-3:] == ["train", "evaluate_examples", "rank_examples"]
+
+
+def test_the_scorer_answers_a_batch_on_the_device_with_one_read() -> None:
+    """The serving scorer on ``meta`` (see above): the first read is the batch's answer."""
+    weights = random_weights(300, SMALL)
+    scorer = SessionScorer.from_weights(weights, SMALL, torch.device("meta"))
+    ids = scorer.item_ids
+    histories = [[ids[1], ids[2]], [ids[3]]]
+    with pytest.raises(NotImplementedError, match="meta") as raised:
+        scorer.top_k_batch(histories, 5, excluded=[np.array([4]), None])
+    frame = [f for f in traceback.extract_tb(raised.tb) if "online_models" in f.filename][-1]
+    assert frame.name == "top_k_batch" and "best.cpu()" in (frame.line or "")
