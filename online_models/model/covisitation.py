@@ -49,8 +49,9 @@ class CovisitationRule:
 
 @dataclass(frozen=True, slots=True)
 class Evidence:
-    """A batch's co-visitation evidence, sparse: ``values[j]`` for (line, column) pairs,
-    each pair once."""
+    """A batch's co-visitation evidence, sparse: ``values[j]`` at (``lines[j]``,
+    ``columns[j]``). A pair may repeat (its values add up) and an entry of value 0 adds
+    nothing (fixed shapes keep such entries; column -1 names no item)."""
 
     lines: torch.Tensor
     columns: torch.Tensor
