@@ -193,10 +193,10 @@ class ModelSettings(BaseSettings):
     scorer_dtype: str = Field(
         "auto", description="float32 | bfloat16 | auto (bfloat16 from 262144 items)."
     )
-    scorer_int8_candidates: Literal["on", "off", "auto"] = Field(
+    scorer_shortlists: Literal["on", "off", "auto"] = Field(
         "auto",
         description="on | off | auto (on from 262144 items, on CPU): serving's top-K takes "
-        "candidates from an int8 copy of the item table and ranks them exactly.",
+        "candidates from a 4-bit copy of the item table and ranks them exactly.",
     )
     keep_snapshots: int = Field(
         3, ge=1, description="Registry keeps versions from the Nth newest snapshot on."

@@ -14,8 +14,8 @@ What runs, all in one command:
    the sample's sessions at a fixed concurrency, while this process publishes ``swaps``
    new versions at even intervals.
 4. The same is repeated briefly with a synthetic 1,000,000-item catalog at low
-   concurrency to give ``p99_ms_1m_items``; where the scorer ranks int8 shortlists there
-   (``SessionScorer.int8_shortlists``), this process then measures their recall against
+   concurrency to give ``p99_ms_1m_items``; where the scorer ranks int4 shortlists there
+   (``SessionScorer.shortlists``), this process then measures their recall against
    the exact pass on a sample of those sessions (``recall_at_20_1m_items``).
 
 Everything it wrote (Redis keys, weight files) is removed at the end.
@@ -366,9 +366,9 @@ def shortlist_recall(
     from online_models.model.scorer import SessionScorer
 
     scorer = SessionScorer.from_weights(weights, settings.model)
-    if not scorer.int8_shortlists:
+    if not scorer.shortlists:
         return None
-    console.print(f"recall of the int8 shortlists over {len(histories)} sessions...")
+    console.print(f"recall of the int4 shortlists over {len(histories)} sessions...")
     hits = 0
     for start in range(0, len(histories), 8):
         batch = histories[start : start + 8]

@@ -5,8 +5,8 @@ as one contiguous float32 tensor and each call does one encoder pass plus one
 matrix-vector product, on the device it was built for (``STREAMREC_SERVING_DEVICE``, CPU
 by default). On CPU the encoder runs as a traced TorchScript graph
 (``traced_backbone``: about half the time per call, shared by every version with the same
-backbone). For a large catalog on CPU, serving's top-K reads an int8 copy of the table
-instead and ranks the rows it shortlists exactly (``Int8Table``, ``top_k_batch``). The
+backbone). For a large catalog on CPU, serving's top-K reads a 4-bit copy of the table
+instead and ranks the rows it shortlists exactly (``Int4Table``, ``top_k_batch``). The
 scorer is read-only after construction, so one instance can be shared by threads and
 swapped atomically when a new version arrives.
 """
@@ -33,12 +33,13 @@ from online_models.model.weights import ModelWeights
 from streamrec.settings import ModelSettings
 
 BF16_MIN_ITEMS = 262_144
-INT8_MIN_ITEMS = 262_144  # from here top-K shortlists with an ``Int8Table`` (on CPU)
+SHORTLIST_MIN_ITEMS = 262_144  # from here top-K shortlists from an ``Int4Table`` (on CPU)
 BLOCK_ROWS = 32  # columns per block of ``block_top_k``
-# Rows shortlisted per answer beyond its k: 8 already gave recall 1.0 of the exact top 20 on
-# random 300k and 1M-item tables; each one costs a few dot products in the exact re-rank.
-SHORTLIST_MARGIN = 32
-INT8_COLUMNS = 32  # int8 rows are padded to a multiple of this (the kernel reads 16 or 32 at once)
+# Rows shortlisted per answer beyond its k: on a random 1M-item table the recall of the exact
+# top 20 was 0.90 / 0.988 / 0.9998 / 1.0 with 0 / 8 / 32 / 64 (256 sessions); each row
+# costs a few dot products in the exact re-rank.
+SHORTLIST_MARGIN = 64
+INT4_GROUP = 32  # entries per scale and offset; rows are padded to a multiple of this
 QUANTISE_ROWS = 16_384  # rows quantised at a time: 4 MB temporaries, not catalog-sized ones
 
 
@@ -62,37 +63,49 @@ class ScoreParts:
 
 
 @dataclass(frozen=True, slots=True)
-class Int8Table:
-    """The item table quantised per row (symmetric int8, one bfloat16 scale per row) for an
-    approximate pass that reads half the bytes of a bfloat16 table.
+class Int4Table:
+    """The item table quantised to 4 bits per entry (each group of ``INT4_GROUP`` entries of
+    a row with its own bfloat16 scale and offset) for an approximate pass that reads a
+    quarter of the bytes of a bfloat16 table.
 
-    ``scores`` is ``torch._weight_int8pack_mm`` (bfloat16 queries against int8 rows, each
-    scaled by its row's scale inside the kernel, vectorised for AVX2 and AVX-512) plus the
-    bias: the query is not quantised, so the error is the rows' rounding and bfloat16's.
-    ``torch._int_mm`` (int8 queries too) has no fast path on a CPU without AVX-512 VNNI: a
-    plain loop, slower than the bfloat16 product and 5 times slower than this kernel
-    (docs/serving.md).
+    ``scores`` is ``torch._weight_int4pack_mm_for_cpu`` (bfloat16 queries against the packed
+    rows, each group restored as ``(q - 8) * scale + offset`` inside the kernel, vectorised
+    for AVX2 and AVX-512) plus the bias: the query is not quantised, so the error is the
+    rows' rounding (at most half a step: a sixteenth of a group's range / 2) and bfloat16's.
+    The pass is memory-bound: on an AVX-512 host, 1M x 64 rows, one thread, 1 / 2 / 8
+    queries take 3.5 / 4.9 / 17 ms against 7.3 / 11.6 / 33 ms for the int8 kernel
+    (``_weight_int8pack_mm``) this replaced (docs/serving.md).
     """
 
-    rows: torch.Tensor  # padded rows x width int8; width = the hidden size rounded up to 32
-    scales: torch.Tensor  # per row, bfloat16
+    packed: torch.Tensor  # padded rows x width / 2 uint8, the kernel's layout
+    scales_and_offsets: torch.Tensor  # width / INT4_GROUP x padded rows x 2, bfloat16
     bias: torch.Tensor  # per row, float32 (-inf on padding rows)
 
     @classmethod
-    def quantise(cls, table: torch.Tensor, bias: torch.Tensor) -> Int8Table:
-        """Rows of ``table`` (float32, n x H) scaled to [-127, 127] by their largest entry;
-        ``bias`` gives the padded row count (rows past n are zero)."""
+    def quantise(cls, table: torch.Tensor, bias: torch.Tensor) -> Int4Table:
+        """Rows of ``table`` (float32, n x H) in 16 levels from each group's least to its
+        largest entry; ``bias`` gives the padded row count (rows past n are zero)."""
         n, hidden = table.shape
-        width = -(-hidden // INT8_COLUMNS) * INT8_COLUMNS
-        rows = torch.zeros(len(bias), width, dtype=torch.int8, device=table.device)
-        scales = torch.ones(len(bias), dtype=torch.bfloat16, device=table.device)
+        width = -(-hidden // INT4_GROUP) * INT4_GROUP
+        groups = width // INT4_GROUP
+        levels = torch.zeros(len(bias), width, dtype=torch.int32, device=table.device)
+        levels[n:] = 8  # restores to the offset, 0
+        parts = torch.zeros(groups, len(bias), 2, dtype=torch.bfloat16, device=table.device)
         for start in range(0, n, QUANTISE_ROWS):
-            part = table[start : start + QUANTISE_ROWS]
-            scale = (part.abs().amax(dim=1) / 127).clamp(min=1e-30).bfloat16()
-            scales[start : start + len(part)] = scale
-            quantised = (part / scale.float()[:, None]).round_().clamp_(-127, 127)
-            rows[start : start + len(part), :hidden] = quantised
-        return cls(rows, scales, bias.float())
+            part = torch.nn.functional.pad(
+                table[start : start + QUANTISE_ROWS], (0, width - hidden)
+            )
+            grouped = part.view(len(part), groups, INT4_GROUP)
+            low, high = grouped.amin(dim=2), grouped.amax(dim=2)
+            # the kernel restores (q - 8) * scale + offset: levels from the rounded pair
+            scale = ((high - low) / 15).clamp(min=1e-30).bfloat16().float()
+            offset = (low + 8 * scale).bfloat16().float()
+            level = (grouped - offset[..., None]).div_(scale[..., None]).round_().add_(8)
+            levels[start : start + len(part)] = level.clamp_(0, 15).view(len(part), width).int()
+            pair = torch.stack([scale, offset], dim=2).transpose(0, 1)
+            parts[:, start : start + len(part)] = pair.bfloat16()
+        packed = torch._convert_weight_to_int4pack_for_cpu(levels, 1)
+        return cls(packed, parts, bias.float())
 
     def scores(self, queries: torch.Tensor) -> torch.Tensor:
         """Approximate ``queries . row + bias`` (float32, B x padded rows) for B x H queries.
@@ -100,8 +113,11 @@ class Int8Table:
         The kernel's bfloat16 result is widened at once: on AVX2 the block maxima of
         ``block_top_k`` take 5 times longer over bfloat16 than the widening and float32 ones.
         """
-        padded = torch.nn.functional.pad(queries, (0, self.rows.shape[1] - queries.shape[1]))
-        product = torch._weight_int8pack_mm(padded.bfloat16(), self.rows, self.scales)
+        width = self.scales_and_offsets.shape[0] * INT4_GROUP
+        padded = torch.nn.functional.pad(queries, (0, width - queries.shape[1]))
+        product = torch._weight_int4pack_mm_for_cpu(
+            padded.bfloat16(), self.packed, INT4_GROUP, self.scales_and_offsets
+        )
         return product.float().add_(self.bias)
 
 
@@ -115,7 +131,7 @@ class SessionScorer:
         version: int,
         table_dtype: str = "auto",
         device: torch.device | None = None,
-        int8_candidates: Literal["on", "off", "auto"] = "auto",
+        shortlists: Literal["on", "off", "auto"] = "auto",
     ) -> None:
         self.version = version
         self.index = index
@@ -136,12 +152,13 @@ class SessionScorer:
         self._bias = torch.full((padded,), float("-inf"), dtype=dtype, device=self.device)
         self._bias[:n] = model.item_bias.detach()[:n]
         self._max_len = model.shape.max_seq_len
-        # A GPU scores the whole table exactly in less time than the int8 pass takes on CPU.
-        use_int8 = int8_candidates == "on" or (
-            int8_candidates == "auto" and n >= INT8_MIN_ITEMS and self.device.type == "cpu"
+        # A GPU scores the whole table exactly in less time than the int4 pass takes on CPU
+        # (whose kernel is CPU-only).
+        use_shortlists = self.device.type == "cpu" and (
+            shortlists == "on" or (shortlists == "auto" and n >= SHORTLIST_MIN_ITEMS)
         )
         table = model.item_table.detach()[:n]
-        self._int8 = Int8Table.quantise(table, self._bias) if use_int8 else None
+        self._int4 = Int4Table.quantise(table, self._bias) if use_shortlists else None
 
     @classmethod
     def from_weights(
@@ -158,7 +175,7 @@ class SessionScorer:
         index = ItemIndex(weights.item_ids)
         return cls(
             model, index, weights.version, settings.scorer_dtype, device,
-            settings.scorer_int8_candidates,
+            settings.scorer_shortlists,
         )  # fmt: skip
 
     @property
@@ -166,9 +183,9 @@ class SessionScorer:
         return self.index.ids
 
     @property
-    def int8_shortlists(self) -> bool:
-        """Whether ``top_k_batch`` ranks int8 shortlists (approximate) instead of every row."""
-        return self._int8 is not None
+    def shortlists(self) -> bool:
+        """Whether ``top_k_batch`` ranks int4 shortlists (approximate) instead of every row."""
+        return self._int4 is not None
 
     @property
     def item_rows(self) -> Mapping[str, int]:
@@ -205,13 +222,13 @@ class SessionScorer:
         matrix product for the whole batch, and no catalog-sized row is sorted or
         partitioned (``block_top_k``). ``excluded[i]`` (rows) never appear in answer ``i``;
         ``candidates[i]``, when given, holds the only rows it may contain (a category
-        filter). Non-finite scores are never returned. With an int8 table (a large catalog
+        filter). Non-finite scores are never returned. With an int4 table (a large catalog
         on CPU) the rows come from its shortlists instead (``_reranked_top_k``): the
         ranking is approximate (recall of the exact top 20 about 1.0), the scores exact.
         """
         with torch.inference_mode():
-            if self._int8 is not None:
-                return self._reranked_top_k(self._int8, histories, k, excluded, candidates)
+            if self._int4 is not None:
+                return self._reranked_top_k(self._int4, histories, k, excluded, candidates)
             scores = self._score_matrix(histories)
             self._exclude(scores, excluded)
             values, best = block_top_k(scores, k)
@@ -279,16 +296,16 @@ class SessionScorer:
 
     def _reranked_top_k(
         self,
-        int8: Int8Table,
+        quantised: Int4Table,
         histories: Sequence[Sequence[str]],
         k: int,
         excluded: Sequence[np.ndarray | None],
         candidates: Sequence[np.ndarray | None],
     ) -> list[tuple[np.ndarray, np.ndarray]]:
-        """``top_k_batch`` from the int8 table: shortlist, then rank the shortlist exactly.
+        """``top_k_batch`` from the int4 table: shortlist, then rank the shortlist exactly.
 
         A session without a category filter shortlists its ``k + SHORTLIST_MARGIN`` best
-        rows by the int8 scores plus the repeat bonus, lift and co-visitation term (added
+        rows by the int4 scores plus the repeat bonus, lift and co-visitation term (added
         as in ``_score_matrix``, so every row they lift is shortlisted), its excluded rows
         set to -inf first. The batch's shortlists and category rows are then scored
         exactly (``_scores_at``), and each answer ranks the rows it may hold.
@@ -301,7 +318,7 @@ class SessionScorer:
         shortlists = [pool for pool in pools if pool is not None]
         if free:
             at = to_device(np.array(free), self.device)
-            rough = int8.scores(queries[at])
+            rough = quantised.scores(queries[at])
             rough = self._model.add_repeat_bonus(rough, rows[at], mask[at], lift=True)
             rough = self._model.add_covisitation(rough, rows[at], mask[at])
             self._exclude(rough, [skips[line] for line in free])

@@ -1,4 +1,4 @@
-"""Top-K over a large catalog: int8 shortlists ranked exactly, against the exact pass."""
+"""Top-K over a large catalog: int4 shortlists ranked exactly, against the exact pass."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from online_models.model.recommender import random_weights
-from online_models.model.scorer import INT8_MIN_ITEMS, Int8Table, SessionScorer
+from online_models.model.scorer import SHORTLIST_MIN_ITEMS, Int4Table, SessionScorer
 from online_models.model.weights import COVIS_ITEMS, COVIS_WEIGHT, ITEM_BIAS
 from streamrec.settings import ModelSettings
 
@@ -24,7 +24,7 @@ def scorer() -> SessionScorer:
     weights.tensors[COVIS_ITEMS][1, :3] = NEIGHBOURS
     weights.tensors[COVIS_WEIGHT][1, :3] = [1e3, 1e5, 1e7]
     scorer = SessionScorer.from_weights(weights, SMALL)
-    assert ITEMS >= INT8_MIN_ITEMS and scorer.int8_shortlists
+    assert ITEMS >= SHORTLIST_MIN_ITEMS and scorer.shortlists
     return scorer
 
 
@@ -83,24 +83,31 @@ def test_a_category_filter_ranks_its_rows_exactly(scorer: SessionScorer) -> None
 
 def test_a_small_catalog_ranks_every_row(monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(*_: object) -> None:
-        raise AssertionError("a small catalog needs no int8 pass")
+        raise AssertionError("a small catalog needs no int4 pass")
 
-    monkeypatch.setattr(Int8Table, "scores", refuse)
+    monkeypatch.setattr(Int4Table, "scores", refuse)
     scorer = SessionScorer.from_weights(random_weights(1000, SMALL), SMALL)
-    assert not scorer.int8_shortlists
+    assert not scorer.shortlists
     [(rows, scores)] = scorer.top_k_batch([["item-1"]], 20)
     line = scorer.score(["item-1"])
     assert rows.tolist() == np.argsort(-line, kind="stable")[:20].tolist()
 
 
-def test_quantised_rows_are_within_half_a_step_of_the_table() -> None:
+def test_quantised_rows_are_within_half_a_step_of_their_group() -> None:
     import torch
 
-    table = torch.randn(100, 24) * torch.logspace(-3, 1, 100)[:, None]
+    table = torch.randn(100, 40) * torch.logspace(-3, 1, 100)[:, None]
     table[5] = 0.0
-    quantised = Int8Table.quantise(table, torch.zeros(128))
-    assert quantised.rows.shape == (128, 32) and not quantised.rows[:, 24:].any()
-    scales = quantised.scales.float()[:100, None]
-    restored = quantised.rows[:100, :24].float() * scales
-    assert torch.all((restored - table).abs() <= scales * 0.5 + 1e-12)
-    assert quantised.rows.abs().max() <= 127 and not quantised.rows[5].any()
+    table[6] = 3.0  # a constant row: every group's range is empty
+    quantised = Int4Table.quantise(table, torch.zeros(128))
+    assert quantised.scales_and_offsets.shape == (2, 128, 2)  # 40 columns: two groups of 32
+    eye = torch.eye(64)  # one query per column reads the restored rows back
+    restored = (quantised.scores(eye) - quantised.bias).T[:100, :40]
+    scales = quantised.scales_and_offsets[..., 0].float().T[:100]  # rows x groups
+    step = scales.repeat_interleave(32, dim=1)[:, :40]
+    # half a step of rounding, and bfloat16's rounding of the restored value
+    bound = step * 0.5 + table.abs() * 2**-8 + 1e-30
+    assert torch.all((restored - table).abs() <= bound)
+    assert torch.all(restored[5] == 0) and torch.allclose(restored[6], table[6], rtol=2**-8)
+    padding = quantised.scores(torch.ones(1, 40))[0, 100:]
+    assert torch.all(padding == 0), "padding rows restore to zero"
