@@ -71,10 +71,10 @@ class Int4Table:
     ``scores`` is ``torch._weight_int4pack_mm_for_cpu`` (bfloat16 queries against the packed
     rows, each group restored as ``(q - 8) * scale + offset`` inside the kernel, vectorised
     for AVX2 and AVX-512) plus the bias: the query is not quantised, so the error is the
-    rows' rounding (at most half a step: a sixteenth of a group's range / 2) and bfloat16's.
-    The pass is memory-bound: on an AVX-512 host, 1M x 64 rows, one thread, 1 / 2 / 8
-    queries take 3.5 / 4.9 / 17 ms against 7.3 / 11.6 / 33 ms for the int8 kernel
-    (``_weight_int8pack_mm``) this replaced (docs/serving.md).
+    rows' rounding (at most half a level: a thirtieth of a group's range) and bfloat16's.
+    On an AVX-512 host, 1M x 64 rows, one thread: one query in 5.4-6.6 ms against
+    9.8-10.6 ms for the int8 kernel (``_weight_int8pack_mm``) this replaced; two in 8-12 ms
+    against 12-13 ms, as unpacking the levels is done again per query (docs/serving.md).
     """
 
     packed: torch.Tensor  # padded rows x width / 2 uint8, the kernel's layout
