@@ -34,6 +34,12 @@ from streamrec.settings import (
 from streamrec.topics import Topics
 from tests.private_services import PrivateBroker, PrivateRedis, PrivateRedisCluster
 
+# The learner's compiled encoder takes seconds to compile for each model shape, and the
+# suite builds learners of many shapes (their subprocesses inherit this too): everywhere
+# but the tests of the compiled path itself (``test_compiled_backbone.py``, which ask for
+# it), learners run the eager reference code.
+os.environ.setdefault("STREAMREC_LEARNER_COMPILE", "off")
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_DIR = REPO_ROOT.parent / "shared" / "data" / "yoochoose-sample"
 

@@ -47,6 +47,7 @@ import numpy as np
 import torch
 
 from online_models.learner.prepared_batch import PreparedBatch, prepare_batch
+from online_models.model.compiled_backbone import backbone_runner
 from online_models.model.covisitation import (
     CovisitationRule,
     Evidence,
@@ -186,6 +187,7 @@ class HeadLearner:
         self.device = device or pick_device(settings.device)
         self.model = model.to(self.device)
         self.model.backbone.eval().requires_grad_(False)
+        self.model.backbone_call = backbone_runner(model.backbone, settings.compile, self.device)
         self.index = index
         self.settings = settings
         self.covisitation = covisitation
