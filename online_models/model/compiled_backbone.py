@@ -31,29 +31,16 @@ from typing import Any
 import torch
 from transformers import BertModel
 
-from online_models.model.last_position_encoder import last_position_state
+from online_models.model.last_position_encoder import LastPositionEncoder, last_position_state
 from online_models.model.recommender import BackboneCall
 from streamrec.structured_log import log_event
 
 logger = logging.getLogger(__name__)
 
 
-class _LastPosition(torch.nn.Module):
-    """``last_position_state`` as a module, for ``functional_call``."""
-
-    def __init__(self, backbone: BertModel) -> None:
-        super().__init__()
-        self.backbone = backbone
-
-    def forward(
-        self, embeds: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor
-    ) -> torch.Tensor:
-        return last_position_state(self.backbone, embeds, mask, positions)
-
-
 @torch.compile(dynamic=True)
 def _compiled(
-    module: _LastPosition, tensors: dict[str, torch.Tensor], *args: torch.Tensor
+    module: LastPositionEncoder, tensors: dict[str, torch.Tensor], *args: torch.Tensor
 ) -> torch.Tensor:
     return torch.func.functional_call(module, tensors, args)
 
@@ -62,7 +49,7 @@ class CompiledBackbone:
     """A ``BackboneCall`` that runs the compiled encoder, or the eager one after a failure."""
 
     def __init__(self, backbone: BertModel) -> None:
-        self.module = _LastPosition(backbone)
+        self.module = LastPositionEncoder(backbone)
         self.tensors: dict[str, Any] = {
             **dict(self.module.named_parameters()),
             **dict(self.module.named_buffers()),

@@ -40,3 +40,17 @@ def last_position_state(
     context = (weights[..., None] * value).sum(dim=1).reshape(batch, 1, size)
     attended = last.attention.output(context, hidden[:, -1:])
     return last.output(last.intermediate(attended), attended)[:, 0]
+
+
+class LastPositionEncoder(torch.nn.Module):
+    """``last_position_state`` as a module of its backbone: a plain function of tensors,
+    for tracing (``traced_backbone``) and ``functional_call`` (``compiled_backbone``)."""
+
+    def __init__(self, backbone: BertModel) -> None:
+        super().__init__()
+        self.backbone = backbone
+
+    def forward(
+        self, embeds: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor
+    ) -> torch.Tensor:
+        return last_position_state(self.backbone, embeds, mask, positions)

@@ -33,7 +33,7 @@ import torch
 from torch import nn
 from transformers import BertModel
 
-from online_models.model.last_position_encoder import last_position_state
+from online_models.model.last_position_encoder import LastPositionEncoder
 from streamrec.structured_log import log_event
 
 logger = logging.getLogger(__name__)
@@ -42,25 +42,12 @@ CACHED_BACKBONES = 2
 TOLERANCE = 1e-5
 
 
-class _LastPosition(nn.Module):
-    """The backbone as a plain function of tensors (what tracing needs)."""
-
-    def __init__(self, backbone: BertModel) -> None:
-        super().__init__()
-        self.backbone = backbone
-
-    def forward(
-        self, embeds: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor
-    ) -> torch.Tensor:
-        return last_position_state(self.backbone, embeds, mask, positions)
-
-
 class TracedBackbone:
     """Calls the traced graph for the input's length, the eager backbone otherwise."""
 
     def __init__(self, backbone: BertModel, lengths: tuple[int, ...]) -> None:
         self.backbone = backbone
-        self._eager = _LastPosition(backbone).eval()
+        self._eager = LastPositionEncoder(backbone).eval()
         self._graphs: dict[int, torch.jit.ScriptModule] = {}
         for length in lengths:
             graph = _trace(self._eager, length)
@@ -90,7 +77,7 @@ def _probe(length: int, hidden: int) -> tuple[torch.Tensor, torch.Tensor, torch.
     return embeds, mask, positions
 
 
-def _trace(eager: _LastPosition, length: int) -> torch.jit.ScriptModule | None:
+def _trace(eager: LastPositionEncoder, length: int) -> torch.jit.ScriptModule | None:
     hidden = eager.backbone.config.hidden_size
     example = _probe(length, hidden)
     try:
