@@ -188,6 +188,7 @@ class Learner:
         self.examples_seen = info.examples_seen if info else 0
         self.metrics.model_version.set(weights.version)
         self.metrics.items.set(weights.n_items)
+        self.metrics.encoder_compiled.set(self.head.encoder_compiled)
         return info
 
     def close(self) -> None:
@@ -273,6 +274,7 @@ class Learner:
         self.metrics.examples.inc(len(examples))
         self.metrics.step_seconds.observe(outcome.step_s)
         self.metrics.items.set(self.head.model.n_items)
+        self.metrics.encoder_compiled.set(self.head.encoder_compiled)
         ranking = outcome.ranking
         self.metrics.hit_rate.set(ranking.hit_rate)
         self.metrics.mrr.set(ranking.mrr)

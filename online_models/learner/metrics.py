@@ -64,3 +64,9 @@ class LearnerMetrics:
         )
         self.loss = Gauge(f"{PREFIX}loss", "Training loss of the last batch.", registry=registry)
         self.items = Gauge(f"{PREFIX}items", "Items in the model's table.", registry=registry)
+        self.encoder_compiled = Gauge(
+            f"{PREFIX}encoder_compiled",
+            "1 when the encoder pass runs compiled (torch.compile), 0 when eager: "
+            "STREAMREC_LEARNER_COMPILE, no C++ compiler, or a failed compile.",
+            registry=registry,
+        )

@@ -47,7 +47,7 @@ import numpy as np
 import torch
 
 from online_models.learner.prepared_batch import PreparedBatch, prepare_batch
-from online_models.model.compiled_backbone import backbone_runner
+from online_models.model.compiled_backbone import CompiledBackbone, backbone_runner
 from online_models.model.covisitation import (
     CovisitationRule,
     Evidence,
@@ -205,6 +205,13 @@ class HeadLearner:
         self.uses_exposures = negative > 0 and positive > 0
         # logit offsets by label (ignored, clicked): an ignored item counts ``negative`` times
         self.label_offsets = np.array([math.log(negative) if negative else 0.0, 0.0], np.float32)
+
+    @property
+    def encoder_compiled(self) -> bool:
+        """Whether the encoder pass runs compiled (``compiled_backbone``): false when the
+        setting or the host says eager, or a compile failed and the eager code took over."""
+        call = self.model.backbone_call
+        return isinstance(call, CompiledBackbone) and not call.failed
 
     @classmethod
     def from_weights(

@@ -69,6 +69,16 @@ class CompiledBackbone:
                 log_event(logger, "backbone_compile_failed", logging.WARNING, error=message)
         return self.eager(embeds, mask, positions)
 
+    def warm_up(self, device: torch.device) -> None:
+        """Compile now, with a forward and backward pass of two short histories, so the
+        first batch of examples does not wait for it (seconds; a failure falls back here)."""
+        config = self.module.backbone.config
+        width, top = 2, config.max_position_embeddings
+        embeds = torch.zeros(2, width, config.hidden_size, device=device, requires_grad=True)
+        mask = torch.ones(2, width, dtype=torch.long, device=device)
+        positions = torch.arange(top - width, top, device=device).expand(2, width)
+        self(embeds, mask, positions).sum().backward()
+
 
 def compiles(setting: str, device: torch.device) -> bool:
     """Whether the learner's encoder is compiled: ``on``, ``off``, or ``auto`` (on CPU,
@@ -80,7 +90,10 @@ def compiles(setting: str, device: torch.device) -> bool:
 
 
 def backbone_runner(backbone: BertModel, setting: str, device: torch.device) -> BackboneCall:
-    """What runs the backbone in the learner: compiled (see ``compiles``) or eager."""
+    """What runs the backbone in the learner: compiled (see ``compiles``, compiled here
+    and now) or eager."""
     if compiles(setting, device):
-        return CompiledBackbone(backbone)
+        compiled = CompiledBackbone(backbone)
+        compiled.warm_up(device)
+        return compiled
     return partial(last_position_state, backbone)

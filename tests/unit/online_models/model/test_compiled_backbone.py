@@ -55,8 +55,7 @@ def test_a_compiled_learner_ranks_and_learns_as_the_eager_one() -> None:
         )
         for setting in ("on", "off")
     }
-    assert isinstance(learners["on"].model.backbone_call, CompiledBackbone)
-    assert not isinstance(learners["off"].model.backbone_call, CompiledBackbone)
+    assert learners["on"].encoder_compiled and not learners["off"].encoder_compiled
     for start in range(0, len(examples), 64):
         batch = examples[start : start + 64]
         on, off = (learners[s].learn(batch) for s in ("on", "off"))
@@ -115,3 +114,22 @@ def test_a_second_backbone_of_the_same_shape_reuses_the_compiled_code() -> None:
     assert counters["stats"]["unique_graphs"] == graphs, "compiled again"
     expected = state_and_gradient(lambda *a: last_position_state(second, *a), 6)
     torch.testing.assert_close(got[0], expected[0], atol=1e-5, rtol=1e-5)
+
+
+def test_a_learner_whose_compile_fails_learns_eagerly_and_says_so(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def broken(*_: object) -> torch.Tensor:
+        raise RuntimeError("no C++ compiler")
+
+    monkeypatch.setattr(compiled_backbone, "_compiled", broken)
+    settings = LearnerSettings(batch_size=32, sampled_negatives=8, compile="on")
+    learner = HeadLearner.from_weights(random_weights(0, SMALL), settings, CPU)
+    call = learner.model.backbone_call
+    assert isinstance(call, CompiledBackbone) and call.failed, "the warm-up met the failure"
+    assert not learner.encoder_compiled
+    eager = HeadLearner.from_weights(
+        random_weights(0, SMALL), LearnerSettings(batch_size=32, sampled_negatives=8), CPU
+    )
+    batch = chain_examples(32)
+    assert learner.learn(batch).loss == eager.learn(batch).loss
