@@ -84,27 +84,27 @@ class Int4Table:
     @classmethod
     def quantise(cls, table: torch.Tensor, bias: torch.Tensor) -> Int4Table:
         """Rows of ``table`` (float32, n x H) in 16 levels from each group's least to its
-        largest entry; ``bias`` gives the padded row count (rows past n are zero)."""
+        largest entry; ``bias`` gives the padded row count (rows past n are zero). Packed
+        ``QUANTISE_ROWS`` rows at a time (the layout is per row), so no catalog-sized
+        temporary is made."""
         n, hidden = table.shape
-        width = -(-hidden // INT4_GROUP) * INT4_GROUP
+        padded, width = len(bias), -(-hidden // INT4_GROUP) * INT4_GROUP
         groups = width // INT4_GROUP
-        levels = torch.zeros(len(bias), width, dtype=torch.int32, device=table.device)
-        levels[n:] = 8  # restores to the offset, 0
-        parts = torch.zeros(groups, len(bias), 2, dtype=torch.bfloat16, device=table.device)
-        for start in range(0, n, QUANTISE_ROWS):
-            part = torch.nn.functional.pad(
-                table[start : start + QUANTISE_ROWS], (0, width - hidden)
-            )
+        packed = torch.empty(padded, width // 2, dtype=torch.uint8, device=table.device)
+        parts = torch.empty(groups, padded, 2, dtype=torch.bfloat16, device=table.device)
+        for start in range(0, padded, QUANTISE_ROWS):
+            stop = min(start + QUANTISE_ROWS, padded)
+            part = table[start : min(stop, n)]  # padding rows: zeros
+            part = torch.nn.functional.pad(part, (0, width - hidden, 0, stop - start - len(part)))
             grouped = part.view(len(part), groups, INT4_GROUP)
             low, high = grouped.amin(dim=2), grouped.amax(dim=2)
             # the kernel restores (q - 8) * scale + offset: levels from the rounded pair
             scale = ((high - low) / 15).clamp(min=1e-30).bfloat16().float()
             offset = (low + 8 * scale).bfloat16().float()
             level = (grouped - offset[..., None]).div_(scale[..., None]).round_().add_(8)
-            levels[start : start + len(part)] = level.clamp_(0, 15).view(len(part), width).int()
-            pair = torch.stack([scale, offset], dim=2).transpose(0, 1)
-            parts[:, start : start + len(part)] = pair.bfloat16()
-        packed = torch._convert_weight_to_int4pack_for_cpu(levels, 1)
+            level = level.clamp_(0, 15).view(len(part), width).int()
+            packed[start:stop] = torch._convert_weight_to_int4pack_for_cpu(level, 1)
+            parts[:, start:stop] = torch.stack([scale, offset], dim=2).transpose(0, 1).bfloat16()
         return cls(packed, parts, bias.float())
 
     def scores(self, queries: torch.Tensor) -> torch.Tensor:
