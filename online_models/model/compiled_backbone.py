@@ -62,21 +62,37 @@ class CompiledBackbone:
     ) -> torch.Tensor:
         if not self.failed:
             try:
-                return _compiled(self.module, self.tensors, embeds, mask, positions)
+                return self._compiled_call(embeds, mask, positions)
             except Exception as error:  # noqa: BLE001 - any compile failure: run eagerly
                 self.failed = True
                 message = f"{type(error).__name__}: {error}"[:500]
                 log_event(logger, "backbone_compile_failed", logging.WARNING, error=message)
         return self.eager(embeds, mask, positions)
 
+    def _compiled_call(
+        self, embeds: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor
+    ) -> torch.Tensor:
+        """The compiled graph, fed so that one graph serves every batch: contiguous
+        inputs (a guard on strides would compile again for a sliced mask or expanded
+        positions) and at least two sessions (a size of 1 is specialised: one session is
+        run twice and the first answer kept; its gradient is the same)."""
+        single = embeds.shape[0] == 1
+        if single:
+            embeds, mask, positions = (t.expand(2, *t.shape[1:]) for t in (embeds, mask, positions))
+        args = (t.contiguous() for t in (embeds, mask, positions))
+        state = _compiled(self.module, self.tensors, *args)
+        return state[:1] if single else state
+
     def warm_up(self, device: torch.device) -> None:
-        """Compile now, with a forward and backward pass of two short histories, so the
-        first batch of examples does not wait for it (seconds; a failure falls back here)."""
+        """Compile now, with a forward and backward pass, so that the first batch of
+        examples does not wait for it (seconds; a failure falls back here). Three
+        sessions of two clicks: sizes that equal no other (dynamo assumes equal sizes seen
+        while compiling stay equal, and would compile again when they differ)."""
         config = self.module.backbone.config
-        width, top = 2, config.max_position_embeddings
-        embeds = torch.zeros(2, width, config.hidden_size, device=device, requires_grad=True)
-        mask = torch.ones(2, width, dtype=torch.long, device=device)
-        positions = torch.arange(top - width, top, device=device).expand(2, width)
+        batch, width, top = 3, 2, config.max_position_embeddings
+        embeds = torch.zeros(batch, width, config.hidden_size, device=device, requires_grad=True)
+        mask = torch.ones(batch, width, dtype=torch.long, device=device)
+        positions = torch.arange(top - width, top, device=device).expand(batch, width)
         self(embeds, mask, positions).sum().backward()
 
 

@@ -133,3 +133,31 @@ def test_a_learner_whose_compile_fails_learns_eagerly_and_says_so(
     )
     batch = chain_examples(32)
     assert learner.learn(batch).loss == eager.learn(batch).loss
+
+
+@pytest.mark.skipif(not compiles("auto", CPU), reason="no C++ compiler for inductor")
+def test_after_the_warm_up_no_batch_compiles_again() -> None:
+    """One session, as many sessions as clicks, a sliced mask, expanded positions: the
+    shapes and layouts a learner's batches come in all run the warm-up's graph."""
+    from torch._dynamo.utils import counters
+
+    model = backbone(2).requires_grad_(False)
+    compiled = CompiledBackbone(model)
+    compiled.warm_up(CPU)
+    graphs = counters["stats"]["unique_graphs"]
+    for sessions, length in ((1, 7), (7, 7), (5, 12), (2, 3)):
+        embeds, mask, positions = inputs(length)
+        embeds = torch.cat([embeds] * 2)[:sessions]
+        mask = torch.cat([mask] * 2)
+        mask = torch.cat([mask] * 2, dim=1)[:sessions, length:]  # a strided slice
+        positions = positions[:1].expand(sessions, length)
+        leaf = embeds.clone().requires_grad_(True)
+        reference = embeds.clone().requires_grad_(True)
+        got = compiled(leaf, mask, positions)
+        expected = last_position_state(model, reference, mask, positions)
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+        got.sum().backward()
+        expected.sum().backward()
+        torch.testing.assert_close(leaf.grad, reference.grad, atol=1e-5, rtol=1e-5)
+    assert counters["stats"]["unique_graphs"] == graphs, "a batch compiled again"
+    assert not compiled.failed

@@ -71,3 +71,9 @@ def test_item_index_left_pads_and_keeps_the_latest_items() -> None:
     assert rows.tolist() == [[1, 2], [0, 0]]
     assert mask.tolist() == [[1, 1], [0, 0]]
     assert index.add_all(["c", "d", "d"]) == ["d"] and index.row("d") == 3
+
+
+def test_item_index_built_from_repeated_ids_keeps_each_first_row() -> None:
+    index = ItemIndex(["a", "b", "a", "c", "b"])
+    assert index.ids == ["a", "b", "c"] and dict(index.rows) == {"a": 0, "b": 1, "c": 2}
+    assert index.add("d") == 3 and index.rows_of(["c", "x", "d"]).tolist() == [2, -1, 3]
