@@ -199,7 +199,11 @@ class ModelSettings(BaseSettings):
         "candidates from a 4-bit copy of the item table and ranks them exactly.",
     )
     keep_snapshots: int = Field(
-        3, ge=1, description="Registry keeps versions from the Nth newest snapshot on."
+        5,
+        ge=1,
+        description="Registry keeps versions from the Nth newest snapshot on: about "
+        "PUBLISH_EVERY_S x SNAPSHOT_EVERY x N seconds of versions (75 s by default), which "
+        "the drift fine-tune's held-out span needs to find its base version.",
     )
     covis_neighbours: int = Field(
         20, ge=1, le=1024, description="Co-visitation: successors kept per item (K)."
