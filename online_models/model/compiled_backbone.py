@@ -4,8 +4,8 @@ A learner batch runs the frozen backbone forward and backward twice (``steps_per
 and in eager mode that is a few dozen small kernels each way, every one a pass over the
 batch's activations. Inductor fuses them (the embeddings' sum and layer norm, attention's
 elementwise steps, GELU and its gradient) into a few C++ loops: on a 2-core AVX-512 host
-the default model's batch of 256 took about 17% less time (docs/model.md, *Compiled
-encoder*).
+`streamrec bench learner --step-only` gave about 10-17% more examples/s with the default
+model (docs/model.md, Benchmark, session 13).
 
 One compiled function serves every model: the backbone's parameters are an argument
 (``torch.func.functional_call``), not something the graph closes over, so a new learner
