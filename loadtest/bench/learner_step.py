@@ -57,6 +57,7 @@ def run_step_benchmark(
     sizes: dict[str, Any] = {}
     step_ms: list[float] = []
     gpu_busy: float | None = None
+    compiled = []
     for batch_size in batch_sizes:
         learner = _learner(settings, device, items)
         batches = [examples[s : s + batch_size] for s in range(0, len(examples), batch_size)]
@@ -73,6 +74,7 @@ def run_step_benchmark(
         }
         if device.type == "cuda" and batch_size == max(batch_sizes):
             gpu_busy = _gpu_busy_share(learner, batches[warm : warm + PROFILED_STEPS])
+        compiled.append(learner.encoder_compiled)
     # The line through the two smallest sizes: a larger batch also brings more targets
     # into the sampled softmax, so step time grows faster than B over the whole range.
     small = np.argsort(batch_sizes)[:2]
@@ -87,6 +89,8 @@ def run_step_benchmark(
         "fixed_overhead_ms": round(float(intercept), 3),
         "per_example_us": round(float(slope) * 1000, 3),
         "gpu_busy_share": gpu_busy,
+        # which encoder code the figures are of (``online_models/model/compiled_backbone``)
+        "encoder_compiled": all(compiled),
         "items": items,
         "torch_threads": torch.get_num_threads(),
         "examples": len(examples),

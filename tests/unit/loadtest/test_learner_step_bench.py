@@ -34,6 +34,7 @@ def test_step_only_reports_throughput_per_batch_size_and_the_fixed_overhead() ->
     assert report["batch_sizes"]["8"]["steps"] == 45  # 60 batches, the first 15 warm up
     assert isinstance(report["fixed_overhead_ms"], float)
     assert report["gpu_busy_share"] is None and report["device"] == "cpu"
+    assert report["encoder_compiled"] is False  # the suite runs learners eagerly (conftest)
 
 
 def test_prefetched_batches_come_in_order_as_prepare_batch_builds_them() -> None:
