@@ -54,7 +54,6 @@ class CompiledBackbone:
             **dict(self.module.named_parameters()),
             **dict(self.module.named_buffers()),
         }
-        self.eager: BackboneCall = partial(last_position_state, backbone)
         self.failed = False
 
     def __call__(
@@ -67,7 +66,7 @@ class CompiledBackbone:
                 self.failed = True
                 message = f"{type(error).__name__}: {error}"[:500]
                 log_event(logger, "backbone_compile_failed", logging.WARNING, error=message)
-        return self.eager(embeds, mask, positions)
+        return self.module(embeds, mask, positions)  # the eager reference
 
     def _compiled_call(
         self, embeds: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor

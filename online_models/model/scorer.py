@@ -69,12 +69,12 @@ class Int4Table:
     quarter of the bytes of a bfloat16 table.
 
     ``scores`` is ``torch._weight_int4pack_mm_for_cpu`` (bfloat16 queries against the packed
-    rows, each group restored as ``(q - 8) * scale + offset`` inside the kernel, vectorised
-    for AVX2 and AVX-512) plus the bias: the query is not quantised, so the error is the
-    rows' rounding (at most half a level: a thirtieth of a group's range) and bfloat16's.
-    On an AVX-512 host, 1M x 64 rows, one thread: one query in 5.4-6.6 ms against
-    9.8-10.6 ms for the int8 kernel (``_weight_int8pack_mm``) this replaced; two in 8-12 ms
-    against 12-13 ms, as unpacking the levels is done again per query (docs/serving.md).
+    rows, each group restored as ``(q - 8) * scale + offset`` inside the kernel) plus the
+    bias: the query is not quantised, so the error is the rows' rounding (at most half a
+    level: a thirtieth of a group's range) and bfloat16's. On an AVX-512 host (the only
+    one it was measured on), 1M x 64 rows, one thread: one query in 5.4 ms against 9.8 ms
+    for the int8 kernel (``_weight_int8pack_mm``) this replaced; two in 8-12 ms against
+    12-13 ms, as unpacking the levels is done again per query (docs/serving.md).
     """
 
     packed: torch.Tensor  # padded rows x width / 2 uint8, the kernel's layout
