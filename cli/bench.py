@@ -119,6 +119,9 @@ def bench_serving(
     large_concurrency: Annotated[
         int, typer.Option(help="Connections for the large-catalog run.")
     ] = 2,
+    large_swaps: Annotated[
+        int, typer.Option(help="Deltas published during the large-catalog run.")
+    ] = 10,
 ) -> None:
     """Latency and throughput of /recommend with hot swaps; prints one JSON line."""
     from loadtest.bench.serving import BenchConfig, run_serving_benchmark
@@ -131,6 +134,7 @@ def bench_serving(
         swaps=swaps,
         large_items=large_items,
         large_concurrency=large_concurrency,
+        large_swaps=large_swaps,
     )
     print_json_line(run_serving_benchmark(settings, config))
 

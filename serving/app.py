@@ -92,7 +92,7 @@ class ServingState:
         self,
         settings: Settings,
         registry: VersionSource,
-        build_scorer: Callable[[Any], Scorer],
+        build_scorer: Callable[[Any, Scorer | None], Scorer],
         producer: Producer,
     ) -> None:
         serving = settings.serving
@@ -192,6 +192,7 @@ class ServingState:
             retry_base_s=serving.model_retry_base_s,
             retry_max_s=serving.model_retry_max_s,
             arm=arm,
+            swap_cpu_share=serving.swap_cpu_share,
         )
 
     def _router(self, registry: VersionSource) -> ArmRouter:
@@ -592,7 +593,7 @@ def create_app(
     settings: Settings,
     *,
     registry: VersionSource | None = None,
-    build_scorer: Callable[[Any], Scorer] | None = None,
+    build_scorer: Callable[[Any, Scorer | None], Scorer] | None = None,
     producer: Producer | None = None,
 ) -> Starlette:
     """The serving app for one worker; the defaults are the real registry, model and Kafka."""
@@ -611,9 +612,13 @@ def create_app(
         )
         registry = registry or WeightRegistry(settings, client)
         device = pick_device(settings.serving.device)
-        build_scorer = build_scorer or (
-            lambda w: SessionScorer.from_weights(w, settings.model, device)
-        )
+
+        def session_scorer(weights: Any, previous: Scorer | None) -> Scorer:
+            # the scorer serving lends its index and int4 table to the next version's
+            earlier = previous if isinstance(previous, SessionScorer) else None
+            return SessionScorer.from_weights(weights, settings.model, device, earlier)
+
+        build_scorer = build_scorer or session_scorer
     if producer is None:
         from streamrec.kafka_clients import make_producer
 

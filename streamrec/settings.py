@@ -445,6 +445,13 @@ class ServingSettings(BaseSettings):
     model_retry_max_s: float = Field(
         60.0, gt=0, description="Longest wait between two loads of a failed version."
     )
+    swap_cpu_share: float = Field(
+        0.2,
+        gt=0,
+        le=1,
+        description="Most of a worker's time spent loading newer versions: after a load of "
+        "t seconds the next newer one waits t x (1 / share - 1); 1: no wait.",
+    )
     impression_batch_ms: int = Field(50, ge=1)
     impression_batch_size: int = Field(500, ge=1, description="Max impressions per flush.")
     impression_queue_max: int = Field(

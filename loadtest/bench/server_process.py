@@ -22,13 +22,15 @@ LOAD_WARMUP_S = 1.0
 
 
 def serve_env(settings: Settings, workers: int) -> dict[str, str]:
+    """The environment of a benchmark's server: its private prefixes, no auth, and INFO
+    logs (none per request; each hot swap logs its load time)."""
     return os.environ | {
         "STREAMREC_KEY_PREFIX": settings.redis.key_prefix,
         "STREAMREC_TOPIC_PREFIX": settings.kafka.topic_prefix,
         "STREAMREC_MODEL_STORE_DIR": str(settings.model.store_dir),
         "STREAMREC_SERVING_WORKERS": str(workers),
         "STREAMREC_SERVING_AUTH_TOKEN": "",
-        "STREAMREC_LOG_LEVEL": "WARNING",
+        "STREAMREC_LOG_LEVEL": "INFO",
     }
 
 

@@ -14,9 +14,13 @@ What runs, all in one command:
    the sample's sessions at a fixed concurrency, while this process publishes ``swaps``
    new versions at even intervals.
 4. The same is repeated briefly with a synthetic 1,000,000-item catalog at low
-   concurrency to give ``p99_ms_1m_items``; where the scorer ranks int4 shortlists there
-   (``SessionScorer.shortlists``), this process then measures their recall against
-   the exact pass on a sample of those sessions (``recall_at_20_1m_items``).
+   concurrency to give ``p99_ms_1m_items``, while this process publishes deltas as the
+   online learner does (``large_swaps`` of them, each moving ``large_delta_rows`` rows
+   and adding ``large_delta_new_items`` items); the servers' logs give the time each
+   worker took to load and build those versions (``swap_load_ms_*_1m_items``). Where the
+   scorer ranks int4 shortlists there (``SessionScorer.shortlists``), this process then
+   measures their recall against the exact pass on a sample of those sessions
+   (``recall_at_20_1m_items``).
 
 Everything it wrote (Redis keys, weight files) is removed at the end.
 """
@@ -31,11 +35,13 @@ import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 from rich.console import Console
 
 from flows.session_state import SessionState
@@ -73,6 +79,9 @@ class BenchConfig:
     large_concurrency: int = 2
     large_duration_s: float = 10.0
     large_sessions: int = 2000
+    large_swaps: int = 10  # deltas published during the 1M-item run
+    large_delta_rows: int = 3000  # rows each of them moves...
+    large_delta_new_items: int = 50  # ... and items it adds
     recall_sessions: int = 256
 
 
@@ -147,20 +156,22 @@ def delete_prefix(client: RedisClient, prefix: str) -> None:
         client.delete(*keys[start : start + 2000])
 
 
+Publisher = Callable[[Any, np.random.Generator], None]  # (registry, rng): one new version
+
+
 def publish_swaps(
     settings: Settings,
-    base: Any,
+    publish: Publisher,
     count: int,
     every_s: float,
     stop: threading.Event,
     delay_s: float = LOAD_WARMUP_S + 0.5,
 ) -> list[float]:
-    """Publish ``count`` perturbed versions of ``base`` at ``delay_s + i * every_s``.
+    """Publish ``count`` versions with ``publish`` at ``delay_s + i * every_s``.
 
     The schedule is absolute (publishing takes time), and starts after the load
     generator's warm-up so every publish falls inside the measured window.
     """
-    from online_models.model.weights import ITEM_TABLE
     from online_models.registry.weight_registry import WeightRegistry
 
     registry = WeightRegistry(settings, connect_redis(settings.redis.redis_url.get_secret_value()))
@@ -170,12 +181,52 @@ def publish_swaps(
     for number in range(1, count + 1):
         if stop.wait(max(0.0, start + number * every_s - time.monotonic())):
             break
+        publish(registry, rng)
+        published.append(time.monotonic())
+    return published
+
+
+def perturbed_snapshots(base: Any) -> Publisher:
+    """Each version a full snapshot: ``base`` with every item row moved a little."""
+    from online_models.model.weights import ITEM_TABLE
+
+    def publish(registry: Any, rng: np.random.Generator) -> None:
         tensors = dict(base.tensors)
         noise = rng.standard_normal(tensors[ITEM_TABLE].shape).astype(np.float32) * 0.01
         tensors[ITEM_TABLE] = tensors[ITEM_TABLE] + noise
         registry.publish_snapshot(replace(base, tensors=tensors), source="bench")
-        published.append(time.monotonic())
-    return published
+
+    return publish
+
+
+def learner_deltas(n_items: int, hidden: int, rows: int, new_items: int) -> Publisher:
+    """Each version a delta on the current one, as the online learner publishes: ``rows``
+    random item rows moved and ``new_items`` items added."""
+    from online_models.model.weights import ITEM_BIAS, ITEM_TABLE, WeightDelta
+
+    catalog = [n_items]
+
+    def publish(registry: Any, rng: np.random.Generator) -> None:
+        n = catalog[0]
+        touched = np.concatenate([np.unique(rng.integers(0, n, rows)), np.arange(n, n + new_items)])
+        delta = WeightDelta(
+            version=0,  # assigned by the registry
+            parent=registry.current_version(),
+            start_row=n,
+            new_item_ids=[f"bench-new-{row}" for row in range(n, n + new_items)],
+            rows=touched,
+            row_values={
+                ITEM_TABLE: (rng.standard_normal((len(touched), hidden)) / hidden**0.5).astype(
+                    np.float32
+                ),
+                ITEM_BIAS: np.zeros(len(touched), dtype=np.float32),
+            },
+            dense={},
+        )
+        registry.publish_delta(delta, source="bench")
+        catalog[0] = n + new_items
+
+    return publish
 
 
 def failed_during_swaps(load: dict[str, Any], publish_times: list[float]) -> int:
@@ -236,7 +287,7 @@ def run_serving_benchmark(settings: Settings, config: BenchConfig) -> dict[str, 
             every_s = config.duration_s / (config.swaps + 1)
             publisher = threading.Thread(
                 target=lambda: publish_times.extend(
-                    publish_swaps(settings, base, config.swaps, every_s, stop)
+                    publish_swaps(settings, perturbed_snapshots(base), config.swaps, every_s, stop)
                 )
             )
             publisher.start()
@@ -329,13 +380,30 @@ def run_large_catalog(
         )
         try:
             wait_ready(port, 180, workdir / "server-1m.log")
+            stop = threading.Event()
+            publish_times: list[float] = []
+            deltas = learner_deltas(
+                config.large_items, settings.model.hidden_size, config.large_delta_rows,
+                config.large_delta_new_items,
+            )  # fmt: skip
+            every_s = config.large_duration_s / (config.large_swaps + 1)
+            publisher = threading.Thread(
+                target=lambda: publish_times.extend(
+                    publish_swaps(large_settings, deltas, config.large_swaps, every_s, stop)
+                )
+            )
+            publisher.start()
             load = run_load(
                 port, targets, config.large_concurrency, config.large_duration_s, workdir,
                 server.pid,
             )  # fmt: skip
+            stop.set()
+            publisher.join()
             batch_size = mean_batch_size(port)
         finally:
             stop_server(server)
+        swap_ms = swap_load_ms(workdir / "server-1m.log")
+        swap_cpu_ms = swap_load_ms(workdir / "server-1m.log", "load_cpu_ms")
         recall = shortlist_recall(weights, settings, histories[: config.recall_sessions], config.k)
         return {
             "items_1m": config.large_items,
@@ -346,6 +414,13 @@ def run_large_catalog(
             "errors_1m_items": load["errors"],
             "mean_score_batch_1m_items": batch_size,
             "server_cpu_ms_per_request_1m_items": load["server_cpu_ms_per_request"],
+            "swaps_1m_items": len(publish_times),
+            "delta_rows_1m_items": config.large_delta_rows + config.large_delta_new_items,
+            "versions_seen_by_clients_1m_items": len(load["version_first_seen_s"]),
+            "failed_during_swap_1m_items": failed_during_swaps(load, publish_times),
+            "swap_load_ms_p50_1m_items": _quantile(swap_ms, 0.5),
+            "swap_load_ms_max_1m_items": max(swap_ms, default=None),
+            "swap_load_cpu_ms_p50_1m_items": _quantile(swap_cpu_ms, 0.5),
             **({} if recall is None else {"recall_at_20_1m_items": recall}),
         }
     finally:
@@ -376,3 +451,20 @@ def shortlist_recall(
         for line, (rows, _) in zip(exact, scorer.top_k_batch(batch, k), strict=True):
             hits += int(np.sum(line[rows] >= np.partition(line, -k)[-k]))
     return round(hits / (k * len(histories)), 4)
+
+
+def swap_load_ms(log_path: Path, field: str = "load_ms") -> list[float]:
+    """Each worker's time to load and build every version after its first, in ms (the
+    server's ``model_swapped`` log lines): ``load_ms`` wall time, ``load_cpu_ms`` the
+    loader thread's CPU."""
+    times = []
+    for line in log_path.read_text(errors="replace").splitlines():
+        if '"model_swapped"' in line:
+            record = orjson.loads(line)
+            if record.get("source") != "startup":
+                times.append(float(record[field]))
+    return times
+
+
+def _quantile(values: list[float], q: float) -> float | None:
+    return round(float(np.quantile(values, q)), 1) if values else None

@@ -30,6 +30,24 @@ class ItemIndex:
             self.ids = list(dict.fromkeys(self.ids))
             self._rows = dict(zip(self.ids, range(len(self.ids)), strict=True))
 
+    @classmethod
+    def following(cls, previous: ItemIndex, ids: list[str]) -> ItemIndex:
+        """The index of ``ids``, a later version's, from ``previous``'s when ``ids`` are its
+        ids followed by new ones: ``previous`` itself when none is new (for an index that
+        is only read once built, as serving's are), else a copy of its map extended by
+        the new ids (1M ids: tens of milliseconds, against 0.3-0.6 s built afresh). Any
+        other ``ids`` are indexed from scratch."""
+        n = len(previous.ids)
+        if len(ids) < n or ids[:n] != previous.ids:  # mostly the same str objects: fast
+            return cls(ids)
+        if len(ids) == n:
+            return previous
+        index = cls.__new__(cls)
+        index.ids = list(ids)
+        index._rows = dict(previous._rows)
+        index._rows.update(zip(index.ids[n:], range(n, len(ids)), strict=True))
+        return index if len(index._rows) == len(ids) else cls(ids)  # a repeated id
+
     def __len__(self) -> int:
         return len(self.ids)
 

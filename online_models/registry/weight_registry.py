@@ -42,7 +42,14 @@ from dataclasses import replace
 
 import numpy as np
 
-from online_models.model.weights import ModelShape, ModelWeights, WeightDelta, apply_delta
+from online_models.model.weights import (
+    ModelShape,
+    ModelWeights,
+    RowChanges,
+    WeightDelta,
+    apply_deltas,
+    check_delta,
+)
 from online_models.registry.blob_store import BlobStore
 from online_models.registry.blobs import (
     BlobFormatError,
@@ -254,7 +261,8 @@ class WeightRegistry:
         """The weights of ``version`` (default: current), or the best valid fallback.
 
         ``base``, when it is a version on the chain, saves re-reading the snapshot: only
-        the deltas after it are applied. The returned ``version`` says what was loaded.
+        the deltas after it are applied, and the result's ``changes`` names the rows they
+        touched. The returned ``version`` says what was loaded.
         """
         target = self.current_version() if version is None else version
         if target is None:
@@ -278,7 +286,9 @@ class WeightRegistry:
         chain = self._chain(target)
         snapshot, deltas = chain[0], chain[1:]
         if base is not None and base.version in {info.version for info in chain}:
-            weights = base
+            # what follows is the rows the deltas touch, for a caller updating what it
+            # built from ``base`` (serving's scorer)
+            weights = replace(base, changes=RowChanges(base.version, np.zeros(0, np.int64)))
             deltas = [info for info in deltas if info.version > base.version]
         elif snapshot.version in broken:  # its stand-in is being (or was) looked for already
             raise WeightLoadError(f"snapshot {snapshot.version} does not load")
@@ -292,16 +302,21 @@ class WeightRegistry:
                 )  # fmt: skip
                 broken.add(snapshot.version)
                 return self._load_instead_of(snapshot, broken)
+        readable: list[WeightDelta] = []
+        version, n_items = weights.version, weights.n_items
         for info in deltas:
             try:
-                weights = apply_delta(weights, self._read_delta(info, weights.shape))
+                delta = self._read_delta(info, weights.shape)
+                check_delta(weights, version, n_items, delta)
             except _UNUSABLE as exc:
                 log_event(
                     logger, "model_delta_rejected", logging.WARNING,
-                    version=info.version, loaded=weights.version, reason=str(exc),
+                    version=info.version, loaded=version, reason=str(exc),
                 )  # fmt: skip
                 break
-        return weights
+            readable.append(delta)
+            version, n_items = delta.version, n_items + len(delta.new_item_ids)
+        return apply_deltas(weights, readable)  # one copy of the table for all of them
 
     def _load_instead_of(self, snapshot: VersionInfo, broken: set[int]) -> ModelWeights:
         """A broken snapshot's stand-in: its parent (the same lineage one step back), else

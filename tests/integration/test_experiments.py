@@ -50,7 +50,7 @@ def app_client(settings: Settings, registry: FakeRegistry | None = None) -> Test
     app = create_app(
         settings,
         registry=registry or FakeRegistry(current=2),
-        build_scorer=lambda weights: FakeScorer(weights.version, ITEMS),
+        build_scorer=lambda weights, previous: FakeScorer(weights.version, ITEMS),
     )
     return TestClient(app)
 

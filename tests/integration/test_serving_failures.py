@@ -54,7 +54,7 @@ def app_on(redis_url: str, key_prefix: str = "unused") -> TestClient:
     app = create_app(
         settings,
         registry=FakeRegistry(current=1),
-        build_scorer=lambda weights: FakeScorer(weights.version, ITEMS),
+        build_scorer=lambda weights, previous: FakeScorer(weights.version, ITEMS),
         producer=NullProducer(),  # type: ignore[arg-type]
     )
     return TestClient(app)

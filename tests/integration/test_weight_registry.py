@@ -91,6 +91,13 @@ def test_snapshot_then_deltas_load_in_order_and_are_announced(
     v2_weights = registry.load(v2)
     again = registry.load(base=v2_weights)
     np.testing.assert_array_equal(again.tensors[ITEM_TABLE], loaded.tensors[ITEM_TABLE])
+    # ... and names the rows the deltas since that version touched (a follower's update);
+    # a version read from its snapshot names none
+    assert v2_weights.changes is None and loaded.changes is None
+    assert again.changes is not None and again.changes.base == v2
+    assert again.changes.rows.tolist() == [0, 4]  # row 0 and "y": not "x", added before v2
+    v1_weights = registry.load(v1)
+    assert registry.load(base=v1_weights).changes.rows.tolist() == [0, 3, 4]
 
 
 def test_corrupted_delta_falls_back_to_the_snapshot(

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
-from loadtest.bench.serving import failed_during_swaps
+from loadtest.bench.serving import failed_during_swaps, swap_load_ms
 from loadtest.http_load import build_request, drive
 
 
@@ -57,3 +58,16 @@ def test_only_errors_near_a_publish_count_as_failed_during_swap() -> None:
     load = {"measure_started_monotonic": 100.0, "error_times_s": [1.0, 5.2, 9.0]}
     assert failed_during_swaps(load, [105.0]) == 1
     assert failed_during_swaps(load, []) == 0
+
+
+def test_swap_load_times_come_from_every_swap_after_a_workers_first(tmp_path: Path) -> None:
+    log = tmp_path / "server.log"
+    log.write_text(
+        "granian listening\n"
+        '{"event":"model_swapped","source":"startup","load_ms":1400.0,"load_cpu_ms":1300.0}\n'
+        '{"event":"model_swapped","source":"pubsub","load_ms":210.5,"load_cpu_ms":150.0}\n'
+        '{"event":"model_load_failed","version":3}\n'
+        '{"event":"model_swapped","source":"poll","load_ms":190.0,"load_cpu_ms":120.5}\n'
+    )
+    assert swap_load_ms(log) == [210.5, 190.0]
+    assert swap_load_ms(log, "load_cpu_ms") == [150.0, 120.5]

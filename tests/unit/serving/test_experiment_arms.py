@@ -125,7 +125,7 @@ def test_a_pinned_arms_follower_loads_its_version_under_its_own_gauge() -> None:
     metrics = ServingMetrics(CollectorRegistry())
     model = ArmModel(ModelHolder(), PinnedVersion(FakeRegistry(current=9), 4))
     follower = ModelFollower(
-        model.holder, model.source, lambda weights: FakeScorer(weights.version, ITEMS),
+        model.holder, model.source, lambda weights, _: FakeScorer(weights.version, ITEMS),
         redis_client=None, channel="", poll_interval_s=60, category_refresh_s=3600,
         read_categories=dict, metrics=metrics, retry_base_s=1, retry_max_s=8, arm="pinned-4",
     )  # fmt: skip

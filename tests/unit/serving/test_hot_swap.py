@@ -7,6 +7,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import pairwise
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -66,8 +67,11 @@ class FakeScorer:
 class FakeWeights:
     version: int
     finite: bool = True
+    changes: SimpleNamespace | None = None  # base, rows: as ``RowChanges``
+    checked: list[object] = field(default_factory=list)  # the rows of each finite check
 
-    def all_finite(self) -> bool:
+    def all_finite(self, rows: object = None) -> bool:
+        self.checked.append(rows)
         return self.finite
 
 
@@ -82,6 +86,7 @@ class FakeRegistry:
     errors: dict[int, Exception] = field(default_factory=dict)
     loads: list[int] = field(default_factory=list)
     bases: list[object] = field(default_factory=list)
+    checked: list[object] = field(default_factory=list)
 
     def current_version(self) -> int | None:
         return self.current
@@ -95,7 +100,11 @@ class FakeRegistry:
             raise self.errors[target]
         while target in self.broken:
             target -= 1
-        return FakeWeights(target, finite=target not in self.non_finite)
+        # from a base, the registry names the rows its deltas changed (here: row = version)
+        changes = None
+        if isinstance(base, FakeWeights):
+            changes = SimpleNamespace(base=base.version, rows=[base.version + 1, target])
+        return FakeWeights(target, target not in self.non_finite, changes, self.checked)
 
 
 ITEMS = [f"i{n}" for n in range(10)]
@@ -114,14 +123,14 @@ class FakeClock:
 
 
 def follower_for(
-    registry: FakeRegistry, categories: dict[str, str] | None = None
+    registry: FakeRegistry, categories: dict[str, str] | None = None, swap_cpu_share: float = 1.0
 ) -> tuple[ModelHolder, ModelFollower, FakeClock]:
     holder = ModelHolder()
     clock = FakeClock()
     follower = ModelFollower(
         holder,
         registry,
-        lambda weights: FakeScorer(weights.version, ITEMS),
+        lambda weights, previous: FakeScorer(weights.version, ITEMS),
         redis_client=None,
         channel="unused",
         poll_interval_s=0.01,
@@ -131,6 +140,8 @@ def follower_for(
         retry_base_s=RETRY_BASE_S,
         retry_max_s=RETRY_MAX_S,
         clock=clock,
+        swap_cpu_share=swap_cpu_share,
+        cpu_clock=clock,  # a load's time here is all the loader's CPU
     )
     return holder, follower, clock
 
@@ -153,6 +164,56 @@ def test_follower_swaps_in_the_newest_version() -> None:
     assert holder.current.version == 3
     assert holder.current.source == "poll"
     assert registry.bases[-1] is not None, "moving forward reuses the serving weights"
+
+
+def test_the_next_version_is_built_on_the_serving_scorer_checking_only_changed_rows() -> None:
+    registry = FakeRegistry(current=1)
+    holder, follower, _ = follower_for(registry)
+    build, lent = follower.build_scorer, []
+
+    def lending(weights: FakeWeights, previous: object) -> FakeScorer:
+        lent.append(previous)
+        return build(weights, previous)
+
+    follower.build_scorer = lending
+    follower.check_now()
+    assert holder.current is not None
+    first = holder.current.scorer
+    registry.current = 3
+    follower.check_now()
+    assert lent == [None, first], "the scorer serving lends its tables to the next one"
+    assert registry.checked == [None, [2, 3]], "rows the deltas left alone were checked"
+    registry.current = 1  # a rollback loads from scratch: every row is checked
+    follower.check_now()
+    assert registry.checked[-1] is None and holder.current.version == 1
+
+
+def test_newer_versions_wait_their_turn_so_loads_keep_to_their_share_of_the_worker() -> None:
+    registry = FakeRegistry(current=1)
+    holder, follower, clock = follower_for(registry, swap_cpu_share=0.25)
+    build = follower.build_scorer
+
+    def two_seconds(weights: FakeWeights, previous: object) -> FakeScorer:
+        clock.now += 2.0  # each load takes 2 s of the worker
+        return build(weights, previous)
+
+    follower.build_scorer = two_seconds
+    follower.check_now("startup")  # no request waited for this one: nothing is held back
+    registry.current = 2
+    follower.check_now()
+    assert holder.current is not None and holder.current.version == 2
+    registry.current = 3
+    follower.check_now()  # 2 s taken from requests: the next one waits 2 x (1 / 0.25 - 1)
+    assert holder.current.version == 2
+    clock.now += 5.9
+    follower.check_now("pubsub")
+    assert holder.current.version == 2 and registry.loads == [1, 2]
+    clock.now += 0.2
+    follower.check_now()
+    assert holder.current.version == 3
+    registry.current = 1  # a rollback is loaded at once
+    follower.check_now()
+    assert holder.current.version == 1
 
 
 def test_a_registry_reset_is_followed_down_and_loaded_from_scratch() -> None:
@@ -238,7 +299,7 @@ def test_any_error_building_the_scorer_fails_the_version(error: Exception) -> No
     holder, follower, _ = follower_for(registry)
     follower.check_now()
 
-    def refuse(weights: FakeWeights) -> FakeScorer:
+    def refuse(weights: FakeWeights, previous: object) -> FakeScorer:
         raise error
 
     follower.build_scorer = refuse

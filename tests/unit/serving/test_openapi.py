@@ -29,7 +29,7 @@ def build(token: str = "") -> object:
     return create_app(
         settings,
         registry=FakeRegistry(current=1),
-        build_scorer=lambda weights: FakeScorer(weights.version, ITEMS),
+        build_scorer=lambda weights, previous: FakeScorer(weights.version, ITEMS),
         producer=NullProducer(),  # type: ignore[arg-type]
     )
 

@@ -14,7 +14,7 @@ from online_models.model import covisitation
 from online_models.model.item_index import ItemIndex
 from online_models.model.recommender import SessionRecommender, random_weights
 from online_models.model.scorer import SessionScorer
-from online_models.model.weights import COVIS_ITEMS, COVIS_WEIGHT, apply_delta
+from online_models.model.weights import COVIS_ITEMS, COVIS_WEIGHT, apply_deltas
 from online_models.offline.training import rank_examples
 from online_models.registry.blobs import (
     decode_delta,
@@ -81,7 +81,7 @@ def test_deltas_carry_the_changed_covisitation_rows_and_round_trips_are_exact() 
     assert len(changed) and np.isin(changed, delta.rows).all()
     decoded = decode_delta(encode_delta(delta), WeightSpec.for_shape(published.shape))
     assert decoded.row_values[COVIS_ITEMS].dtype == np.int32
-    rebuilt = apply_delta(published, decoded)
+    rebuilt = apply_deltas(published, [decoded])
     for name, value in learner.weights().tensors.items():
         np.testing.assert_array_equal(rebuilt.tensors[name], value, err_msg=name)
 

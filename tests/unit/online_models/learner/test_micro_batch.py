@@ -21,7 +21,7 @@ from online_models.model.recommender import (
     history_tensors,
     random_weights,
 )
-from online_models.model.weights import COVIS_ITEMS, COVIS_WEIGHT, ITEM_TABLE, apply_delta
+from online_models.model.weights import COVIS_ITEMS, COVIS_WEIGHT, ITEM_TABLE, apply_deltas
 from online_models.offline.training import evaluate_examples, split_by_time, train
 from streamrec.events import Event
 from streamrec.settings import LearnerSettings, ModelSettings, TrainSettings
@@ -57,7 +57,7 @@ def test_delta_applied_to_the_published_weights_equals_the_learner() -> None:
         learner.learn(examples[start : start + 32])
     delta = learner.delta()
     delta.version = 8
-    rebuilt = apply_delta(published, delta)
+    rebuilt = apply_deltas(published, [delta])
     current = learner.weights()
     assert rebuilt.item_ids == current.item_ids
     for name, value in current.tensors.items():

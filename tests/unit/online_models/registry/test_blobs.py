@@ -18,7 +18,7 @@ from online_models.model.weights import (
     DeltaMismatchError,
     ModelShape,
     WeightDelta,
-    apply_delta,
+    apply_deltas,
 )
 from online_models.registry.blobs import (
     BlobFormatError,
@@ -78,7 +78,7 @@ def _delta(weights, new_ids: list[str]) -> WeightDelta:
 def test_applied_delta_changes_only_its_rows_and_appends_new_items() -> None:
     weights = random_weights(4, SMALL)
     delta = decode_delta(encode_delta(_delta(weights, ["new-a", "new-b"])), SPEC)
-    updated = apply_delta(weights, delta)
+    updated = apply_deltas(weights, [delta])
     assert updated.item_ids == [*weights.item_ids, "new-a", "new-b"]
     table = updated.tensors[ITEM_TABLE]
     np.testing.assert_array_equal(table[[0, 2, 3]], weights.tensors[ITEM_TABLE][[0, 2, 3]])
@@ -93,7 +93,7 @@ def test_delta_on_the_wrong_parent_is_refused() -> None:
     delta = _delta(weights, [])
     delta.parent = 99
     with pytest.raises(DeltaMismatchError):
-        apply_delta(weights, delta)
+        apply_deltas(weights, [delta])
 
 
 def test_garbage_is_not_a_blob() -> None:
