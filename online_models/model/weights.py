@@ -121,7 +121,7 @@ class DeltaMismatchError(ValueError):
     """The delta does not continue these weights (wrong parent or item count)."""
 
 
-def check_delta(weights: ModelWeights, version: int, n_items: int, delta: WeightDelta) -> None:
+def check_continues(weights: ModelWeights, version: int, n_items: int, delta: WeightDelta) -> None:
     """Raise ``DeltaMismatchError`` unless ``delta`` continues version ``version`` (of
     ``n_items`` rows) of ``weights``' lineage: its parent, its first new row, rows in
     range and dense tensors of ``weights``' shapes."""
@@ -148,7 +148,7 @@ def apply_deltas(weights: ModelWeights, deltas: Sequence[WeightDelta]) -> ModelW
     """
     version, n_items = weights.version, weights.n_items
     for delta in deltas:
-        check_delta(weights, version, n_items, delta)
+        check_continues(weights, version, n_items, delta)
         version, n_items = delta.version, n_items + len(delta.new_item_ids)
     if not deltas:
         return weights

@@ -48,7 +48,7 @@ from online_models.model.weights import (
     RowChanges,
     WeightDelta,
     apply_deltas,
-    check_delta,
+    check_continues,
 )
 from online_models.registry.blob_store import BlobStore
 from online_models.registry.blobs import (
@@ -307,7 +307,7 @@ class WeightRegistry:
         for info in deltas:
             try:
                 delta = self._read_delta(info, weights.shape)
-                check_delta(weights, version, n_items, delta)
+                check_continues(weights, version, n_items, delta)
             except _UNUSABLE as exc:
                 log_event(
                     logger, "model_delta_rejected", logging.WARNING,
