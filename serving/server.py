@@ -32,7 +32,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -52,7 +52,7 @@ WORKER_INDEX_ENV = "STREAMREC_SERVING_WORKER_INDEX"
 WORKER_ENV_DEFAULTS = {"NUMPY_MADVISE_HUGEPAGE": "0"}
 
 
-def apply_worker_defaults(environ: dict[str, str] | os._Environ[str]) -> None:
+def apply_worker_defaults(environ: MutableMapping[str, str]) -> None:
     """Set each of ``WORKER_ENV_DEFAULTS`` that ``environ`` does not set itself."""
     for name, value in WORKER_ENV_DEFAULTS.items():
         environ.setdefault(name, value)

@@ -449,8 +449,9 @@ class ServingSettings(BaseSettings):
         0.2,
         gt=0,
         le=1,
-        description="Most of a worker's time spent loading newer versions: after a load of "
-        "t seconds the next newer one waits t x (1 / share - 1); 1: no wait.",
+        description="Most of a worker's time spent loading newer versions: after a swap "
+        "that took t seconds of the loader's CPU the next newer one waits t x (1 / share - 1); "
+        "1: no wait.",
     )
     impression_batch_ms: int = Field(50, ge=1)
     impression_batch_size: int = Field(500, ge=1, description="Max impressions per flush.")
