@@ -167,15 +167,10 @@ def apply_deltas(weights: ModelWeights, deltas: Sequence[WeightDelta]) -> ModelW
         tensors[name] = grown
     for delta in deltas:
         tensors.update(delta.dense)
-    changes = weights.changes
-    if changes is not None:
-        touched = np.concatenate([changes.rows, *(delta.rows for delta in deltas)])
-        changes = RowChanges(changes.base, np.unique(touched).astype(np.int64))
     return ModelWeights(
         version=deltas[-1].version,
         shape=weights.shape,
         item_ids=weights.item_ids + [item for delta in deltas for item in delta.new_item_ids],
         tensors=tensors,
         parent=deltas[-1].parent,
-        changes=changes,
     )

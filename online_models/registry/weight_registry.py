@@ -285,11 +285,10 @@ class WeightRegistry:
         """``load`` for ``target``; ``broken``: snapshots already found not to load."""
         chain = self._chain(target)
         snapshot, deltas = chain[0], chain[1:]
-        if base is not None and base.version in {info.version for info in chain}:
-            # what follows is the rows the deltas touch, for a caller updating what it
-            # built from ``base`` (serving's scorer)
-            weights = replace(base, changes=RowChanges(base.version, np.zeros(0, np.int64)))
-            deltas = [info for info in deltas if info.version > base.version]
+        from_base = base is not None and base.version in {info.version for info in chain}
+        if from_base:
+            weights = base
+            deltas = [info for info in deltas if info.version > weights.version]
         elif snapshot.version in broken:  # its stand-in is being (or was) looked for already
             raise WeightLoadError(f"snapshot {snapshot.version} does not load")
         else:
@@ -316,7 +315,13 @@ class WeightRegistry:
                 break
             readable.append(delta)
             version, n_items = delta.version, n_items + len(delta.new_item_ids)
-        return apply_deltas(weights, readable)  # one copy of the table for all of them
+        loaded = apply_deltas(weights, readable)  # one copy of the table for all of them
+        if not from_base:
+            return loaded
+        # the rows that may differ from ``base``, for a caller updating what it built
+        # from it (serving's scorer)
+        touched = np.concatenate([np.zeros(0, np.int64), *(delta.rows for delta in readable)])
+        return replace(loaded, changes=RowChanges(weights.version, np.unique(touched)))
 
     def _load_instead_of(self, snapshot: VersionInfo, broken: set[int]) -> ModelWeights:
         """A broken snapshot's stand-in: its parent (the same lineage one step back), else

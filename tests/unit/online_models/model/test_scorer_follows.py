@@ -82,8 +82,8 @@ def next_version(weights: ModelWeights, rows: np.ndarray, new_ids: list[str]) ->
         },
         dense={},
     )
-    held = replace(weights, changes=RowChanges(weights.version, np.zeros(0, np.int64)))
-    return apply_deltas(held, [delta])
+    changes = RowChanges(weights.version, np.unique(touched))
+    return replace(apply_deltas(weights, [delta]), changes=changes)
 
 
 def test_a_scorer_following_a_delta_answers_as_one_built_afresh() -> None:

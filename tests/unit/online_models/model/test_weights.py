@@ -1,5 +1,4 @@
-"""Weights as plain data: deltas applied with one copy, sharing what they leave alone and
-naming what they changed."""
+"""Weights as plain data: deltas applied with one copy, sharing what they leave alone."""
 
 from __future__ import annotations
 
@@ -14,7 +13,6 @@ from online_models.model.weights import (
     ITEM_BIAS,
     ITEM_TABLE,
     DeltaMismatchError,
-    RowChanges,
     WeightDelta,
     apply_deltas,
 )
@@ -75,16 +73,6 @@ def test_a_delta_that_does_not_continue_the_weights_is_refused(
     delta = replace(delta_on(parent, 10, rows, []), start_row=start)
     with pytest.raises(DeltaMismatchError, match=error):
         apply_deltas(weights, [delta])
-
-
-def test_changes_gather_the_rows_of_every_delta_since_their_base() -> None:
-    weights = random_weights(10, SMALL)
-    assert apply_deltas(weights, [delta_on(0, 10, [2], [])]).changes is None
-    held = replace(weights, changes=RowChanges(0, np.zeros(0, np.int64)))
-    second = apply_deltas(held, [delta_on(0, 10, [7, 2], ["x"])])
-    third = apply_deltas(second, [delta_on(1, 11, [1, 7], [])])
-    assert third.changes is not None and third.changes.base == 0
-    assert third.changes.rows.tolist() == [1, 2, 7, 10]
 
 
 def test_finite_checks_of_some_rows_skip_the_others() -> None:
