@@ -21,7 +21,8 @@ from online_models.model.covisitation import (
 )
 from online_models.model.device import to_device
 from online_models.model.item_index import ItemIndex
-from online_models.model.ranking_metrics import CUTOFF, target_ranks
+from online_models.model.prequential_ranks import exact_ranks
+from online_models.model.ranking_metrics import CUTOFF
 from online_models.model.recommender import SessionRecommender, history_tensors
 from online_models.model.weights import ModelWeights
 from streamrec.training_examples import TrainingExample
@@ -80,11 +81,13 @@ def fit_blend(
             rows, mask = index.encode_histories([e.history for e in chunk], model.shape.max_seq_len)
             batch = history_tensors(rows, mask, device)
             sessions = model.session_vectors(batch)
-            targets = to_device(index.rows_of([e.target_item for e in chunk]), device)
+            target_rows = index.rows_of([e.target_item for e in chunk])
+            targets = to_device(target_rows, device)
+            known = to_device(np.flatnonzero(target_rows >= 0), device)
             for at, blend in enumerate(grid):
                 model.covis_blend.fill_(blend)
-                scores = model.scores(sessions, batch.rows, batch.mask, lift=True)
-                hits[at] += int((target_ranks(scores, targets) < CUTOFF).sum())
+                ranks = exact_ranks(model, sessions, batch.rows, batch.mask, targets, known)
+                hits[at] += int((ranks < CUTOFF).sum())
         best = int(np.argmax(hits))
         model.covis_blend.fill_(grid[best])
     return {blend: float(h) / len(examples) for blend, h in zip(grid, hits, strict=True)}

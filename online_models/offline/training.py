@@ -28,7 +28,8 @@ from online_models.model.covisitation import CovisitationRule
 from online_models.model.covisitation_warmup import fit_blend, learn_successors
 from online_models.model.device import pick_device, to_device
 from online_models.model.item_index import ItemIndex
-from online_models.model.ranking_metrics import RankingTotals, ranking_totals, target_ranks
+from online_models.model.prequential_ranks import exact_ranks
+from online_models.model.ranking_metrics import RankingTotals, ranking_totals
 from online_models.model.recommender import SessionRecommender, history_tensors
 from online_models.model.weights import ModelShape, ModelWeights
 from streamrec.settings import ModelSettings, TrainSettings, train_recipe
@@ -260,7 +261,10 @@ def rank_examples(
             rows, mask = index.encode_histories([e.history for e in chunk], model.shape.max_seq_len)
             batch = history_tensors(rows, mask, device)
             sessions = model.session_vectors(batch)
-            targets = to_device(index.rows_of([e.target_item for e in chunk]), device)
-            scores = model.scores(sessions, batch.rows, batch.mask, lift=True)
-            ranks.append(target_ranks(scores, targets).cpu().numpy())
+            targets = index.rows_of([e.target_item for e in chunk])
+            known = to_device(np.flatnonzero(targets >= 0), device)
+            found = exact_ranks(
+                model, sessions, batch.rows, batch.mask, to_device(targets, device), known
+            )
+            ranks.append(found.cpu().numpy())
     return np.concatenate(ranks) if ranks else np.zeros(0, dtype=np.int64)

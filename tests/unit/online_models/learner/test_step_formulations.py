@@ -17,7 +17,8 @@ import numpy as np
 import torch
 
 from online_models.learner.micro_batch import CandidateCrossEntropy, HeadLearner
-from online_models.model.covisitation import CovisitationRule
+from online_models.model import prequential_ranks
+from online_models.model.covisitation import CovisitationRule, update_covisitation
 from online_models.model.item_index import ItemIndex
 from online_models.model.prequential_ranks import exact_ranks
 from online_models.model.ranking_metrics import MISS_RANK, target_ranks
@@ -105,6 +106,77 @@ def test_exact_ranks_score_the_known_targets_alone_and_rank_as_the_full_pass() -
     assert scores.call_args.args[0].shape[0] == int((targets >= 0).sum())
     np.testing.assert_array_equal(ranks.numpy(), full.numpy())
     assert (ranks[::4] == MISS_RANK).all() and (ranks[1::4] < 20).all()
+
+
+def _lifted_model(items: int, seed: int) -> SessionRecommender:
+    """A model whose co-visitation table is filled and blended in, so ranks see every lift."""
+    model = SessionRecommender.from_weights(random_weights(items, SMALL, seed=seed))
+    rng = np.random.default_rng(seed)
+    pairs = rng.integers(0, items, (2, 20 * items))
+    amounts = rng.random(20 * items).astype(np.float32)
+    update_covisitation(model.covis_items, model.covis_weight, *pairs, amounts, decay=0.98)
+    with torch.no_grad():
+        model.covis_blend.fill_(0.7)
+    return model
+
+
+def test_ranks_counted_a_block_of_items_at_a_time_are_the_whole_matrixs() -> None:
+    model = _lifted_model(3000, seed=1)
+    generator = torch.Generator().manual_seed(6)
+    rows = torch.randint(0, 3000, (64, 6), generator=generator)
+    mask = (torch.rand(64, 6, generator=generator) < 0.7).long()
+    mask[:, -1] = 1
+    rows[1, -3:] = rows[1, -1]  # an item clicked three times
+    sessions = torch.randn(64, SMALL.hidden_size, generator=generator) * 3
+    targets = torch.randint(0, 3000, (64,), generator=generator)
+    targets[1::4] = rows[1::4, -1]  # one of the session's items
+    with torch.no_grad():
+        for line in range(0, 64, 8):  # an item scoring exactly as the target: a tie
+            twin = (int(targets[line]) + 1) % 3000
+            model.item_table[twin] = model.item_table[targets[line]]
+            model.item_bias[twin] = model.item_bias[targets[line]]
+        whole = target_ranks(model.scores(sessions, rows, mask, lift=True), targets)
+        lines = torch.arange(64)
+        for width in (97, 1024):  # a last block narrower than the others, and wider ones
+            blocked = exact_ranks(model, sessions, rows, mask, targets, lines, block_width=width)
+            np.testing.assert_array_equal(blocked.numpy(), whole.numpy())
+    assert 10 < int((whole < 20).sum()) < 64  # hits and misses both
+    assert (whole[::8] > 0).all()  # each twin counts against its target
+
+
+def test_a_constant_model_misses_every_target_whether_counted_in_blocks_or_not() -> None:
+    model = SessionRecommender.from_weights(random_weights(500, SMALL))
+    with torch.no_grad():
+        model.item_table.fill_(0.25)
+        model.item_bias.fill_(0.0)
+    rows = torch.zeros(8, 6, dtype=torch.long)
+    mask = torch.zeros(8, 6, dtype=torch.long)  # no history: nothing lifted
+    sessions = torch.ones(8, SMALL.hidden_size)
+    targets = torch.arange(8) * 50
+    lines = torch.arange(8)
+    for width in (None, 64):
+        ranks = exact_ranks(model, sessions, rows, mask, targets, lines, block_width=width)
+        assert (ranks == MISS_RANK).all()
+
+
+def test_the_learner_ranks_a_large_catalog_in_blocks_as_in_one_matrix() -> None:
+    weights = random_weights(400, SMALL)
+    whole = HeadLearner.from_weights(weights, SETTINGS, CPU)
+    blocked = HeadLearner.from_weights(weights, SETTINGS, CPU)
+    stream = drifting_stream(640, seed=7)
+    with (
+        patch.object(prequential_ranks, "BLOCKED_FROM_ITEMS", 0),
+        patch.object(prequential_ranks, "BLOCK_SCORES", 64 * 60),  # 60 items a block
+        patch.object(
+            prequential_ranks, "blocked_ranks", wraps=prequential_ranks.blocked_ranks
+        ) as counted,
+    ):
+        for start in range(0, len(stream), 64):
+            batch = stream[start : start + 64]
+            ranks = blocked.learn(batch).ranks
+            with patch.object(prequential_ranks, "BLOCKED_FROM_ITEMS", 1 << 30):
+                np.testing.assert_array_equal(ranks, whole.learn(batch).ranks)
+    assert counted.call_count == len(stream) // 64
 
 
 def test_the_candidate_cross_entropy_is_torchs_in_value_and_gradient() -> None:
