@@ -13,6 +13,7 @@ from flows.example_builder import examples_from_events
 from flows.feature_config import FeatureConfig
 from online_models.learner.micro_batch import GUARD_APPLIED, NO_LISTS, HeadLearner
 from online_models.learner.prepared_batch import prepare_batch
+from online_models.model import recommender
 from online_models.model.item_index import ItemIndex
 from online_models.model.ranking_metrics import MISS_RANK, ranking_totals, target_ranks
 from online_models.model.recommender import (
@@ -170,6 +171,7 @@ def test_a_new_target_item_is_ranked_well_right_after_its_first_appearance() -> 
     assert learner.learn([again]).ranks[0] < 20
 
 
+@patch.object(recommender, "GROUPED_FROM_SESSIONS", 2)
 def test_cut_and_grouped_histories_encode_as_in_the_full_padded_batch() -> None:
     model = SessionRecommender.from_weights(random_weights(40, SMALL)).eval()
     index = ItemIndex(model.to_weights(0, [f"item-{i}" for i in range(40)]).item_ids)
@@ -187,6 +189,15 @@ def test_cut_and_grouped_histories_encode_as_in_the_full_padded_batch() -> None:
     assert together[4].abs().sum() == 0  # an empty history encodes to zeros
 
 
+def test_a_small_batch_is_encoded_in_one_call_on_a_cpu_and_a_large_one_in_groups() -> None:
+    lengths = np.array([1, 6] * 64)  # short and long sessions: 128 of them
+    mask = (np.arange(6) >= 6 - lengths[:, None]).astype(np.int64)
+    rows = np.zeros_like(mask)
+    assert len(history_tensors(rows, mask, CPU).groups) == 2
+    assert history_tensors(rows[:127], mask[:127], CPU).groups == ()  # serving's batches
+
+
+@patch.object(recommender, "GROUPED_FROM_SESSIONS", 2)
 def test_on_a_gpu_a_batch_is_encoded_in_one_call() -> None:
     rows, mask = np.zeros((3, 6), dtype=np.int64), np.zeros((3, 6), dtype=np.int64)
     mask[0, -1:] = mask[1, -6:] = 1
