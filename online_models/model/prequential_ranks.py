@@ -94,32 +94,19 @@ def blocked_ranks(
     n = model.n_items
     batch, history = rows.shape
     table, bias = model.item_table[:n], model.item_bias[:n]
-    present = mask > 0
     own = torch.cat([rows, targets[:, None]], dim=1)  # B x (W + 1)
     columns = torch.unique(own)  # sorted
     apart = torch.addmm(bias[columns], sessions, table[columns].T)
     apart += model.covisitation_at(rows, mask, columns)
     scored = apart.gather(1, torch.searchsorted(columns, own))
-    # each history position's bonus and lift, and the total of the positions of its item
-    positions = torch.arange(history, device=rows.device).expand_as(rows)
-    bonus = model.add_repeat_bonus(
-        torch.zeros_like(scored[:, :history]), positions, mask, lift=True
-    )
-    same = (rows[:, :, None] == rows[:, None, :]) & present[:, None, :]
-    lifted = scored[:, :history] + (same * bonus[:, None, :]).sum(dim=2)
-    at_target = present & (rows == targets[:, None])
-    in_session = at_target.any(dim=1)
-    session_score = torch.where(at_target, lifted, torch.full_like(lifted, -torch.inf)).amax(1)
-    target = torch.where(in_session, session_score, scored[:, history])
-    earlier = torch.ones(history, history, dtype=torch.bool, device=rows.device).tril(-1)
-    first = present & ~(same & earlier).any(dim=2) & ~at_target
-    counts = (first & (lifted >= target[:, None])).sum(dim=1).float()
+    target, others = _own_items(model, scored[:, :history], scored[:, history], rows, mask, targets)
+    counts = others.float()
     evidence = model.covisitation_evidence(rows, mask)
     term = model.covisitation_term(evidence)
     low = (target - _rounding_bound(model, sessions, target, evidence, term, history))[:, None]
     # what the blocks add: the co-visitation entries; -inf at each line's own items
     lines = torch.arange(batch, device=rows.device)[:, None].expand_as(own)
-    left_out = torch.where(F.pad(present, (0, 1), value=True), -torch.inf, 0.0)
+    left_out = torch.where(F.pad(mask > 0, (0, 1), value=True), -torch.inf, 0.0)
     entry_lines = torch.cat([evidence.lines, lines.flatten()])
     entry_columns = torch.cat([evidence.columns, own.flatten()])
     entry_values = torch.cat([term, left_out.flatten()])
@@ -182,16 +169,11 @@ def screened_ranks(
     table, bias = model.item_table[:n], model.item_bias[:n]
     covisitation = model.add_covisitation(sessions.new_zeros(len(sessions), n), rows, mask)
     present = mask > 0
-    lifted, first = _session_scores(model, sessions, rows, present)
-    lifted = lifted + covisitation.gather(1, rows.clamp(max=n - 1))
-    at_target = present & (rows == targets[:, None])
-    in_session = at_target.any(dim=1)
-    target_column = targets.clamp(min=0)[:, None]
-    plain = _exact_scores(sessions, table, bias, target_column)[:, 0]
-    plain = plain + covisitation.gather(1, target_column)[:, 0]
-    session_score = torch.where(at_target, lifted, torch.full_like(lifted, -torch.inf)).amax(1)
-    target = torch.where(in_session, session_score, plain)
-    count = (first & (lifted >= target[:, None])).sum(dim=1) + (~in_session).long()
+    columns = torch.cat([rows.clamp(max=n - 1), targets.clamp(min=0)[:, None]], dim=1)
+    plain = _exact_scores(sessions, table, bias, columns) + covisitation.gather(1, columns)
+    width = rows.shape[1]
+    target, others = _own_items(model, plain[:, :width], plain[:, width], rows, mask, targets)
+    count = others + 1  # the target itself
     cheap = torch.addmm(bias.to(dtype), sessions.to(dtype), table.to(dtype).T)
     cheap += covisitation.to(dtype)
     kept = min(CUTOFF + SCREEN_MARGIN, n)
@@ -239,21 +221,30 @@ def _exact_scores(
     return torch.bmm(table[columns], sessions[:, :, None])[:, :, 0] + bias[columns]
 
 
-def _session_scores(
-    model: SessionRecommender, sessions: torch.Tensor, rows: torch.Tensor, present: torch.Tensor
+def _own_items(
+    model: SessionRecommender,
+    history: torch.Tensor,
+    target: torch.Tensor,
+    rows: torch.Tensor,
+    mask: torch.Tensor,
+    targets: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Lifted float32 scores at each history position, and each item's first position.
+    """Each line's target score, lifted when the target is one of its session's items, and
+    how many of its other distinct session items score at least that.
 
-    An item at several positions gets every position's bonus and lift, as in
-    ``add_repeat_bonus``; ``first`` marks one position per distinct item.
+    ``history`` (B x W) and ``target`` (B) are the scores before the lifts (product, bias,
+    co-visitation) of each history position's item and of the target. An item at several
+    positions gets every position's bonus and lift, as in ``add_repeat_bonus``.
     """
-    n = model.n_items
+    present = mask > 0
     width = rows.shape[1]
-    columns = rows.clamp(max=n - 1)
-    scores = _exact_scores(sessions, model.item_table[:n], model.item_bias[:n], columns)
     same = (rows[:, :, None] == rows[:, None, :]) & present[:, None, :]
     bonus = (model.position_bonus(width) + SESSION_ITEM_LIFT).float()
-    lifted = scores + (same.float() * bonus).sum(dim=2)
+    lifted = history + (same.float() * bonus).sum(dim=2)
+    at_target = present & (rows == targets[:, None])
+    in_session = at_target.any(dim=1)
+    session_score = torch.where(at_target, lifted, torch.full_like(lifted, -torch.inf)).amax(1)
+    target = torch.where(in_session, session_score, target)
     earlier = torch.ones(width, width, dtype=torch.bool, device=rows.device).tril(-1)
-    first = present & ~(same & earlier).any(dim=2)
-    return lifted, first
+    first = present & ~(same & earlier).any(dim=2) & ~at_target  # one position per item
+    return target, (first & (lifted >= target[:, None])).sum(dim=1)
