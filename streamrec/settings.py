@@ -568,6 +568,14 @@ class DriftSettings(BaseSettings):
     finetune_reservoir_weight: float = Field(
         0.3, ge=0, le=1, description="Weight of a reservoir example relative to a recent one."
     )
+    finetune_successor_keep: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="Share of its co-visitation counts a row the recent window reaches keeps in "
+        "a fine-tune's candidate, which then re-learns the window (1: the table as the learner "
+        "left it).",
+    )
     finetune_skip_recovered: bool = Field(
         True, description="Skip a due fine-tune when hit@20 has healed since its alert."
     )

@@ -28,6 +28,7 @@ from online_models.finetune.gate import (
 from online_models.finetune.reservoir import weigh
 from online_models.learner.micro_batch import HeadLearner
 from online_models.model.covisitation import CovisitationRule
+from online_models.model.covisitation_warmup import relearn_successors
 from online_models.model.device import pick_device
 from online_models.model.item_index import ItemIndex
 from online_models.model.recommender import SessionRecommender
@@ -45,8 +46,22 @@ def train_candidate(
 ) -> ModelWeights:
     """Backbone and head trained from ``base`` on ``examples`` and the down-weighted
     ``reservoir`` (best validation epoch; validation is the newest recent examples)."""
-    weighted = weigh(reservoir, settings.drift.finetune_reservoir_weight)
+    drift = settings.drift
+    if drift.finetune_successor_keep < 1:
+        base = relearned(base, examples, settings, drift.finetune_successor_keep)
+    weighted = weigh(reservoir, drift.finetune_reservoir_weight)
     return train(settings.model, settings.train, [*weighted, *examples], init_from=base).weights
+
+
+def relearned(
+    weights: ModelWeights, examples: Sequence[TrainingExample], settings: Settings, keep: float
+) -> ModelWeights:
+    """``weights`` whose co-visitation rows reached by ``examples`` keep ``keep`` of their
+    counts and learn ``examples`` again (``covisitation_warmup.relearn_successors``)."""
+    model = SessionRecommender.from_weights(weights)
+    rule = CovisitationRule.from_settings(settings.model)
+    relearn_successors(model, ItemIndex(weights.item_ids), examples, rule, keep)
+    return model.to_weights(weights.version, weights.item_ids)
 
 
 def judge(

@@ -9,7 +9,7 @@ examples, with everything else frozen; the learner keeps adjusting it by gradien
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -40,17 +40,54 @@ def learn_successors(
 ) -> None:
     """Add every example's (last history items -> target) pairs, oldest first; examples
     whose items the index does not know add only their known pairs."""
+    for sources, successors, amounts in _pairs_by_chunk(model, index, examples, rule):
+        update_covisitation(
+            model.covis_items, model.covis_weight, sources, successors, amounts, rule.decay
+        )
+
+
+def relearn_successors(
+    model: SessionRecommender,
+    index: ItemIndex,
+    examples: Sequence[TrainingExample],
+    rule: CovisitationRule,
+    keep: float,
+) -> int:
+    """Every row ``examples`` add pairs to keeps ``keep`` of its counts (0: forgets them),
+    then learns ``examples`` again (``learn_successors``): after a change the table follows
+    what came after each item since, where the learner's decay would take each row dozens
+    of visits to forget what came before. Rows the examples never reach stay as they are.
+    Returns how many rows were re-learned."""
+    chunks = list(_pairs_by_chunk(model, index, examples, rule))
+    if not chunks:
+        return 0
+    rows = np.unique(np.concatenate([sources for sources, _, _ in chunks]))
+    at = to_device(rows, model.covis_items.device)
+    if keep > 0:
+        model.covis_weight[at] *= keep
+    else:
+        model.covis_items[at] = -1
+        model.covis_weight[at] = 0.0
+    for sources, successors, amounts in chunks:
+        update_covisitation(
+            model.covis_items, model.covis_weight, sources, successors, amounts, rule.decay
+        )
+    return len(rows)
+
+
+def _pairs_by_chunk(
+    model: SessionRecommender,
+    index: ItemIndex,
+    examples: Sequence[TrainingExample],
+    rule: CovisitationRule,
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """The examples' (source, successor, amount) pairs, oldest first, a micro-batch at a time."""
     ordered = sorted(examples, key=lambda example: example.ts)
     for start in range(0, len(ordered), CHUNK):
         chunk = ordered[start : start + CHUNK]
         rows, mask = index.encode_histories([e.history for e in chunk], model.shape.max_seq_len)
         targets = index.rows_of([e.target_item for e in chunk])
-        sources, successors, amounts = successor_pairs(
-            rows, mask, targets, rule.window, rule.reverse
-        )
-        update_covisitation(
-            model.covis_items, model.covis_weight, sources, successors, amounts, rule.decay
-        )
+        yield successor_pairs(rows, mask, targets, rule.window, rule.reverse)
 
 
 def with_successors(

@@ -3,11 +3,21 @@ learned; and what it would promote has learned the held-out span."""
 
 from __future__ import annotations
 
+import pytest
+
 from online_models.finetune.gate import LearnedBatch
-from online_models.finetune.training import judge, learn_through
-from online_models.model.recommender import random_weights
-from online_models.model.weights import ITEM_TABLE
-from streamrec.settings import DriftSettings, LearnerSettings, ModelSettings, Settings
+from online_models.finetune.training import judge, learn_through, train_candidate
+from online_models.model.covisitation import CovisitationRule
+from online_models.model.covisitation_warmup import with_successors
+from online_models.model.recommender import SessionRecommender, random_weights
+from online_models.model.weights import ITEM_TABLE, ModelWeights
+from streamrec.settings import (
+    DriftSettings,
+    LearnerSettings,
+    ModelSettings,
+    Settings,
+    TrainSettings,
+)
 from streamrec.training_examples import TrainingExample
 
 TINY = {"hidden_size": 16, "num_layers": 1, "num_heads": 2, "max_seq_len": 5}
@@ -55,3 +65,29 @@ def test_judge_scores_the_candidate_prequentially_and_returns_it_carried() -> No
     assert verdict.promoted == (hits > 0)
     changed = carried.tensors[ITEM_TABLE] - candidate.tensors[ITEM_TABLE]
     assert float(abs(changed).sum()) > 0  # it learned the held-out span
+
+
+def successors_of(weights: ModelWeights, item: str) -> set[str]:
+    model = SessionRecommender.from_weights(weights)
+    row = weights.item_ids.index(item)
+    return {weights.item_ids[int(i)] for i in model.covis_items[row] if int(i) >= 0}
+
+
+@pytest.mark.parametrize("keep", [0.0, 1.0])
+def test_the_candidate_relearns_the_rows_the_recent_window_reaches(keep: float) -> None:
+    config = Settings(
+        model=ModelSettings(**TINY),
+        train=TrainSettings(epochs=1),
+        drift=DriftSettings(finetune_successor_keep=keep),
+    )
+    stale = [TrainingExample(f"o{n}", f"o{n}", ("item-0",), "item-7", n) for n in range(30)]
+    rule = CovisitationRule.from_settings(config.model)
+    base = with_successors(random_weights(20, config.model, seed=3), stale, rule)
+    recent = [
+        TrainingExample(f"e{n}", f"s{n}", (f"item-{n % 2 * 2}",), f"item-{n % 2 * 2 + 1}", 100 + n)
+        for n in range(60)
+    ]  # item-0 -> item-1 and item-2 -> item-3 since the change
+
+    candidate = train_candidate(config, base, recent)
+    assert successors_of(candidate, "item-0") == ({"item-1"} if keep < 1 else {"item-7"})
+    assert successors_of(candidate, "item-7") == {"item-0"}  # a row the window does not reach

@@ -17,9 +17,12 @@ from online_models.model.covisitation import (
     successor_pairs,
     update_covisitation,
 )
+from online_models.model.covisitation_warmup import relearn_successors
+from online_models.model.item_index import ItemIndex
 from online_models.model.recommender import SessionRecommender
 from online_models.model.weights import COVIS_NEIGHBOURS, ModelShape
 from streamrec.settings import ModelSettings
+from streamrec.training_examples import TrainingExample
 
 
 def table(rows: int, neighbours: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -127,6 +130,22 @@ def test_new_items_get_empty_rows_and_the_table_grows_with_the_model() -> None:
     assert model.capacity >= 7 and model.covis_items.shape == (model.capacity, 3)
     assert model.covis_items[0].tolist() == [1, -1, -1]
     assert (model.covis_items[2:7] == -1).all() and (model.covis_weight[2:7] == 0).all()
+
+
+@pytest.mark.parametrize("keep", [0.0, 0.5])
+def test_relearning_a_window_forgets_what_the_rows_it_reaches_held(keep: float) -> None:
+    shape = ModelShape(hidden_size=8, num_layers=1, num_heads=2, max_seq_len=4, covis_neighbours=3)
+    model = SessionRecommender(shape, capacity=4)
+    model.add_rows(4)
+    add(model.covis_items, model.covis_weight, [(0, 1, 5.0), (2, 3, 2.0)])  # a->b, c->d
+    since = [TrainingExample("e1", "s1", ("a",), "c", 1000)]  # a is now followed by c
+    rule = CovisitationRule(window=1, decay=1.0, reverse=0.0)
+
+    relearned = relearn_successors(model, ItemIndex("abcd"), since, rule, keep)
+    assert relearned == 1
+    expected = {2: 1.0, 1: 2.5} if keep else {2: 1.0}
+    assert row_of(model.covis_items, model.covis_weight, 0) == expected
+    assert row_of(model.covis_items, model.covis_weight, 2) == {3: 2.0}  # not reached
 
 
 def test_the_settings_defaults_are_the_models() -> None:
