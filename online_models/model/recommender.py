@@ -128,11 +128,13 @@ class SessionRecommender(nn.Module):
         backbone: BertModel | None = None,
     ) -> None:
         super().__init__()
-        torch.manual_seed(seed)
-        self.shape = shape
-        # ``backbone``: an existing module to use (shared, read-only, by serving's scorers).
+        # ``backbone``: an existing module to use (shared, read-only, by serving's scorers,
+        # whose weights are loaded right after: nothing drawn here is kept, so the
+        # process's generator is left alone; reseeding it cost 0.7 ms of every hot swap).
         if backbone is None:
+            torch.manual_seed(seed)
             backbone = BertModel(backbone_config(shape, dropout), add_pooling_layer=False)
+        self.shape = shape
         self.backbone = backbone
         self.item_table = nn.Parameter(torch.zeros(capacity, shape.hidden_size))
         self.item_bias = nn.Parameter(torch.zeros(capacity))

@@ -203,10 +203,10 @@ class SessionScorer:
         # Column by column, the product's right-hand side as BLAS reads it: stored row by
         # row, MKL copied the whole table into that layout on every call (16.5k items, 8
         # sessions: 0.39 against 0.58 ms a product, one thread).
-        self._columns = torch.zeros(
-            model.shape.hidden_size, padded, dtype=dtype, device=self.device
-        )
-        self._columns[:, :n] = table.T
+        earlier = None
+        if follows is not None and follows[0]._columns is not None:
+            earlier = (follows[0]._columns, follows[0]._n, follows[1])
+        self._columns = _item_columns(table, padded, dtype, earlier)
         self._bias = self._bias.to(dtype)
 
     @classmethod
@@ -484,6 +484,39 @@ def _finite(columns: np.ndarray, values: np.ndarray) -> list[tuple[np.ndarray, n
         (line[keep].astype(np.int64, copy=False), scores[keep])
         for line, scores, keep in zip(columns, values, kept, strict=True)
     ]
+
+
+def _item_columns(
+    table: torch.Tensor,
+    padded: int,
+    dtype: torch.dtype,
+    earlier: tuple[torch.Tensor, int, np.ndarray] | None = None,
+) -> torch.Tensor:
+    """``table`` (items x H) stored column by column, H x ``padded`` (zeros past the
+    items), in ``dtype``.
+
+    ``earlier``: the columns of an earlier version of the lineage, its item count and the
+    rows changed since. Then only those rows and the new items' are written into a copy
+    (a version's delta moves a few hundred rows): at 16.5k items 0.5 ms against 1.4 ms
+    for every row. Built whole, the table is transposed into a tensor of its own first:
+    straight into the padded slice, torch's strided copy took 6.9 ms there.
+    """
+    hidden, n = table.shape[1], len(table)
+    if earlier is not None:
+        columns, known, rows = earlier
+        width = columns.shape[1]
+        if columns.dtype == dtype and columns.shape[0] == hidden and known <= n and width <= padded:
+            copy = columns.clone() if width == padded else columns.new_zeros(hidden, padded)
+            if width < padded:
+                copy[:, :width] = columns
+            changed = np.union1d(np.asarray(rows, dtype=np.int64), np.arange(known, n))
+            at = torch.from_numpy(changed).to(table.device)
+            copy[:, at] = table[at].T.to(dtype)
+            return copy
+    columns = torch.empty(hidden, padded, dtype=dtype, device=table.device)
+    columns[:, n:] = 0
+    columns[:, :n] = table.T.contiguous()
+    return columns
 
 
 def _int4_width(hidden: int) -> int:

@@ -4,10 +4,12 @@ one built afresh, from only the rows that changed, and the earlier scorer left a
 from __future__ import annotations
 
 from dataclasses import replace
+from unittest.mock import patch
 
 import numpy as np
 import torch
 
+from online_models.model import scorer
 from online_models.model.item_index import ItemIndex
 from online_models.model.recommender import random_weights
 from online_models.model.scorer import PACK_ROWS, Int4Table, SessionScorer
@@ -116,6 +118,30 @@ def test_a_scorer_following_a_delta_answers_as_one_built_afresh() -> None:
     ):
         np.testing.assert_array_equal(rows, want_rows)
         np.testing.assert_array_equal(scores, want_scores)
+
+
+def test_a_scorer_following_a_delta_has_the_columns_of_one_built_afresh() -> None:
+    exact = SMALL.model_copy(update={"scorer_shortlists": "off"})
+    first = random_weights(ITEMS, exact, seed=7)
+    serving = SessionScorer.from_weights(first, exact)
+    earlier = serving._columns
+    assert earlier is not None
+    before = earlier.clone()
+    rng = np.random.default_rng(8)
+    # rows moved in place, then 90 new items: the padded width grows
+    second = next_version(first, np.unique(rng.integers(0, ITEMS, 40)), [])
+    third = next_version(
+        second, np.unique(rng.integers(0, ITEMS, 40)), [f"n{i}" for i in range(90)]
+    )
+    with patch.object(scorer, "_item_columns", wraps=scorer._item_columns) as built:
+        followed = SessionScorer.from_weights(second, exact, previous=serving)
+    assert built.call_args.args[3][0] is earlier  # written from the serving scorer's
+    assert followed._columns is not None and followed._columns.shape == earlier.shape
+    assert torch.equal(followed._columns, SessionScorer.from_weights(second, exact)._columns)
+    grown = SessionScorer.from_weights(third, exact, previous=followed)
+    assert grown._columns is not None and grown._columns.shape[1] > earlier.shape[1]
+    assert torch.equal(grown._columns, SessionScorer.from_weights(third, exact)._columns)
+    assert torch.equal(serving._columns, before), "the serving scorer's columns are not written"
 
 
 def test_the_scorer_reads_the_weights_rows_without_copying_them() -> None:
