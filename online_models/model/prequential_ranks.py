@@ -96,12 +96,12 @@ def blocked_ranks(
     table, bias = model.item_table[:n], model.item_bias[:n]
     own = torch.cat([rows, targets[:, None]], dim=1)  # B x (W + 1)
     columns = torch.unique(own)  # sorted
+    evidence = model.covisitation_evidence(rows, mask)
     apart = torch.addmm(bias[columns], sessions, table[columns].T)
-    apart += model.covisitation_at(rows, mask, columns)
+    apart += model.covisitation_at(rows, mask, columns, evidence)
     scored = apart.gather(1, torch.searchsorted(columns, own))
     target, others = _own_items(model, scored[:, :history], scored[:, history], rows, mask, targets)
     counts = others.float()
-    evidence = model.covisitation_evidence(rows, mask)
     term = model.covisitation_term(evidence)
     low = (target - _rounding_bound(model, sessions, target, evidence, term, history))[:, None]
     # what the blocks add: the co-visitation entries; -inf at each line's own items

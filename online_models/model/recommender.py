@@ -255,14 +255,20 @@ class SessionRecommender(nn.Module):
         return self.covis_blend * evidence.values
 
     def covisitation_at(
-        self, rows: torch.Tensor, mask: torch.Tensor, columns: torch.Tensor
+        self,
+        rows: torch.Tensor,
+        mask: torch.Tensor,
+        columns: torch.Tensor,
+        evidence: Evidence | None = None,
     ) -> torch.Tensor:
         """The co-visitation term of the items ``columns`` (distinct rows, any order) for
-        each session: B x len(columns), the same values ``add_covisitation`` adds there."""
+        each session: B x len(columns), the same values ``add_covisitation`` adds there
+        (from ``evidence`` when the caller has the sessions' already)."""
         out = torch.zeros(rows.shape[0], len(columns), device=rows.device)
         if len(columns) == 0:
             return out
-        evidence = self.covisitation_evidence(rows, mask)
+        if evidence is None:
+            evidence = self.covisitation_evidence(rows, mask)
         order = torch.argsort(columns)
         at = torch.searchsorted(columns[order], evidence.columns).clamp(max=len(columns) - 1)
         keep = columns[order][at] == evidence.columns
