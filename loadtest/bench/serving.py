@@ -16,7 +16,8 @@ What runs, all in one command:
 4. The same is repeated briefly with a synthetic 1,000,000-item catalog at low
    concurrency to give ``p99_ms_1m_items``, while this process publishes deltas as the
    online learner does (``large_swaps`` of them, each moving ``large_delta_rows`` rows
-   and adding ``large_delta_new_items`` items); the servers' logs give the time each
+   drawn at random, repeats once, and adding ``large_delta_new_items`` items: the rows a
+   delta holds, median, are ``delta_rows_1m_items``); the servers' logs give the time each
    worker took to load and build those versions (``swap_load_ms_*_1m_items``). Where the
    scorer ranks int4 shortlists there (``SessionScorer.shortlists``), this process then
    measures their recall against the exact pass on a sample of those sessions
@@ -199,9 +200,12 @@ def perturbed_snapshots(base: Any) -> Publisher:
     return publish
 
 
-def learner_deltas(n_items: int, hidden: int, rows: int, new_items: int) -> Publisher:
+def learner_deltas(
+    n_items: int, hidden: int, rows: int, new_items: int, moved: list[int] | None = None
+) -> Publisher:
     """Each version a delta on the current one, as the online learner publishes: ``rows``
-    random item rows moved and ``new_items`` items added."""
+    random item rows drawn (repeats once) and ``new_items`` items added; each delta's
+    count of rows is appended to ``moved``."""
     from online_models.model.weights import ITEM_BIAS, ITEM_TABLE, WeightDelta
 
     catalog = [n_items]
@@ -209,6 +213,8 @@ def learner_deltas(n_items: int, hidden: int, rows: int, new_items: int) -> Publ
     def publish(registry: Any, rng: np.random.Generator) -> None:
         n = catalog[0]
         touched = np.concatenate([np.unique(rng.integers(0, n, rows)), np.arange(n, n + new_items)])
+        if moved is not None:
+            moved.append(len(touched))
         delta = WeightDelta(
             version=0,  # assigned by the registry
             parent=registry.current_version(),
@@ -382,9 +388,10 @@ def run_large_catalog(
             wait_ready(port, 180, workdir / "server-1m.log")
             stop = threading.Event()
             publish_times: list[float] = []
+            moved: list[int] = []
             deltas = learner_deltas(
                 config.large_items, settings.model.hidden_size, config.large_delta_rows,
-                config.large_delta_new_items,
+                config.large_delta_new_items, moved,
             )  # fmt: skip
             every_s = config.large_duration_s / (config.large_swaps + 1)
             publisher = threading.Thread(
@@ -415,7 +422,7 @@ def run_large_catalog(
             "mean_score_batch_1m_items": batch_size,
             "server_cpu_ms_per_request_1m_items": load["server_cpu_ms_per_request"],
             "swaps_1m_items": len(publish_times),
-            "delta_rows_1m_items": config.large_delta_rows + config.large_delta_new_items,
+            "delta_rows_1m_items": _quantile([float(m) for m in moved], 0.5),
             "versions_seen_by_clients_1m_items": len(load["version_first_seen_s"]),
             "failed_during_swap_1m_items": failed_during_swaps(load, publish_times),
             "swap_load_ms_p50_1m_items": _quantile(swap_ms, 0.5),

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
-from loadtest.bench.serving import failed_during_swaps, swap_load_ms
+import numpy as np
+
+from loadtest.bench.serving import failed_during_swaps, learner_deltas, swap_load_ms
 from loadtest.http_load import build_request, drive
 
 
@@ -71,3 +74,25 @@ def test_swap_load_times_come_from_every_swap_after_a_workers_first(tmp_path: Pa
     )
     assert swap_load_ms(log) == [210.5, 190.0]
     assert swap_load_ms(log, "load_cpu_ms") == [150.0, 120.5]
+
+
+class RecordingRegistry:
+    def __init__(self) -> None:
+        self.deltas: list[Any] = []
+
+    def current_version(self) -> int:
+        return len(self.deltas) + 1
+
+    def publish_delta(self, delta: Any, source: str) -> None:
+        self.deltas.append(delta)
+
+
+def test_the_bench_reports_the_rows_its_deltas_hold_not_the_rows_it_drew() -> None:
+    moved: list[int] = []
+    publish = learner_deltas(n_items=50, hidden=4, rows=40, new_items=3, moved=moved)
+    registry, rng = RecordingRegistry(), np.random.default_rng(0)
+    for _ in range(3):
+        publish(registry, rng)
+    assert moved == [len(delta.rows) for delta in registry.deltas]
+    assert all(m < 43 for m in moved)  # 40 draws from 50 rows repeat some
+    assert [d.start_row for d in registry.deltas] == [50, 53, 56]
