@@ -283,7 +283,7 @@ class WeightRegistry:
 
     def _load(self, target: int, base: ModelWeights | None, broken: set[int]) -> ModelWeights:
         """``load`` for ``target``; ``broken``: snapshots already found not to load."""
-        chain = self._chain(target)
+        chain = self._chain(target, None if base is None else base.version)
         snapshot, deltas = chain[0], chain[1:]
         from_base = base is not None and base.version in {info.version for info in chain}
         if from_base:
@@ -337,7 +337,10 @@ class WeightRegistry:
                 continue
         raise WeightLoadError(f"no loadable version at or below {snapshot.version}")
 
-    def _chain(self, version: int) -> list[VersionInfo]:
+    def _chain(self, version: int, base: int | None = None) -> list[VersionInfo]:
+        """``version``'s ancestry, oldest first: from its snapshot, or from ``base`` when the
+        walk meets it first (a follower holding ``base`` needs nothing older, and each step
+        back is a read of the version index)."""
         chain: list[VersionInfo] = []
         cursor: int | None = version
         while cursor is not None:
@@ -348,7 +351,7 @@ class WeightRegistry:
                 # A delta whose ancestry is gone: only the older snapshots can help.
                 return [self._older_snapshot_info(cursor)]
             chain.append(info)
-            if info.kind == "snapshot":
+            if info.kind == "snapshot" or cursor == base:
                 break
             cursor = info.parent
         else:

@@ -100,6 +100,32 @@ def test_snapshot_then_deltas_load_in_order_and_are_announced(
     assert registry.load(base=v1_weights).changes.rows.tolist() == [0, 3, 4]
 
 
+def test_a_follower_reads_the_lineage_back_to_the_version_it_holds_not_to_the_snapshot(
+    settings: Settings, redis_client: redis.Redis
+) -> None:
+    registry = WeightRegistry(settings, redis_client)
+    version = registry.publish_snapshot(random_weights(3, _small(settings)), source="t").version
+    for step in range(5):
+        delta = _delta_on(version, 3 + step, float(step), [f"n{step}"])
+        version = registry.publish_delta(delta, source="test").version
+    held = registry.load(version - 1)
+    read: list[int] = []
+    original = registry.info
+
+    def counted(number: int) -> object:
+        read.append(number)
+        return original(number)
+
+    registry.info = counted  # type: ignore[method-assign]
+    followed = registry.load(version, base=held)
+    assert read == [version, version - 1]  # not the four versions before it
+    assert followed.changes is not None and followed.changes.base == version - 1
+    read.clear()
+    fresh = registry.load(version)
+    assert read == list(range(version, version - 6, -1))  # from scratch: to the snapshot
+    np.testing.assert_array_equal(followed.tensors[ITEM_TABLE], fresh.tensors[ITEM_TABLE])
+
+
 def test_corrupted_delta_falls_back_to_the_snapshot(
     settings: Settings, redis_client: redis.Redis
 ) -> None:
