@@ -16,6 +16,7 @@ newest examples, the ones that matter most after a change.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 
@@ -35,7 +36,10 @@ from online_models.model.recommender import SessionRecommender
 from online_models.model.weights import ModelWeights
 from online_models.offline.training import evaluate_examples, train
 from streamrec.settings import LearnerSettings, Settings
+from streamrec.structured_log import log_event
 from streamrec.training_examples import TrainingExample
+
+logger = logging.getLogger("streamrec.finetune")
 
 
 def train_candidate(
@@ -60,7 +64,8 @@ def relearned(
     counts and learn ``examples`` again (``covisitation_warmup.relearn_successors``)."""
     model = SessionRecommender.from_weights(weights)
     rule = CovisitationRule.from_settings(settings.model)
-    relearn_successors(model, ItemIndex(weights.item_ids), examples, rule, keep)
+    rows = relearn_successors(model, ItemIndex(weights.item_ids), examples, rule, keep)
+    log_event(logger, "finetune_successors_relearned", rows=rows, of=weights.n_items, keep=keep)
     return model.to_weights(weights.version, weights.item_ids)
 
 

@@ -3,6 +3,8 @@ learned; and what it would promote has learned the held-out span."""
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
 from online_models.finetune.gate import LearnedBatch
@@ -74,7 +76,9 @@ def successors_of(weights: ModelWeights, item: str) -> set[str]:
 
 
 @pytest.mark.parametrize("keep", [0.0, 1.0])
-def test_the_candidate_relearns_the_rows_the_recent_window_reaches(keep: float) -> None:
+def test_the_candidate_relearns_the_rows_the_recent_window_reaches(
+    keep: float, caplog: pytest.LogCaptureFixture
+) -> None:
     config = Settings(
         model=ModelSettings(**TINY),
         train=TrainSettings(epochs=1),
@@ -88,6 +92,10 @@ def test_the_candidate_relearns_the_rows_the_recent_window_reaches(keep: float) 
         for n in range(60)
     ]  # item-0 -> item-1 and item-2 -> item-3 since the change
 
-    candidate = train_candidate(config, base, recent)
+    with caplog.at_level(logging.INFO, logger="streamrec.finetune"):
+        candidate = train_candidate(config, base, recent)
     assert successors_of(candidate, "item-0") == ({"item-1"} if keep < 1 else {"item-7"})
     assert successors_of(candidate, "item-7") == {"item-0"}  # a row the window does not reach
+    logged = [r for r in caplog.records if r.getMessage() == "finetune_successors_relearned"]
+    # items 0-3, as sources and (reverse pairs) as targets
+    assert [r.fields["rows"] for r in logged] == ([4] if keep < 1 else [])  # type: ignore[attr-defined]
