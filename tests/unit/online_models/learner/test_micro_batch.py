@@ -11,6 +11,7 @@ import torch
 
 from flows.example_builder import examples_from_events
 from flows.feature_config import FeatureConfig
+from online_models.learner import micro_batch
 from online_models.learner.micro_batch import GUARD_APPLIED, NO_LISTS, HeadLearner
 from online_models.learner.prepared_batch import prepare_batch
 from online_models.model import recommender
@@ -249,3 +250,19 @@ def test_examples_from_events_follow_the_flow_contract() -> None:
         ("purchase", ("x", "y"), "y"),
     ]
     assert examples[1].weight > 1
+
+
+def test_new_rows_start_from_the_medians_of_evenly_spaced_rows_in_a_large_catalog() -> None:
+    learner = HeadLearner.from_weights(random_weights(400, SMALL, seed=3), LearnerSettings())
+    model = learner.model
+    with torch.no_grad():
+        model.item_bias[:400] = torch.arange(400.0)  # every 100th row: their median is 100
+        model.item_table[:400] *= torch.linspace(0.1, 4.0, 400)[:, None]
+    table, bias = model.item_table[:400].detach().clone(), model.item_bias[:400].detach().clone()
+    sessions = torch.randn(2, SMALL.hidden_size)
+    with patch.object(micro_batch, "MEDIAN_ROWS", 4):  # 400 rows: every 100th
+        learner._add_items(2, np.array([400, 401]), sessions)
+    spaced = table[::100].norm(dim=1).median()
+    assert float(model.item_bias[400].detach()) == float(bias[::100].median()) == 100.0
+    torch.testing.assert_close(model.item_table[400].norm(), spaced * micro_batch.NEW_ROW_SCALE)
+    assert not torch.isclose(spaced, table.norm(dim=1).median()), "a different median"
