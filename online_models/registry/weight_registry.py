@@ -284,6 +284,8 @@ class WeightRegistry:
     def _load(self, target: int, base: ModelWeights | None, broken: set[int]) -> ModelWeights:
         """``load`` for ``target``; ``broken``: snapshots already found not to load."""
         chain = self._chain(target, None if base is None else base.version)
+        # chain[0] is the snapshot, or ``base``'s own entry (a delta, maybe) when the walk
+        # stopped there: then it is never read, the deltas after it apply to ``base``
         snapshot, deltas = chain[0], chain[1:]
         from_base = base is not None and base.version in {info.version for info in chain}
         if from_base:
